@@ -1,0 +1,82 @@
+"""Atomic file writing and run metadata shared by every experiment and the trainer.
+
+A data file is written to a temporary file in the same folder and renamed into place, so an
+interrupted run never leaves a half-written file. ``run_metadata`` records what made a result:
+library versions, the git commit, the machine and the time.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "w") -> Path:
+    """Create ``path`` by calling ``write(file)`` on a temporary sibling, then renaming it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as indented JSON to ``path`` atomically."""
+    return atomic_write(path, lambda f: json.dump(data, f, indent=1, default=_to_jsonable))
+
+
+def _to_jsonable(value: Any) -> Any:
+    """Convert numpy / torch scalars and arrays that ``json`` does not know."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def git_commit() -> str | None:
+    """The commit of the sdesam checkout (with ``-dirty`` when it has local changes), if any."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def run_metadata(device: str | None = None) -> dict[str, Any]:
+    """Versions, git commit, machine and UTC time, for the ``settings`` of a data file."""
+    import numpy
+    import torch
+
+    versions = {"python": platform.python_version(), "numpy": numpy.__version__,
+                "torch": torch.__version__}
+    for name in ("sympy", "scipy", "torchsde", "matplotlib", "sdesam"):
+        try:
+            versions[name] = __import__(name).__version__
+        except Exception:  # an optional library that is absent is simply not recorded
+            pass
+    machine = {"platform": platform.platform(), "processor": platform.machine(),
+               "cpu_count": os.cpu_count()}
+    if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
+        machine["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return {"versions": versions, "git_commit": git_commit(), "machine": machine,
+            "utc_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
