@@ -77,6 +77,11 @@ def get_rule(algorithm: str) -> Rule:
     return RULES[algorithm.lower()]
 
 
+def resolve(algorithm: "str | Rule") -> Rule:
+    """A :class:`Rule` passes through (user-defined rules); a name is looked up in :data:`RULES`."""
+    return algorithm if isinstance(algorithm, Rule) else get_rule(algorithm)
+
+
 def check_sampling(sampling: str) -> str:
     """Return ``sampling`` if it names a known scheme, else raise a ValueError."""
     if sampling not in SAMPLING_SCHEMES:
@@ -98,7 +103,7 @@ def check_rho(rho: Any) -> Any:
 
 
 def check_sizes(
-    algorithm: str,
+    algorithm: "str | Rule",
     batch: int,
     micro: int | None = None,
     n: int | None = None,
@@ -109,7 +114,7 @@ def check_sizes(
     ``micro`` is accepted only by the m-rules (for the others it defaults to ``batch``) and
     must divide ``batch``. Without replacement the batch cannot exceed the ``n`` samples.
     """
-    rule = get_rule(algorithm)
+    rule = resolve(algorithm)
     check_sampling(sampling)
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"batch must be a positive integer; got {batch!r}")
@@ -122,7 +127,7 @@ def check_sizes(
         return batch
     if not rule.micro:
         raise ValueError(
-            f"micro is only accepted by m-usam and m-sam, not {rule.name!r}; "
+            f"micro is only accepted by rules with micro-batches (m-usam, m-sam), not {rule.name!r}; "
             f"leave it out (got micro={micro!r})"
         )
     if not isinstance(micro, int) or isinstance(micro, bool) or micro < 1:
@@ -157,7 +162,7 @@ Grad = Callable[[Any, Any], Any]
 
 
 def direction(
-    algorithm: str,
+    algorithm: "str | Rule",
     x: Any,
     parts: Sequence[Any],
     rho: Any,
@@ -174,7 +179,7 @@ def direction(
     direction (see :func:`reweighted_gradient`). Only ``+``, ``*`` and ``/`` are applied to
     vectors, so any array type works.
     """
-    rule = get_rule(algorithm)
+    rule = resolve(algorithm)
     if not parts:
         raise ValueError("parts must contain at least one index set")
     if not rule.micro and len(parts) != 1:

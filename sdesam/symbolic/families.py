@@ -1,0 +1,124 @@
+"""Loss families the engine derives for: concrete per-sample losses, or the generic form.
+
+Both expose the same small interface to :mod:`sdesam.symbolic.derivation`: the full loss,
+the loss of a part (a mini- or micro-batch), the expectation of a function of one part or of
+two disjoint parts over the sampling scheme, and the SGN covariance V.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import sympy
+
+from ..algorithms import check_sampling
+from .moments import MomentCalculus
+from .sampling import disjoint_pair_distribution, sample_distribution
+from .taylor import gradient
+
+PartFn = Callable[..., sympy.Matrix]
+
+
+class ConcreteFamily:
+    """N given per-sample losses; expectations by exact enumeration of the index sets."""
+
+    generic = False
+
+    @staticmethod
+    def tidy(expr: sympy.Expr) -> sympy.Expr:
+        """Expanded polynomial form (concrete results are compared and printed expanded)."""
+        return sympy.expand(expr)
+
+    def __init__(self, losses: Sequence[sympy.Expr], variables: Sequence[sympy.Symbol], sampling: str):
+        self.losses = [sympy.sympify(loss) for loss in losses]
+        self.variables = list(variables)
+        self.sampling = check_sampling(sampling)
+        self.n = len(self.losses)
+        self.full_loss = sum(self.losses) / self.n
+
+    def part_loss(self, part: tuple[int, ...] | None) -> sympy.Expr:
+        """Mean loss over the indices of ``part`` (with multiplicity); ``None``: all samples."""
+        if part is None:
+            return self.full_loss
+        return sum(self.losses[i] for i in part) / len(part)
+
+    def expect(self, fn: PartFn, size: int) -> sympy.Matrix:
+        """E[fn(P)] for P a uniform sample of ``size``."""
+        total = None
+        for part, p in sample_distribution(self.n, size, self.sampling):
+            term = fn(part) * p
+            total = term if total is None else total + term
+        return total
+
+    def expect_pair(self, fn: PartFn, size: int) -> sympy.Matrix:
+        """E[fn(P, Q)] for two distinct micro-batches P, Q of ``size`` drawn in one step."""
+        if self.sampling == "with-replacement":
+            dist = [((a, b), pa * pb) for a, pa in sample_distribution(self.n, size, self.sampling)
+                    for b, pb in sample_distribution(self.n, size, self.sampling)]
+        else:
+            dist = disjoint_pair_distribution(self.n, size)
+        total = None
+        for (first, second), p in dist:
+            term = fn(first, second) * p
+            total = term if total is None else total + term
+        return total
+
+    def covariance_V(self) -> sympy.Matrix:
+        """V(x) = (1/N) sum_i (grad f_i - grad f)(grad f_i - grad f)^T."""
+        g = gradient(self.full_loss, self.variables)
+        deviations = [gradient(loss, self.variables) - g for loss in self.losses]
+        return sum((u * u.T for u in deviations), sympy.zeros(len(self.variables))) / self.n
+
+    def trace_V(self) -> sympy.Expr:
+        """tr V(x) = (1/N) sum_i |grad f_i|^2 - |grad f|^2."""
+        g = gradient(self.full_loss, self.variables)
+        return sum(gradient(l, self.variables).dot(gradient(l, self.variables))
+                   for l in self.losses) / self.n - g.dot(g)
+
+
+class GenericFamily:
+    """Arbitrary smooth per-sample losses: f_S = f + xi_S, expectations through SGN moments."""
+
+    generic = True
+
+    def __init__(self, variables: Sequence[sympy.Symbol], n: Any, sampling: str):
+        self.variables = list(variables)
+        self.sampling = check_sampling(sampling)
+        self.n = n
+        self.calculus = MomentCalculus(self.variables, n, sampling)
+        self.full_loss = sympy.Function("f", real=True)(*self.variables)
+
+    def part_loss(self, part: int | None) -> sympy.Expr:
+        """``f + xi_part`` for micro-batch label 1 or 2; ``None``: the full loss ``f``."""
+        if part is None:
+            return self.full_loss
+        return self.full_loss + self.calculus.noise[part]
+
+    def expect(self, fn: PartFn, size: Any) -> sympy.Matrix:
+        """E[fn(P)] over one sample of ``size``, through the moments."""
+        return fn(1).applyfunc(lambda e: self.calculus.expectation(e, size))
+
+    def expect_pair(self, fn: PartFn, size: Any) -> sympy.Matrix:
+        """E[fn(P, Q)] over two disjoint micro-batches of ``size``, through the moments."""
+        return fn(1, 2).applyfunc(lambda e: self.calculus.expectation(e, size))
+
+    def instantiate(self, matrix: sympy.Matrix, losses: Sequence[sympy.Expr]) -> sympy.Matrix:
+        """Evaluate a generic result on concrete per-sample losses (same variables)."""
+        if self.n != len(losses) and isinstance(self.n, int):
+            raise ValueError(f"losses must contain n={self.n} expressions; got {len(losses)}")
+        f = sum(sympy.sympify(l) for l in losses) / len(losses)
+        n_value = {self.n: len(losses)} if isinstance(self.n, sympy.Symbol) else {}
+        return matrix.applyfunc(lambda e: self.calculus.instantiate(e, f, losses).subs(n_value))
+
+    def tidy(self, expr: sympy.Expr) -> sympy.Expr:
+        """Group a generic expression by its derivative and moment factors, coefficients factored."""
+        atoms = sorted(expr.atoms(sympy.Derivative, sympy.Function), key=str)
+        return sympy.collect(sympy.expand(expr), atoms, sympy.factor)
+
+    def covariance_V(self) -> sympy.Matrix:
+        """V as the matrix of moment functions C[a|b]."""
+        return self.calculus.covariance_V()
+
+    def trace_V(self) -> sympy.Expr:
+        """tr V = sum_a C[a|a]."""
+        return self.calculus.trace_V()

@@ -1,0 +1,9 @@
+"""The two small parameters of the SDE expansion, shared by every derivation."""
+
+import sympy
+
+rho = sympy.Symbol("rho", nonnegative=True)
+"""Perturbation radius of the ascent step."""
+
+eta = sympy.Symbol("eta", positive=True)
+"""Learning rate; also the time step of the SDE (step k of the algorithm is time k * eta)."""
