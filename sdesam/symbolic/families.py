@@ -24,10 +24,11 @@ class ConcreteFamily:
 
     generic = False
 
-    @staticmethod
-    def tidy(expr: sympy.Expr) -> sympy.Expr:
-        """Expanded polynomial form (concrete results are compared and printed expanded)."""
-        return sympy.expand(expr)
+    def tidy(self, expr: sympy.Expr) -> sympy.Expr:
+        """Polynomials expanded; anything else (SAM's norms) left as the sum over index sets,
+        which is far more readable than its expansion."""
+        expanded = sympy.expand(expr)
+        return expanded if expanded.is_polynomial(*self.variables) else expr
 
     def __init__(self, losses: Sequence[sympy.Expr], variables: Sequence[sympy.Symbol], sampling: str):
         self.losses = [sympy.sympify(loss) for loss in losses]

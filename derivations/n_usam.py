@@ -1,0 +1,16 @@
+"""n-USAM (ascent along the full gradient): drift -grad(f + rho/2 |grad f|^2), no tr V term."""
+
+import sympy
+
+from sdesam.symbolic.report import main_of, run_script
+
+
+def build(report):
+    """Generic (symbolic B) and concrete checks, both sampling schemes."""
+    report.rule("n-usam", batch=2, symbolic_sizes=(sympy.Symbol("B", positive=True, integer=True), None))
+
+
+main = main_of(build, "n_usam")
+
+if __name__ == "__main__":
+    run_script(main)

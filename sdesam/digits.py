@@ -1,0 +1,211 @@
+"""The network protocol of the theory figures: scikit-learn's 8x8 digits, a small MLP, and a
+poor, sharp minimum reached by full-batch gradient descent on the clean training set plus a
+block of samples with random labels (after Zhu et al. 2019, "The anisotropic noise in SGD").
+
+Every optimizer and seed then continues from that same point on the clean training set
+(:func:`continue_training`), logging test accuracy, clean training loss, tr V (exact, on the
+full clean training set) and the distance travelled. The poor minimum is cached to a file keyed
+by its settings, so all runs start from bit-identical weights. The data ship with scikit-learn:
+nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from . import per_sample
+from .records import atomic_write
+
+
+@dataclass(frozen=True)
+class DigitsData:
+    """The split used by the protocol; images are flattened to 64 features."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    random_x: torch.Tensor
+    random_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def load_digits_data(n_train: int = 1000, n_random: int = 200, seed: int = 0,
+                     device: str | torch.device = "cpu") -> DigitsData:
+    """Split the 1797 digits into a clean training set, a random-label block and a test set.
+
+    Pixels are scaled to [0, 1] and centred by the training mean. The random-label block uses
+    images disjoint from both other sets, with labels drawn uniformly from ``seed``.
+    """
+    from sklearn.datasets import load_digits
+
+    images, labels = load_digits(return_X_y=True)
+    for name, value in (("n_train", n_train), ("n_random", n_random)):
+        if not isinstance(value, int) or value < (1 if name == "n_train" else 0):
+            raise ValueError(f"{name} must be a {'positive' if name == 'n_train' else 'non-negative'}"
+                             f" integer; got {value!r}")
+    if n_train + n_random >= len(labels) - 100:
+        raise ValueError(f"n_train + n_random must leave at least 100 of the {len(labels)} digits "
+                         f"for testing; got {n_train} + {n_random}")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels))
+    x = torch.tensor(images[order] / 16.0, dtype=torch.float32)
+    y = torch.tensor(labels[order], dtype=torch.long)
+    x = x - x[:n_train].mean(dim=0)
+    random_y = torch.tensor(rng.integers(0, 10, n_random), dtype=torch.long)
+    cut = n_train + n_random
+    parts = (x[:n_train], y[:n_train], x[n_train:cut], random_y, x[cut:], y[cut:])
+    return DigitsData(*(t.to(device) for t in parts))
+
+
+def make_model(hidden: int = 128, seed: int = 0) -> nn.Sequential:
+    """The MLP 64 -> hidden -> 10 (ReLU), initialised from ``seed`` (PyTorch's default init)."""
+    if not isinstance(hidden, int) or hidden < 1:
+        raise ValueError(f"hidden must be a positive integer; got {hidden!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+
+def per_sample_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy ``[B]``, the ``loss_fn`` every optimizer and statistic takes."""
+    return F.cross_entropy(outputs, targets, reduction="none")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+    """Mean loss and accuracy of ``model`` on a data set."""
+    outputs = model(inputs)
+    return (float(per_sample_loss(outputs, targets).mean()),
+            float((outputs.argmax(dim=1) == targets).float().mean()))
+
+
+def flat_parameters(model: nn.Module) -> torch.Tensor:
+    """All parameters of ``model`` as one detached vector (for distances travelled)."""
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def poor_minimum(data: DigitsData, *, hidden: int = 128, lr: float = 0.5, steps: int = 4000,
+                 seed: int = 0, cache_dir: str | Path | None = None,
+                 progress: bool = True) -> tuple[nn.Sequential, dict[str, Any]]:
+    """The MLP after ``steps`` of full-batch gradient descent on clean + random-label samples.
+
+    Returns the model and a summary (losses, accuracies). With ``cache_dir`` the weights are
+    stored in a file named by a hash of the settings and of the data, and loaded from there on
+    the next call, so every optimizer and seed starts from the same point.
+    """
+    if not lr > 0 or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"lr must be > 0 and steps a positive integer; got lr={lr!r}, steps={steps!r}")
+    device = data.train_x.device
+    settings = {"hidden": hidden, "lr": lr, "steps": steps, "seed": seed,
+                "data": _fingerprint(data)}
+    model = make_model(hidden, seed).to(device)
+    path = None
+    if cache_dir is not None:
+        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        path = Path(cache_dir) / f"digits_poor_minimum_{key}.pt"
+        if path.exists():
+            stored = torch.load(path, map_location=device, weights_only=True)
+            model.load_state_dict(stored["state_dict"])
+            return model, stored["summary"]
+    inputs = torch.cat([data.train_x, data.random_x])
+    targets = torch.cat([data.train_y, data.random_y])
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    for _ in tqdm(range(steps), desc="full-batch GD to the poor minimum", disable=not progress):
+        optimizer.zero_grad(set_to_none=True)
+        per_sample_loss(model(inputs), targets).mean().backward()
+        optimizer.step()
+    summary = protocol_summary(model, data)
+    if path is not None:
+        state = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                 "summary": summary, "settings": settings}
+        atomic_write(path, lambda handle: torch.save(state, handle), mode="wb")
+    return model, summary
+
+
+def protocol_summary(model: nn.Module, data: DigitsData) -> dict[str, float]:
+    """Clean training loss/accuracy, random-block accuracy and test loss/accuracy."""
+    train_loss, train_acc = evaluate(model, data.train_x, data.train_y)
+    _, random_acc = evaluate(model, data.random_x, data.random_y) if len(data.random_y) else (0, 0)
+    test_loss, test_acc = evaluate(model, data.test_x, data.test_y)
+    return {"clean_train_loss": train_loss, "clean_train_accuracy": train_acc,
+            "random_label_accuracy": random_acc, "test_loss": test_loss, "test_accuracy": test_acc}
+
+
+def continue_training(start: nn.Module, algorithm: str, data: DigitsData, *, lr: float,
+                      batch: int, steps: int, seed: int, log_every: int,
+                      micro: int | None = None, rho: float = 0.05, lam: float = 1.0,
+                      delta: float = 1e-3, trace: bool = True,
+                      return_model: bool = False) -> dict[str, Any]:
+    """Run ``algorithm`` (an :func:`sdesam.optim.create` name) from a copy of ``start`` on the
+    clean training set and log, every ``log_every`` steps (and at step 0): test accuracy,
+    clean training loss, tr V on the full clean training set and the distance from ``start``.
+
+    Mini-batches are drawn without replacement within epochs, from ``seed``. The log also
+    holds ``optimizer_seconds``, the wall time spent in the optimizer's steps (for cost
+    comparisons), and with ``return_model`` the trained ``model``.
+    """
+    from .optim import create
+
+    if not isinstance(log_every, int) or log_every < 1 or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps and log_every must be positive integers; got {steps!r}, {log_every!r}")
+    n = len(data.train_y)
+    if not isinstance(batch, int) or not 1 <= batch <= n:
+        raise ValueError(f"batch must be an integer in [1, {n}]; got {batch!r}")
+    model = make_model(start[0].out_features).to(data.train_x.device)
+    model.load_state_dict(start.state_dict())
+    origin = flat_parameters(model)
+    options: dict[str, Any] = {"lr": lr}
+    if algorithm != "sgd":
+        options["rho"] = rho
+    if micro is not None:
+        options["micro"] = micro
+    if algorithm == "rw-sam":
+        options.update(lam=lam, delta=delta)
+    optimizer = create(algorithm, model.parameters(), base=torch.optim.SGD, **options)
+    generator = torch.Generator(device=data.train_x.device).manual_seed(seed)
+    log: dict[str, Any] = {"step": [], "test_accuracy": [], "clean_train_loss": [],
+                           "trace_V": [], "distance": [], "optimizer_seconds": 0.0}
+
+    def record(step: int) -> None:
+        log["step"].append(step)
+        log["test_accuracy"].append(evaluate(model, data.test_x, data.test_y)[1])
+        log["clean_train_loss"].append(evaluate(model, data.train_x, data.train_y)[0])
+        log["distance"].append(float((flat_parameters(model) - origin).norm()))
+        if trace:
+            log["trace_V"].append(float(per_sample.gradient_noise_trace(
+                model, per_sample_loss, data.train_x, data.train_y, chunk_size=250)))
+
+    record(0)
+    order = torch.empty(0, dtype=torch.long, device=data.train_x.device)
+    for step in range(1, steps + 1):
+        if len(order) < batch:
+            order = torch.randperm(n, generator=generator, device=data.train_x.device)
+        idx, order = order[:batch], order[batch:]
+        model.train()
+        began = time.perf_counter()
+        optimizer.step(model, per_sample_loss, data.train_x[idx], data.train_y[idx])
+        log["optimizer_seconds"] += time.perf_counter() - began
+        if step % log_every == 0:
+            record(step)
+    if return_model:
+        log["model"] = model
+    return log
+
+
+def _fingerprint(data: DigitsData) -> str:
+    """A short hash of the data split, so a cached minimum is never reused for other data."""
+    digest = hashlib.sha256()
+    for tensor in (data.train_x, data.train_y, data.random_x, data.random_y):
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,27 @@
+"""SAM-family optimizers for ``nn.Module`` training, one interface for every rule.
+
+::
+
+    opt = create("rw-sam", model.parameters(), base=torch.optim.SGD, rho=0.05, lam=1.0,
+                 lr=0.1, momentum=0.9, weight_decay=5e-4)
+    loss = opt.step(model, loss_fn, inputs, targets)   # loss_fn -> per-sample losses [B]
+
+Modules: :mod:`~sdesam.optim.base` (the wrapper of a base optimizer and the perturb /
+restore frame), :mod:`~sdesam.optim.passes` (BatchNorm policy, DDP, autocast, chunks),
+:mod:`~sdesam.optim.scaler` (fp16 loss scaling), :mod:`~sdesam.optim.sam` (SGD, SAM, USAM,
+n-SAM), :mod:`~sdesam.optim.msam` (vectorised m-SAM), :mod:`~sdesam.optim.rwsam` (RW-SAM and
+its gradient-norm estimator), :mod:`~sdesam.optim.registry` (:func:`create`).
+"""
+
+from sdesam.optim.base import PerturbedOptimizer, RuleOptimizer
+from sdesam.optim.msam import MSAM, MUSAM
+from sdesam.optim.passes import BN_POLICIES
+from sdesam.optim.registry import OPTIMIZERS, create
+from sdesam.optim.rwsam import DEFAULT_DELTA, RWSAM, estimate_grad_norms, gibbs_weights
+from sdesam.optim.sam import NSAM, NUSAM, SAM, USAM, SGDRule
+
+__all__ = [
+    "BN_POLICIES", "DEFAULT_DELTA", "MSAM", "MUSAM", "NSAM", "NUSAM", "OPTIMIZERS", "RWSAM", "SAM",
+    "SGDRule", "USAM", "PerturbedOptimizer", "RuleOptimizer", "create", "estimate_grad_norms",
+    "gibbs_weights",
+]

@@ -1,0 +1,220 @@
+"""m-SAM and m-USAM: every micro-batch of size m perturbed along its own gradient, vectorised.
+
+    G = (1/J) sum_j grad f_{I_j}(x + rho g_j/|g_j|),  g_j = grad f_{I_j}(x),  J = B/m
+
+(m-USAM: ``rho g_j``). The J micro-batches are processed in one batched pass with
+``torch.func`` (``functional_call`` + ``vmap(grad)``): one vmapped forward/backward at x gives
+all g_j, one vmapped forward/backward at the J perturbed points gives the descent gradients;
+there is no Python loop over micro-batches. This holds J copies of the parameters and
+gradients at once; ``accumulate`` splits the batch into chunks of whole micro-batches to
+bound that memory.
+
+BatchNorm: each micro-batch is normalised with its own statistics (as on a device whose batch
+is the micro-batch). Under ``bn="first-pass"`` the running statistics are updated once per
+step (per chunk with accumulation) by the pass at x, with the average over micro-batches of
+their updates: ``r <- (1 - momentum) r + momentum * mean_j stat_j``. Dropout draws
+independent masks per micro-batch.
+
+``micro == batch`` is SAM with a local perturbation: under DistributedDataParallel with
+``micro`` = the per-device batch, the ascent pass runs under ``no_sync`` (no communication)
+and the descent gradient is all-reduced by DDP's backward. For smaller m the vmapped passes
+run on the module inside DDP and the averaged descent gradient is all-reduced explicitly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from sdesam.algorithms import check_sizes
+from sdesam.optim import passes
+from sdesam.optim.base import NORM_FLOOR, PerturbedOptimizer
+from sdesam.optim.passes import LossFn
+
+Tensors = dict[str, torch.Tensor]
+
+
+class MSAM(PerturbedOptimizer):
+    """m-SAM with micro-batch size ``micro`` (must divide the batch), vectorised over micro-batches."""
+
+    rule_name: ClassVar[str] = "m-sam"
+
+    def __init__(self, params: Iterable[Any], base: Any = torch.optim.SGD, *, rho: float = 0.05,
+                 micro: int | None = None, **kwargs: Any) -> None:
+        """``micro``: the micro-batch size m; the other keywords are those of every rule."""
+        if micro is None:
+            raise ValueError("micro is required: the micro-batch size m (m divides the batch)")
+        self.micro = passes.check_positive_int("micro", micro)
+        super().__init__(params, base, rho=rho, **kwargs)
+
+    def _check_step(self, model: nn.Module, batch: int) -> None:
+        """micro must divide the batch and, when smaller, each accumulation chunk."""
+        check_sizes(self.rule.name, batch, self.micro)
+        if self.micro == batch:
+            return
+        chunk = batch // self.accumulate
+        if chunk % self.micro:
+            raise ValueError(
+                f"micro must divide the accumulation chunk batch/accumulate={chunk}; "
+                f"got micro={self.micro}"
+            )
+        module = passes.unwrap(model)
+        device = next(module.parameters()).device
+        if (self.autocast_dtype is not None and device.type == "cpu"
+                and any(layer.training for layer in passes.batch_norms(module))):
+            raise ValueError(
+                "autocast_dtype: m-sam's vmapped pass does not support BatchNorm under CPU "
+                "autocast; use a GroupNorm model or autocast_dtype=None on CPU"
+            )
+
+    def _ascent(self, model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
+                targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """micro == batch: the batch gradient, kept local under DDP (``no_sync``)."""
+        losses, outputs = self._pass(model, loss_fn, inputs, targets, sync=False, first=True)
+        return losses.mean(), outputs
+
+    def _gradient(self, model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
+                  targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One micro-batch per batch: plain local SAM; otherwise the vmapped passes."""
+        if self.micro == inputs.shape[0]:
+            return super()._gradient(model, loss_fn, inputs, targets)
+        module = passes.unwrap(model)
+        micro_count = inputs.shape[0] // self.micro
+        losses, outputs = [], []
+        for x, y in passes.split(inputs, targets, self.accumulate):
+            part_losses, part_outputs = self._micro_batch_pass(module, loss_fn, x, y, micro_count)
+            losses.append(part_losses)
+            outputs.append(part_outputs)
+        if passes.is_distributed(model):
+            _all_reduce_mean([p.grad for p in self._parameters() if p.grad is not None])
+        return torch.cat(losses).mean(), torch.cat(outputs)
+
+    def _micro_batch_pass(self, module: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
+                          targets: torch.Tensor, micro_count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ascent and descent of the chunk's micro-batches; add ``sum_j G_j / micro_count`` to ``.grad``."""
+        stats = self._batched_running_stats(module, inputs.shape[0] // self.micro)
+        params, decay, constants = self._split_state(module, exclude=stats)
+        shape = (-1, self.micro)
+        xs = inputs.reshape(*shape, *inputs.shape[1:])
+        ys = targets.reshape(*shape, *targets.shape[1:])
+        scale = self.scaler.scale
+
+        def micro_loss(theta: Tensors, running: Tensors, x: torch.Tensor,
+                       y: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+            outputs = functional_call(module, (theta, running, constants), (x,))
+            losses = passes.upcast(loss_fn(outputs, y))
+            return losses.mean() * scale, (losses, outputs)
+
+        batched_grad = grad(micro_loss, has_aux=True)
+        with passes.autocast_context(inputs.device, self.autocast_dtype):
+            with passes.running_stats_frozen(module, frozen=not stats):
+                ascent, (losses, outputs) = vmap(
+                    batched_grad, in_dims=(None, 0, 0, 0), randomness="different"
+                )(params, stats, xs, ys)
+            self._write_running_stats(module, stats)
+            points = self._perturbed_points(params, ascent, decay, scale)
+            del ascent  # J gradient copies: free them before the descent pass allocates its own
+            with passes.running_stats_frozen(module):
+                descent, _ = vmap(
+                    batched_grad, in_dims=(0, None, 0, 0), randomness="different"
+                )(points, {}, xs, ys)
+        for name, p in module.named_parameters():
+            if name in descent:
+                total = descent[name].sum(dim=0).div_(micro_count)
+                p.grad = total if p.grad is None else p.grad.add_(total)
+        return losses.detach().reshape(-1), outputs.detach().reshape(-1, *outputs.shape[2:])
+
+    def _split_state(self, module: nn.Module, exclude: Tensors) -> tuple[Tensors, Tensors, Tensors]:
+        """Trainable parameters this optimizer updates, their perturbation weight decay, constants.
+
+        Returns (params, decay, constants): detached parameters by name, the weight decay
+        added to the ascent direction of each (``perturb_weight_decay``), and every other
+        parameter and buffer except those named in ``exclude`` (the batched running statistics).
+        """
+        groups = {id(p): group for group in self.param_groups for p in group["params"]}
+        params: Tensors = {}
+        decay: Tensors = {}
+        constants: Tensors = {}
+        for name, p in module.named_parameters():
+            if p.requires_grad and id(p) in groups:
+                params[name] = p.detach()
+                if self.perturb_weight_decay:
+                    decay[name] = groups[id(p)].get("weight_decay", 0.0)
+            else:
+                constants[name] = p.detach()
+        constants.update({name: b for name, b in module.named_buffers() if name not in exclude})
+        return params, decay, constants
+
+    def _batched_running_stats(self, module: nn.Module, micro_count: int) -> Tensors:
+        """One copy per micro-batch of the running statistics the first pass may update.
+
+        Empty unless ``bn="first-pass"`` and some BatchNorm layer is in train mode.
+        """
+        if self.bn != "first-pass":
+            return {}
+        stats: Tensors = {}
+        tracking = set(passes.batch_norms(module))
+        for prefix, layer in module.named_modules():
+            if layer in tracking and layer.training:
+                for name, buffer in layer.named_buffers(recurse=False):
+                    full = f"{prefix}.{name}" if prefix else name
+                    stats[full] = buffer.unsqueeze(0).expand(micro_count, *buffer.shape).clone()
+        return stats
+
+    @staticmethod
+    @torch.no_grad()
+    def _write_running_stats(module: nn.Module, stats: Tensors) -> None:
+        """Average the micro-batches' updated statistics into the module's buffers."""
+        if not stats:
+            return
+        buffers = dict(module.named_buffers())
+        for name, copies in stats.items():
+            if name.endswith("num_batches_tracked"):
+                buffers[name].copy_(copies[0])
+            else:
+                buffers[name].copy_(copies.mean(dim=0))
+
+    @torch.no_grad()
+    def _perturbed_points(self, params: Tensors, ascent: Tensors, decay: Tensors,
+                          scale: float) -> Tensors:
+        """``x + eps_j`` per micro-batch, ``eps_j = rho d_j/|d_j|`` (or ``rho d_j`` for m-USAM)."""
+        directions = {}
+        for name, g in ascent.items():
+            d = g / scale
+            if decay.get(name):
+                d = d + decay[name] * params[name]
+            directions[name] = d
+        micro_count = next(iter(directions.values())).shape[0]
+        first = next(iter(params.values()))
+        coefficient = torch.full((micro_count,), self.rho, device=first.device, dtype=first.dtype)
+        if self.rule.normalized:
+            squares = sum(d.reshape(micro_count, -1).pow(2).sum(dim=1) for d in directions.values())
+            coefficient = coefficient / squares.sqrt().clamp_min(NORM_FLOOR)
+        return {
+            name: params[name] + coefficient.view(-1, *[1] * params[name].ndim) * d
+            for name, d in directions.items()
+        }
+
+
+class MUSAM(MSAM):
+    """m-USAM: each micro-batch perturbed by ``rho g_j`` (unnormalised)."""
+
+    rule_name: ClassVar[str] = "m-usam"
+
+
+def _all_reduce_mean(grads: list[torch.Tensor]) -> None:
+    """Average ``grads`` over the processes of the default group, in one flat all-reduce."""
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat.div_(dist.get_world_size())
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()

@@ -1,0 +1,144 @@
+"""The forward/backward passes every rule is made of: BatchNorm policy, DDP, autocast, chunks.
+
+A rule step is a few passes over the batch (first pass at x, maybe a probe, an ascent, a
+descent at the perturbed point). This module holds what they share:
+
+* the BatchNorm policy: ``"first-pass"`` (running statistics are updated by the first,
+  unperturbed forward of each step and by no other pass) or ``"freeze"`` (no pass of the
+  optimizer updates them). Inside a frozen pass BatchNorm layers in train mode still
+  normalise with the statistics of the batch they see; only the running averages are kept.
+* DistributedDataParallel: the module inside it for functional passes, and ``no_sync`` for
+  passes whose gradient must stay local;
+* autocast for the forward passes, and the split of a batch into accumulation chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parallel import DistributedDataParallel
+
+BN_POLICIES: tuple[str, ...] = ("first-pass", "freeze")
+AUTOCAST_DTYPES: tuple[torch.dtype | None, ...] = (None, torch.bfloat16, torch.float16)
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def check_bn(bn: str) -> str:
+    """Return ``bn`` if it names a BatchNorm policy, else raise a ValueError listing them."""
+    if bn not in BN_POLICIES:
+        raise ValueError(f"bn must be one of {', '.join(BN_POLICIES)}; got {bn!r}")
+    return bn
+
+
+def check_autocast_dtype(dtype: torch.dtype | None) -> torch.dtype | None:
+    """Return ``dtype`` if it is None, torch.bfloat16 or torch.float16, else raise."""
+    if dtype not in AUTOCAST_DTYPES:
+        raise ValueError(
+            f"autocast_dtype must be None, torch.bfloat16 or torch.float16; got {dtype!r}"
+        )
+    return dtype
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Return ``value`` if it is a positive int, else raise a ValueError naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return value
+
+
+def check_batch(model: object, loss_fn: object, inputs: object, targets: object) -> int:
+    """Validate the arguments of a model-based step; return the batch size."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module; got {type(model).__name__}")
+    if not callable(loss_fn):
+        raise ValueError("loss_fn must be callable: loss_fn(outputs, targets) -> per-sample losses [B]")
+    if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        raise ValueError("inputs and targets must be tensors")
+    if inputs.ndim == 0 or inputs.shape[0] == 0:
+        raise ValueError(f"inputs must hold at least one sample; got shape {tuple(inputs.shape)}")
+    if targets.ndim == 0 or targets.shape[0] != inputs.shape[0]:
+        raise ValueError(
+            f"targets must have one entry per input; got {tuple(targets.shape)} for "
+            f"{inputs.shape[0]} inputs"
+        )
+    return inputs.shape[0]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DistributedDataParallel and ``torch.compile`` wrappers (either order)."""
+    model = getattr(model, "_orig_mod", model)
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
+
+
+def is_distributed(model: nn.Module) -> bool:
+    """True when ``model`` is a DistributedDataParallel (possibly inside ``torch.compile``)."""
+    return isinstance(getattr(model, "_orig_mod", model), DistributedDataParallel)
+
+
+def sync_context(model: nn.Module, sync: bool) -> AbstractContextManager:
+    """``model.no_sync()`` when ``model`` is DDP and the gradient must stay local, else nothing."""
+    ddp = getattr(model, "_orig_mod", model)
+    if not sync and isinstance(ddp, DistributedDataParallel):
+        return ddp.no_sync()
+    return nullcontext()
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
+    """Autocast to ``dtype`` on ``device``'s type, or nothing when ``dtype`` is None."""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def batch_norms(model: nn.Module) -> list[_BatchNorm]:
+    """The BatchNorm layers of ``model`` that keep running statistics."""
+    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+
+
+@contextmanager
+def running_stats_frozen(model: nn.Module, frozen: bool = True) -> Iterator[None]:
+    """Inside, BatchNorm layers do not update their running statistics (when ``frozen``).
+
+    Layers in train mode keep normalising with batch statistics; eval-mode layers keep using
+    the running ones. Implemented by switching ``track_running_stats`` off for the duration,
+    which also leaves ``num_batches_tracked`` untouched.
+    """
+    layers = batch_norms(model) if frozen else []
+    for layer in layers:
+        layer.track_running_stats = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.track_running_stats = True
+
+
+def split(inputs: torch.Tensor, targets: torch.Tensor, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The batch as ``count`` equal consecutive chunks (count divides the batch size)."""
+    return list(zip(inputs.chunk(count), targets.chunk(count)))
+
+
+def upcast(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in float32 when it is float16/bfloat16, unchanged otherwise (float64 stays)."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
+def forward_losses(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
+                   targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model outputs and per-sample losses ``[b]``; a ValueError if loss_fn does not reduce per sample."""
+    outputs = model(inputs)
+    losses = loss_fn(outputs, targets)
+    if not isinstance(losses, torch.Tensor) or losses.shape != (inputs.shape[0],):
+        shape = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+        raise ValueError(
+            f"loss_fn must return per-sample losses of shape [{inputs.shape[0]}] "
+            f"(reduction='none'); got {shape}"
+        )
+    return outputs, losses

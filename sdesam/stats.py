@@ -1,0 +1,169 @@
+"""Interval estimates and escape detection for the theory experiments.
+
+Binomial intervals (Wilson, Clopper-Pearson) for the fraction of chains that escaped by a
+given step, a percentile bootstrap for summaries of first-exit times, and the detectors that
+turn trajectories (or logged metrics) into first-exit steps. Everything works on numpy arrays
+so that the same code summarises ensembles of chains and sets of seeds.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scipy import stats as _scipy_stats
+
+NEVER = -1
+"""First-exit value of a chain that did not escape within the horizon."""
+
+
+def _check_confidence(confidence: float) -> float:
+    """Return ``confidence`` if it lies strictly between 0 and 1, else raise ValueError."""
+    if not 0.0 < float(confidence) < 1.0:
+        raise ValueError(f"confidence must lie strictly between 0 and 1; got {confidence!r}")
+    return float(confidence)
+
+
+def _check_counts(successes, trials) -> tuple[np.ndarray, np.ndarray]:
+    """Broadcast successes/trials to float arrays, checking 0 <= successes <= trials, trials >= 1."""
+    k = np.asarray(successes, dtype=float)
+    n = np.asarray(trials, dtype=float)
+    if np.any(n < 1):
+        raise ValueError(f"trials must be >= 1; got {trials!r}")
+    if np.any(k < 0) or np.any(k > n):
+        raise ValueError(f"successes must lie in [0, trials]; got successes={successes!r}")
+    return np.broadcast_arrays(k, n)
+
+
+def wilson_interval(successes, trials, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval for a binomial proportion (well behaved at 0 and 1 successes)."""
+    z = _scipy_stats.norm.ppf(0.5 + _check_confidence(confidence) / 2)
+    k, n = _check_counts(successes, trials)
+    p = k / n
+    denom = 1 + z**2 / n
+    center = (p + z**2 / (2 * n)) / denom
+    half = z / denom * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
+    return np.clip(center - half, 0.0, 1.0), np.clip(center + half, 0.0, 1.0)
+
+
+def clopper_pearson_interval(successes, trials,
+                             confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (conservative) Clopper-Pearson interval for a binomial proportion."""
+    alpha = 1 - _check_confidence(confidence)
+    k, n = _check_counts(successes, trials)
+    with np.errstate(invalid="ignore"):
+        low = np.where(k > 0, _scipy_stats.beta.ppf(alpha / 2, k, n - k + 1), 0.0)
+        high = np.where(k < n, _scipy_stats.beta.ppf(1 - alpha / 2, k + 1, n - k), 1.0)
+    return low, high
+
+
+BINOMIAL_INTERVALS: dict[str, Callable] = {
+    "wilson": wilson_interval,
+    "clopper-pearson": clopper_pearson_interval,
+}
+
+
+def binomial_interval(successes, trials, confidence: float = 0.95,
+                      method: str = "wilson") -> tuple[np.ndarray, np.ndarray]:
+    """The binomial interval named ``method`` ("wilson" or "clopper-pearson")."""
+    if method not in BINOMIAL_INTERVALS:
+        raise ValueError(f"method must be one of {', '.join(BINOMIAL_INTERVALS)}; got {method!r}")
+    return BINOMIAL_INTERVALS[method](successes, trials, confidence)
+
+
+def bootstrap_interval(values, statistic: Callable[[np.ndarray], float] = np.mean, *,
+                       confidence: float = 0.95, resamples: int = 2000,
+                       seed: int = 0) -> tuple[float, float, float]:
+    """Percentile-bootstrap interval of ``statistic`` over ``values``: (estimate, low, high).
+
+    Resampling is vectorised (one ``[resamples, n]`` index draw) and seeded, so the same seed
+    gives the same interval.
+    """
+    _check_confidence(confidence)
+    data = np.asarray(values, dtype=float).ravel()
+    if data.size == 0:
+        raise ValueError("values must contain at least one number")
+    if not isinstance(resamples, int) or resamples < 1:
+        raise ValueError(f"resamples must be a positive integer; got {resamples!r}")
+    rng = np.random.default_rng(seed)
+    draws = data[rng.integers(0, data.size, size=(resamples, data.size))]
+    replicates = np.apply_along_axis(statistic, 1, draws)
+    alpha = 1 - confidence
+    low, high = np.quantile(replicates, [alpha / 2, 1 - alpha / 2])
+    return float(statistic(data)), float(low), float(high)
+
+
+def first_true(mask) -> np.ndarray:
+    """Index along axis 0 of the first True in each column of ``mask`` ([T, ...]); NEVER if none."""
+    flags = np.asarray(mask, dtype=bool)
+    if flags.ndim < 1 or flags.shape[0] == 0:
+        raise ValueError(f"mask must have a non-empty leading (time) axis; got shape {flags.shape}")
+    hit = flags.any(axis=0)
+    return np.where(hit, flags.argmax(axis=0), NEVER)
+
+
+def first_exit(trajectory, escaped: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """First step at which ``escaped(x)`` holds for each chain of ``trajectory`` ([T+1, K, d]).
+
+    ``escaped`` maps points ``[..., d]`` to booleans ``[...]``; chains that never escape get
+    :data:`NEVER`. The step is the index along the time axis (0 = the starting point).
+    """
+    return first_true(escaped(np.asarray(trajectory)))
+
+
+def first_rise(values, threshold: float) -> np.ndarray:
+    """First index at which ``values`` ([T, ...]) exceeds its value at index 0 by ``threshold``."""
+    series = np.asarray(values, dtype=float)
+    if threshold <= 0:
+        raise ValueError(f"threshold must be > 0; got {threshold!r}")
+    return first_true(series >= series[:1] + threshold)
+
+
+def escaped_fraction(exit_steps, steps, confidence: float = 0.95,
+                     method: str = "wilson") -> dict[str, np.ndarray]:
+    """Fraction of chains escaped by each of ``steps`` with its binomial interval.
+
+    ``exit_steps`` are first-exit indices (:data:`NEVER` for none). Returns arrays
+    ``fraction``, ``ci_low``, ``ci_high`` aligned with ``steps``.
+    """
+    exits = np.asarray(exit_steps)
+    grid = np.asarray(steps)
+    if exits.ndim != 1 or exits.size == 0:
+        raise ValueError(f"exit_steps must be a non-empty 1-D array; got shape {exits.shape}")
+    done = exits[exits != NEVER]
+    counts = np.searchsorted(np.sort(done), grid, side="right")
+    low, high = binomial_interval(counts, exits.size, confidence, method)
+    return {"fraction": counts / exits.size, "ci_low": low, "ci_high": high}
+
+
+def restricted_mean(exit_steps, horizon: int) -> float:
+    """Mean of min(first exit, horizon): the censoring-robust mean first-exit time."""
+    exits = np.asarray(exit_steps)
+    return float(np.where(exits == NEVER, horizon, np.minimum(exits, horizon)).mean())
+
+
+def exit_time_summary(exit_steps, horizon: int, *, confidence: float = 0.95,
+                      resamples: int = 2000, seed: int = 0) -> dict[str, float | int]:
+    """Restricted mean first-exit time with a bootstrap interval, and the escaped count.
+
+    Chains that never escaped count as exiting at ``horizon`` (so the statistic is a lower
+    bound of the true mean when some never escape; ``escaped`` says how many did).
+    """
+    exits = np.asarray(exit_steps)
+    if not isinstance(horizon, (int, np.integer)) or horizon < 1:
+        raise ValueError(f"horizon must be a positive integer; got {horizon!r}")
+    censored = np.where(exits == NEVER, horizon, np.minimum(exits, horizon))
+    mean, low, high = bootstrap_interval(censored, np.mean, confidence=confidence,
+                                         resamples=resamples, seed=seed)
+    return {"mean": mean, "ci_low": low, "ci_high": high,
+            "escaped": int((exits != NEVER).sum()), "chains": int(exits.size)}
+
+
+def mean_and_stderr(values, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard error of the mean along ``axis`` (stderr 0 for a single value)."""
+    data = np.asarray(values, dtype=float)
+    count = data.shape[axis]
+    mean = data.mean(axis=axis)
+    if count < 2:
+        return mean, np.zeros_like(mean)
+    return mean, data.std(axis=axis, ddof=1) / np.sqrt(count)

@@ -1,0 +1,60 @@
+"""Training checkpoints: written atomically, holding everything an exact resume needs.
+
+A checkpoint stores the model and optimizer state, the completed epoch and step count, the
+metrics so far, the settings that made the run and the global random-number-generator states
+(torch CPU and CUDA, Python). The data order and augmentation of each epoch are functions of
+(seed, epoch) (see :func:`sdesam.train.data.epoch_generator`), so together with these states a
+resumed run repeats the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdesam.records import atomic_write
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT_VERSION = 1
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states that a training step may draw from."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the states saved by :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_python_random_state(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_python_random_state(state: Any) -> tuple:
+    """``random.setstate`` wants nested tuples; serialisation may have turned them into lists."""
+    return tuple(tuple(s) if isinstance(s, list) else s for s in state)
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` (tensors, dicts, lists, numbers, strings) to ``path`` atomically."""
+    payload = {"format": FORMAT_VERSION, **state}
+    return atomic_write(path, lambda handle: torch.save(payload, handle), mode="wb")
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors only, no code is unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {str(path)!r} does not exist")
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if state.get("format") != FORMAT_VERSION:
+        raise ValueError(f"checkpoint {str(path)!r} has format {state.get('format')!r}; "
+                         f"this version reads format {FORMAT_VERSION}")
+    return state

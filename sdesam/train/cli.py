@@ -1,0 +1,144 @@
+"""Train an image classifier with SGD, SAM, USAM, m-SAM or RW-SAM.
+
+Writes OUT/config.json (settings, versions, machine), OUT/metrics.jsonl (one JSON object per
+epoch: epoch, train_loss, train_acc, test_loss, test_acc, lr, step_time_s, images_per_s and,
+with --trace-every, trace_V) and OUT/checkpoint.pt (each epoch, atomically); --resume continues
+from it exactly.
+
+The defaults (SGD momentum 0.9, lr 0.1, cosine schedule, 200 epochs, batch 256, weight decay
+5e-4, rho 0.05 for CIFAR-10 / 0.1 for CIFAR-100, random crop with padding 4 + horizontal flip)
+follow the CIFAR set-up of the first author's previous SAM paper (Eigen-SAM, NeurIPS 2024):
+the set-up of "Unveiling m-Sharpness" itself is not known. RW-SAM's lam and delta defaults are
+not from the paper either; tune them.
+
+Data-parallel: torchrun --nproc_per_node K -m sdesam.train ... (--batch-size is the global
+batch, split equally over the K processes).
+
+examples:
+  sdesam train --dataset synthetic --model small --optimizer rw-sam --epochs 1 --out runs/demo
+  sdesam train --dataset cifar10 --data-dir ~/data --model resnet18 --optimizer m-sam \\
+      --micro 32 --device cuda --out runs/r18-msam
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import fields
+
+from sdesam.train.data import DATASETS, find_cifar_folder
+from sdesam.train.loop import BN_POLICIES, OPTIMIZERS, PRECISIONS, TrainConfig, train
+from sdesam.train.models import MODELS, NORMS
+from sdesam.train.schedule import SCHEDULES
+
+_DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.name != "out"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``sdesam train`` flags to ``parser`` (defaults are TrainConfig's)."""
+    d = _DEFAULTS
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", required=True, help="output directory")
+    run.add_argument("--resume", action="store_true",
+                     help="continue from OUT/checkpoint.pt when it exists (same settings)")
+    run.add_argument("--seed", type=int, default=d["seed"], help="random seed (default %(default)s)")
+    run.add_argument("--device", default=d["device"], help="cpu, cuda or cuda:N (default %(default)s)")
+    run.add_argument("--precision", choices=PRECISIONS, default=d["precision"],
+                     help="autocast precision; auto = bf16 on CUDA, fp32 on CPU (default %(default)s)")
+    run.add_argument("--compile", action="store_true", help="torch.compile the model")
+    run.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="no progress bar or per-epoch console line")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS, default=d["dataset"],
+                      help="default %(default)s (a built-in CIFAR-shaped set)")
+    data.add_argument("--data-dir", default=None,
+                      help="folder with the official CIFAR python-batch files (never downloaded)")
+    data.add_argument("--synthetic-train", type=int, default=d["synthetic_train"],
+                      help="synthetic training images (default %(default)s)")
+    data.add_argument("--synthetic-test", type=int, default=d["synthetic_test"],
+                      help="synthetic test images (default %(default)s)")
+    data.add_argument("--no-augment", dest="augment", action="store_false",
+                      help="no random crop / flip")
+    data.add_argument("--padding", type=int, default=d["padding"],
+                      help="random-crop padding in pixels (default %(default)s)")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", choices=MODELS, default=d["model"], help="default %(default)s")
+    model.add_argument("--norm", choices=NORMS, default=None,
+                       help="normalisation layers (default: bn for the ResNets/WRN, none for small)")
+    model.add_argument("--pretrained", default=None,
+                       help="local ViT weights file (required for --model vit)")
+
+    opt = parser.add_argument_group("optimizer")
+    opt.add_argument("--optimizer", choices=OPTIMIZERS, default=d["optimizer"],
+                     help="default %(default)s")
+    opt.add_argument("--rho", type=float, default=None,
+                     help="perturbation radius (default 0.05; 0.1 for cifar100)")
+    opt.add_argument("--micro", type=int, default=None,
+                     help="m-SAM micro-batch size m (divides the per-device batch)")
+    opt.add_argument("--lam", type=float, default=d["lam"],
+                     help="RW-SAM inverse temperature of the Gibbs weights (default %(default)s)")
+    opt.add_argument("--delta", type=float, default=d["delta"],
+                     help="RW-SAM finite-difference step (default %(default)s)")
+    opt.add_argument("--local-perturbation", action="store_true",
+                     help="RW-SAM under DDP: perturb each device along its own gradient")
+    opt.add_argument("--bn", choices=BN_POLICIES, default=d["bn"],
+                     help="BatchNorm running statistics: updated once per step by the first "
+                          "pass, or frozen (default %(default)s)")
+    opt.add_argument("--lr", type=float, default=d["lr"], help="base learning rate (default %(default)s)")
+    opt.add_argument("--momentum", type=float, default=d["momentum"], help="default %(default)s")
+    opt.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    opt.add_argument("--weight-decay", type=float, default=d["weight_decay"],
+                     help="default %(default)s")
+    opt.add_argument("--accumulate", type=int, default=d["accumulate"],
+                     help="gradient-accumulation chunks per step (default %(default)s)")
+
+    sched = parser.add_argument_group("schedule")
+    sched.add_argument("--epochs", type=int, default=d["epochs"], help="default %(default)s")
+    sched.add_argument("--batch-size", type=int, default=d["batch_size"],
+                       help="global batch size (default %(default)s)")
+    sched.add_argument("--schedule", choices=SCHEDULES, default=d["schedule"],
+                       help="learning-rate schedule (default %(default)s)")
+    sched.add_argument("--warmup-epochs", type=float, default=d["warmup_epochs"],
+                       help="linear warm-up length (default %(default)s)")
+    sched.add_argument("--milestones", type=int, nargs="*", default=list(d["milestones"]),
+                       help="epochs at which the step schedule multiplies lr by --gamma")
+    sched.add_argument("--gamma", type=float, default=d["gamma"],
+                       help="step-schedule factor (default %(default)s)")
+    sched.add_argument("--label-smoothing", type=float, default=d["label_smoothing"],
+                       help="default %(default)s")
+
+    measure = parser.add_argument_group("measurements")
+    measure.add_argument("--eval-batch-size", type=int, default=d["eval_batch_size"],
+                         help="default %(default)s")
+    measure.add_argument("--trace-every", type=int, default=d["trace_every"],
+                         help="measure tr V on a fixed probe batch every N epochs (0: never)")
+    measure.add_argument("--probe-size", type=int, default=d["probe_size"],
+                         help="probe batch size for tr V (default %(default)s)")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig the parsed flags describe."""
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    values["milestones"] = tuple(values.get("milestones") or ())
+    return TrainConfig(**values)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the settings (exit status 2 with a message when one is wrong), then train."""
+    config = config_from_args(args)
+    try:
+        config.validate(int(os.environ.get("WORLD_SIZE", "1")))
+        if config.dataset != "synthetic":
+            find_cifar_folder(config.dataset, config.data_dir)
+    except ValueError as error:
+        print(f"sdesam train: error: {error}", file=sys.stderr)
+        return 2
+    result = train(config)
+    if result.metrics:
+        last = result.metrics[-1]
+        print(f"done: epoch {last['epoch']}, test accuracy {last['test_acc']:.2f}%, "
+              f"files in {result.out}")
+    return 0

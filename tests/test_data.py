@@ -1,0 +1,124 @@
+"""Data sets: the CIFAR python-batch loader, the synthetic set, shuffling and sharding."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from sdesam.train.data import (batch_indices, channel_statistics, epoch_generator, eval_batches,
+                               find_cifar_folder, load_cifar, load_dataset, shard,
+                               synthetic_dataset, write_cifar)
+
+
+def _official_cifar10(folder, per_batch=4, seed=0):
+    """Hand-made CIFAR-10 python batches (rows of 3072 bytes: 1024 red, 1024 green, 1024 blue)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    rows, labels = [], []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
+        label = rng.integers(0, 10, size=per_batch).tolist()
+        with open(folder / name, "wb") as handle:
+            pickle.dump({b"batch_label": name.encode(), b"labels": label, b"data": data,
+                         b"filenames": [b"x.png"] * per_batch}, handle)
+        rows.append(data)
+        labels.append(label)
+    with open(folder / "batches.meta", "wb") as handle:
+        pickle.dump({b"label_names": [f"c{k}".encode() for k in range(10)],
+                     b"num_cases_per_batch": per_batch}, handle)
+    return rows, labels
+
+
+def test_cifar10_pixels_and_labels_follow_the_official_layout(tmp_path):
+    rows, labels = _official_cifar10(tmp_path / "cifar-10-batches-py")
+    data = load_cifar("cifar10", tmp_path)  # the parent folder is accepted too
+    assert data.train_images.shape == (20, 3, 32, 32) and data.train_images.dtype == torch.uint8
+    assert data.test_images.shape == (4, 3, 32, 32)
+    # image 5 = second image of data_batch_2; pixel (c, h, w) is byte c*1024 + h*32 + w
+    row = rows[1][1]
+    for c, h, w in [(0, 0, 0), (1, 5, 7), (2, 31, 31), (0, 31, 0)]:
+        assert data.train_images[5, c, h, w].item() == row[c * 1024 + h * 32 + w]
+    assert data.train_labels.tolist() == sum(labels[:5], [])
+    assert data.test_labels.tolist() == labels[5]
+    assert data.num_classes == 10 and data.class_names[3] == "c3"
+
+
+def test_cifar100_uses_fine_labels(tmp_path):
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    fine = torch.tensor([0, 99, 5, 42, 7, 1])
+    write_cifar(tmp_path, "cifar100", (images, fine), (images[:2], fine[:2]),
+                [f"n{k}" for k in range(100)])
+    with open(tmp_path / "train", "rb") as handle:  # add coarse labels as the real files have
+        batch = pickle.load(handle)
+    batch[b"coarse_labels"] = [0] * 6
+    with open(tmp_path / "train", "wb") as handle:
+        pickle.dump(batch, handle)
+    data = load_cifar("cifar100", tmp_path)
+    assert data.num_classes == 100
+    assert torch.equal(data.train_labels, fine) and torch.equal(data.train_images, images)
+
+
+def test_missing_files_are_named(tmp_path):
+    write_cifar(tmp_path, "cifar10", (torch.zeros(5, 3, 32, 32, dtype=torch.uint8),
+                                      torch.zeros(5, dtype=torch.long)),
+                (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), torch.zeros(1, dtype=torch.long)),
+                [str(k) for k in range(10)])
+    (tmp_path / "data_batch_3").unlink()
+    (tmp_path / "test_batch").unlink()
+    with pytest.raises(ValueError, match="data_batch_3.*test_batch"):
+        find_cifar_folder("cifar10", tmp_path)
+    with pytest.raises(ValueError, match="data_dir"):
+        load_dataset("cifar10", tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="data_dir is required"):
+        load_dataset("cifar100", None)
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        load_dataset("mnist")
+
+
+def test_channel_statistics_match_numpy():
+    images = torch.randint(0, 256, (7, 3, 5, 4), dtype=torch.uint8)
+    mean, std = channel_statistics(images)
+    values = images.numpy().astype(np.float64) / 255
+    np.testing.assert_allclose(mean.numpy(), values.mean(axis=(0, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(std.numpy(), values.std(axis=(0, 2, 3), ddof=1), rtol=1e-6)
+
+
+def test_synthetic_is_seeded_and_has_class_structure():
+    a, b, c = synthetic_dataset(300, 100, seed=1), synthetic_dataset(300, 100, seed=1), \
+        synthetic_dataset(300, 100, seed=2)
+    assert torch.equal(a.train_images, b.train_images) and torch.equal(a.test_labels, b.test_labels)
+    assert not torch.equal(a.train_images, c.train_images)
+    assert a.train_images.shape == (300, 3, 32, 32) and a.train_images.dtype == torch.uint8
+    # learnable: a nearest-class-mean classifier on blurred images beats chance (10%) clearly
+    def features(x):
+        return torch.nn.functional.avg_pool2d(x.float(), 8).flatten(1)
+    centres = torch.stack([features(a.train_images[a.train_labels == k]).mean(0) for k in range(10)])
+    predicted = torch.cdist(features(a.test_images), centres).argmin(1)
+    assert (predicted == a.test_labels).float().mean() > 0.3
+
+
+def test_batches_form_a_seeded_permutation():
+    batches = batch_indices(103, 10, epoch_generator(seed=3, epoch=2))
+    assert len(batches) == 10 and all(len(b) == 10 for b in batches)  # last 3 dropped
+    seen = torch.cat(batches)
+    assert len(set(seen.tolist())) == 100 and seen.max() < 103
+    again = batch_indices(103, 10, epoch_generator(seed=3, epoch=2))
+    assert all(torch.equal(x, y) for x, y in zip(batches, again))
+    other = batch_indices(103, 10, epoch_generator(seed=3, epoch=3))
+    assert not torch.equal(torch.cat(other), seen)
+    assert len(batch_indices(103, 10, epoch_generator(0, 0), drop_last=False)) == 11
+    with pytest.raises(ValueError, match="batch_size"):
+        batch_indices(5, 8, epoch_generator(0, 0))
+
+
+def test_shards_partition_the_batch_and_eval_covers_every_sample_once():
+    batch = torch.arange(12) * 7
+    parts = [shard(batch, r, 3) for r in range(3)]
+    assert torch.equal(torch.cat(parts), batch)
+    with pytest.raises(ValueError, match="divisible"):
+        shard(batch, 0, 5)
+    covered = torch.cat([i for r in range(3) for i in eval_batches(10, 2, r, 3)])
+    assert sorted(covered.tolist()) == list(range(10))

@@ -1,0 +1,124 @@
+"""Problems: autograd quantities against closed forms and hand computation."""
+
+import pytest
+import sympy
+import torch
+
+from sdesam.problems import (LinearRegression, LogisticRegression, Quadratic, TeacherStudent,
+                             from_sympy)
+
+torch.manual_seed(0)
+
+
+def random_quadratic(n: int = 5, d: int = 3, seed: int = 0) -> Quadratic:
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, d, d, generator=gen, dtype=torch.float64)
+    return Quadratic(a @ a.transpose(1, 2) + torch.eye(d, dtype=torch.float64),
+                     torch.randn(n, d, generator=gen, dtype=torch.float64))
+
+
+def generic_grads(problem, x):
+    """Per-sample gradients through the base class's autograd path (ignoring overrides)."""
+    from sdesam.problems.base import Problem
+    return Problem.sample_grads(problem, x)
+
+
+def test_quadratic_closed_forms_match_autograd_and_hand_computation():
+    q = random_quadratic()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    diff = x[:, None, :] - q.centers
+    hand = torch.stack([torch.stack([q.hessians[i] @ diff[c, i] for i in range(5)]) for c in range(4)])
+    assert torch.allclose(q.sample_grads(x), hand)
+    assert torch.allclose(generic_grads(q, x), hand)
+    v = torch.randn(4, 3, dtype=torch.float64)
+    assert torch.allclose(q.hvp(x, v), v @ q.mean_hessian().T)
+    idx = torch.tensor([[0, 0, 2]] * 4)
+    hess = (2 * q.hessians[0] + q.hessians[2]) / 3
+    assert torch.allclose(q.hvp(x, v, idx), v @ hess.T)
+    g = hand.mean(1)
+    assert torch.allclose(q.grad(x), g)
+    assert torch.allclose(q.grad(x, idx), (2 * hand[:, 0] + hand[:, 2]) / 3)
+    cov = torch.stack([sum(torch.outer(hand[c, i] - g[c], hand[c, i] - g[c]) for i in range(5)) / 5
+                       for c in range(4)])
+    assert torch.allclose(q.noise_covariance(x), cov)
+    assert torch.allclose(q.trace_V(x), cov.diagonal(dim1=-2, dim2=-1).sum(-1))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: LinearRegression(torch.randn(6, 3, dtype=torch.float64), torch.randn(6, dtype=torch.float64)),
+    lambda: LogisticRegression(torch.randn(6, 3, dtype=torch.float64),
+                               (torch.rand(6) < 0.5).double(), l2=0.1),
+])
+def test_regression_closed_form_gradients_equal_autograd(make):
+    problem = make()
+    x = torch.randn(2, 4, 3, dtype=torch.float64)
+    assert torch.allclose(problem.sample_grads(x), generic_grads(problem, x))
+
+
+@pytest.mark.parametrize("make", [
+    random_quadratic,
+    lambda: LogisticRegression(torch.randn(4, 2, dtype=torch.float64), torch.tensor([0., 1., 1., 0.])),
+    lambda: TeacherStudent(n=4, inputs=2, hidden=2, noise=0.1),
+])
+def test_sympy_form_round_trips_to_the_same_losses_and_gradients(make):
+    problem = make()
+    twin = from_sympy(*problem.sympy_form())
+    x = torch.randn(3, problem.dim, dtype=torch.float64)
+    assert torch.allclose(twin.sample_losses(x), problem.sample_losses(x), atol=1e-6)
+    assert torch.allclose(twin.sample_grads(x), problem.sample_grads(x), atol=1e-6)
+
+
+def test_from_sympy_gradients_equal_sympy_differentiation():
+    x, y = sympy.symbols("x y")
+    losses = [x**2 * y + sympy.exp(y), sympy.cos(x) + y**4 / 4, sympy.Integer(3)]
+    problem = from_sympy(losses, [x, y])
+    point = torch.tensor([[0.3, -0.7]], dtype=torch.float64)
+    expected = [[float(sympy.diff(f, v).subs({x: 0.3, y: -0.7})) for v in (x, y)] for f in losses]
+    assert torch.allclose(problem.sample_grads(point)[0], torch.tensor(expected, dtype=torch.float64))
+    assert problem.sample_losses(torch.zeros(5, 2)).shape == (5, 3)
+
+
+def test_teacher_point_is_a_minimum_without_label_noise():
+    problem = TeacherStudent(n=10, inputs=3, hidden=2, seed=1)
+    assert problem.dim == 8
+    assert float(problem.loss(problem.teacher_point)) < 1e-20
+    assert float(problem.grad(problem.teacher_point).abs().max()) < 1e-10
+
+
+def test_dtype_follows_the_point():
+    q = random_quadratic()
+    assert q.sample_grads(torch.zeros(2, 3, dtype=torch.float32)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda q: q.grad(torch.zeros(2, 4, dtype=torch.float64)), "last dimension"),
+    (lambda q: q.grad(torch.zeros(2, 3, dtype=torch.float64), torch.tensor([[0, 9]] * 2)), r"\[0, 5\)"),
+    (lambda q: q.grad(torch.zeros(2, 3, dtype=torch.float64), torch.tensor([[0.5]] * 2)), "integer"),
+    (lambda q: Quadratic(torch.randn(2, 3, 3), torch.zeros(2, 3)), "symmetric"),
+    (lambda q: Quadratic(torch.eye(3).expand(2, 3, 3), torch.zeros(3, 3)), "centers"),
+    (lambda q: LogisticRegression(torch.zeros(2, 2), torch.tensor([0.0, 2.0])), "labels"),
+    (lambda q: from_sympy([sympy.Symbol("a") * sympy.Symbol("x")], [sympy.Symbol("x")]), "not variables"),
+])
+def test_bad_input_raises_value_error(bad, match):
+    with pytest.raises(ValueError, match=match):
+        bad(random_quadratic())
+
+
+@pytest.mark.parametrize("make", [
+    random_quadratic,
+    lambda: LinearRegression(torch.randn(6, 3, dtype=torch.float64), torch.randn(6, dtype=torch.float64)),
+    lambda: LogisticRegression(torch.randn(6, 3, dtype=torch.float64),
+                               (torch.rand(6) < 0.5).double(), l2=0.3),
+])
+def test_closed_form_hessian_sums_equal_the_generic_vjp(make):
+    from sdesam.problems.base import Problem
+    problem = make()
+    x = torch.randn(4, problem.dim, dtype=torch.float64)
+    u = torch.randn(4, problem.n, problem.dim, dtype=torch.float64)
+    grads, closed = problem.sample_grads_with_hvp(x)
+    generic_grads, generic = Problem.sample_grads_with_hvp(problem, x)
+    assert torch.allclose(grads, generic_grads)
+    assert torch.allclose(closed(u), generic(u))
+    # hand computation: sum_i H_i u_i from the mean Hessian when all u_i are equal
+    same = u[:, :1].expand_as(u)
+    assert torch.allclose(closed(same), problem.n * problem.hvp(x, u[:, 0]))

@@ -1,0 +1,201 @@
+"""SDEs: exact solutions (OU, quadratic USAM means), torchsde agreement, drift and diffusion."""
+
+import math
+
+import pytest
+import torch
+
+from sdesam import ensemble, sde
+from sdesam.algorithms import sampling_factor
+from sdesam.problems import LogisticRegression, Quadratic, TeacherStudent
+
+
+def ou_problem(h: float = 2.0):
+    """Equal Hessians h I: SGD's SDE is an Ornstein-Uhlenbeck process with additive noise."""
+    gen = torch.Generator().manual_seed(0)
+    centers = torch.randn(6, 2, generator=gen, dtype=torch.float64)
+    return Quadratic(h * torch.eye(2, dtype=torch.float64).expand(6, 2, 2).clone(), centers)
+
+
+def test_ornstein_uhlenbeck_mean_and_variance():
+    h, eta, batch, horizon = 2.0, 0.1, 2, 1.0
+    problem = ou_problem(h)
+    times, path = sde.simulate(problem, "sgd", eta=eta, rho=0.0, batch=batch, x0=[1.0, 1.0],
+                               horizon=horizon, chains=40000, seed=0, dt=eta / 50)
+    assert times.shape == (11,) and path.shape == (11, 40000, 2)
+    assert torch.allclose(times, torch.arange(11, dtype=torch.float64) * eta)
+    cbar = problem.centers.mean(0)
+    v = h**2 * torch.cov(problem.centers.T, correction=0)
+    for k in (3, 10):
+        t = float(times[k])
+        mean = cbar + math.exp(-h * t) * (torch.ones(2, dtype=torch.float64) - cbar)
+        var = eta / batch * v.diagonal() / (2 * h) * (1 - math.exp(-2 * h * t))
+        stderr = (var / 40000).sqrt()
+        # Euler bias with dt = 2e-3 is about 1e-3 relative; the Monte-Carlo error dominates
+        assert ((path[k].mean(0) - mean).abs() < 4 * stderr + 2e-3 * mean.abs()).all()
+        assert ((path[k].var(0) - var).abs() < 0.05 * var).all()
+
+
+def test_usam_sde_mean_on_quadratic_matches_the_linear_ode_and_discrete_mean():
+    """With shared Hessian H, E of USAM and of its SDE are linear: the SDE mean solves
+    m' = -(H + rho H^2)(m - c) (tr V is constant there); discrete USAM's mean follows
+    m_{k+1} = m_k - eta (H + rho H^2)(m_k - c) exactly."""
+    hessian = torch.tensor([[1.5, 0.3], [0.3, 0.8]], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    centers = torch.randn(5, 2, generator=gen, dtype=torch.float64)
+    problem = Quadratic(hessian.expand(5, 2, 2), centers)
+    rho, eta, steps = 0.2, 0.05, 10
+    a = hessian + rho * hessian @ hessian
+    cbar = centers.mean(0)
+    x0 = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    _, path = sde.simulate(problem, "usam", eta=eta, rho=rho, batch=2, x0=x0, horizon=eta * steps,
+                           chains=1, seed=0, dt=eta / 100, drop_terms=("noise",))
+    exact = cbar + torch.linalg.matrix_exp(-a * eta * steps) @ (x0 - cbar)
+    assert torch.allclose(path[-1, 0], exact, atol=2e-3)
+    discrete_mean = x0.clone()
+    for _ in range(steps):
+        discrete_mean = discrete_mean - eta * a @ (discrete_mean - cbar)
+    walk = ensemble.run(problem, "usam", eta=eta, rho=rho, batch=2, x0=x0, steps=steps,
+                        chains=40000, seed=0)
+    stderr = walk[-1].std(0) / 200
+    assert ((walk[-1].mean(0) - discrete_mean).abs() < 4 * stderr).all()
+
+
+def test_fast_path_and_torchsde_give_the_same_paths():
+    problem = LogisticRegression(torch.randn(6, 2, dtype=torch.float64), torch.tensor([0., 1.] * 3), l2=0.1)
+    kwargs = dict(eta=0.1, rho=0.2, batch=4, micro=2, x0=[1.0, -1.0], horizon=0.5, chains=64,
+                  seed=5, dt=0.05)
+    for algorithm in ("m-usam", "m-sam"):
+        t1, fast = sde.simulate(problem, algorithm, solver="fast", **kwargs)
+        t2, slow = sde.simulate(problem, algorithm, solver="torchsde", **kwargs)
+        assert torch.equal(t1, t2)
+        assert torch.allclose(fast, slow, rtol=0, atol=1e-12)
+        again = sde.simulate(problem, algorithm, **kwargs)[1]
+        assert torch.equal(fast, again)
+
+
+@pytest.mark.parametrize("algorithm, size", [("usam", 4), ("m-usam", 2), ("m-sam", 2), ("sam", 4),
+                                             ("n-sam", None), ("n-usam", None)])
+@pytest.mark.parametrize("sampling", ["with-replacement", "without-replacement"])
+def test_drift_is_the_first_order_mean_of_the_discrete_update(algorithm, size, sampling):
+    """(E G - grad f)/rho of the discrete rule, by exact enumeration of the batches, tends to
+    minus the drift's regulariser as rho -> 0."""
+    import itertools
+    problem = TeacherStudent(n=4, inputs=1, hidden=2, noise=0.3, seed=2)
+    x = torch.tensor([[0.7, -0.4, 0.9, 0.5]], dtype=torch.float64)
+    micro = 2 if algorithm.startswith("m-") else None
+    batches = (itertools.product(range(4), repeat=4) if sampling == "with-replacement"
+               else itertools.permutations(range(4), 4))
+    idx = torch.tensor(list(batches))
+    rho = 1e-5
+    new = ensemble.step(problem, algorithm, x.expand(len(idx), 4), idx, eta=1.0, rho=rho, micro=micro)
+    mean_direction = (x - new).mean(0)
+    model = sde.AlgorithmSDE(problem, algorithm, eta=0.1, rho=rho, batch=4, micro=micro, sampling=sampling)
+    assert model.sets_exact
+    g = problem.grad(x)[0]
+    expected = (-model.f(0.0, x)[0] - g) / rho
+    assert torch.allclose((mean_direction - g) / rho, expected, atol=1e-3, rtol=1e-3)
+
+
+def test_diffusion_covariance_is_c_of_b_times_V():
+    problem = TeacherStudent(n=6, inputs=2, hidden=2, noise=0.2)
+    x = torch.randn(3, problem.dim, dtype=torch.float64)
+    for sampling in ("with-replacement", "without-replacement"):
+        model = sde.AlgorithmSDE(problem, "m-usam", eta=0.1, rho=0.3, batch=4, micro=2, sampling=sampling)
+        g = model.diffusion(x)
+        c = float(sampling_factor(4, 6, sampling))
+        assert torch.allclose(g @ g.transpose(1, 2), 0.1 * c * problem.noise_covariance(x))
+        v = torch.randn(3, 6, dtype=torch.float64)
+        assert torch.allclose(model.g_prod(0.0, x, v), (g @ v.unsqueeze(-1)).squeeze(-1))
+
+
+def test_rho_zero_reduces_every_rule_to_the_sgd_sde():
+    problem = TeacherStudent(n=6, inputs=2, hidden=2, noise=0.2)
+    kwargs = dict(eta=0.1, rho=0.0, batch=4, x0=torch.full((6,), 0.3, dtype=torch.float64),
+                  horizon=0.3, chains=8, seed=1)
+    reference = sde.simulate(problem, "sgd", **kwargs)[1]
+    for algorithm in ("usam", "n-sam", "sam"):
+        assert torch.allclose(sde.simulate(problem, algorithm, **kwargs)[1], reference)
+    for micro in (1, 2):
+        assert torch.allclose(sde.simulate(problem, "m-usam", micro=micro, **kwargs)[1], reference)
+
+
+def test_sam_expectation_switches_to_seeded_samples_when_enumeration_is_too_large():
+    weights, probs, exact = sde.sample_sets(40, 8, "without-replacement", samples=64, seed=3)
+    assert not exact and weights.shape == (64, 40) and torch.allclose(probs.sum(), torch.tensor(1.0, dtype=torch.float64))
+    assert torch.equal(weights, sde.sample_sets(40, 8, "without-replacement", samples=64, seed=3)[0])
+    w, p, exact = sde.sample_sets(3, 2, "with-replacement")
+    assert exact and w.shape == (6, 3)
+    assert torch.allclose(p, torch.tensor([1, 2, 2, 1, 2, 1], dtype=torch.float64) / 9)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(algorithm="rw-sam"), "has no SDE"),
+    (dict(method="milstein"), "method must be 'euler'"),
+    (dict(dt=0.03), "dt must divide eta"),
+    (dict(horizon=0.25), "multiple of eta"),
+    (dict(drop_terms=("curvature",)), "drop_terms must be drawn"),
+    (dict(solver="rk4"), "solver must be"),
+])
+def test_bad_arguments_raise_value_error(kwargs, match):
+    problem = ou_problem()
+    args = dict(algorithm="usam", eta=0.1, rho=0.1, batch=2, x0=[0.0, 0.0], horizon=0.5,
+                chains=2, seed=0)
+    args.update(kwargs)
+    algorithm = args.pop("algorithm")
+    with pytest.raises(ValueError, match=match):
+        sde.simulate(problem, algorithm, **args)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_paths_match_cpu_statistics():
+    problem = ou_problem()
+    kwargs = dict(eta=0.1, rho=0.1, batch=2, x0=[1.0, 1.0], horizon=1.0, chains=20000, seed=0)
+    cpu = sde.simulate(problem, "usam", **kwargs)[1]
+    gpu = sde.simulate(problem, "usam", device="cuda", **kwargs)[1]
+    assert gpu.device.type == "cuda"
+    assert torch.allclose(gpu[-1].mean(0).cpu(), cpu[-1].mean(0), atol=0.02)
+
+
+def symbolic_family():
+    import sympy
+    u, v = sympy.symbols("u v")
+    losses = [sympy.log(1 + sympy.exp(u - 2 * v)) + u**2 / 4, (u * v - 1) ** 2 / 2,
+              sympy.cos(u) + v**2, u**4 / 12 + v / 3]
+    return losses, [u, v]
+
+
+def check_against_derivation(algorithm, micro, sampling):
+    """Drift and diffusion of AlgorithmSDE equal those sdesam.symbolic derives, numerically."""
+    import sympy
+    from sdesam.problems import from_sympy
+    from sdesam.symbolic import derive
+    from sdesam.symbolic.symbols import rho as rho_symbol
+    losses, variables = symbolic_family()
+    derived = derive(algorithm, losses, variables, batch=4, micro=micro, sampling=sampling)
+    problem = from_sympy(losses, variables)
+    rho, eta = 0.3, 0.1
+    model = sde.AlgorithmSDE(problem, algorithm, eta=eta, rho=rho, batch=4, micro=micro, sampling=sampling)
+    def evaluate(matrix, point):
+        values = {rho_symbol: sympy.Rational(3, 10), **dict(zip(variables, point))}
+        return torch.tensor(matrix.subs(values).evalf(20).tolist(), dtype=torch.float64)
+
+    for point in ([sympy.Rational(3, 10), sympy.Rational(-1, 2)], [sympy.Rational(11, 10), sympy.Rational(2, 5)]):
+        x = torch.tensor([[float(p) for p in point]], dtype=torch.float64)
+        assert torch.allclose(model.f(0.0, x)[0], evaluate(derived.drift, point).flatten(), atol=1e-10)
+        g = model.diffusion(x)[0]
+        assert torch.allclose(g @ g.T / eta, evaluate(derived.diffusion, point), atol=1e-10)
+
+
+@pytest.mark.parametrize("sampling", ["with-replacement", "without-replacement"])
+def test_m_usam_sde_matches_the_symbolic_derivation(sampling):
+    check_against_derivation("m-usam", 2, sampling)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm, micro", [("usam", None), ("sam", None), ("m-sam", 2),
+                                              ("n-usam", None), ("n-sam", None), ("sgd", None)])
+@pytest.mark.parametrize("sampling", ["with-replacement", "without-replacement"])
+def test_every_sde_matches_the_symbolic_derivation(algorithm, micro, sampling):
+    check_against_derivation(algorithm, micro, sampling)

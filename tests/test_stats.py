@@ -1,0 +1,89 @@
+"""Interval code and escape detectors against hand-computed and published values."""
+
+import numpy as np
+import pytest
+
+from sdesam import stats
+
+
+def test_wilson_matches_published_values():
+    low, high = stats.wilson_interval(5, 10)
+    assert low == pytest.approx(0.2366, abs=1e-4) and high == pytest.approx(0.7634, abs=1e-4)
+    low, high = stats.wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)
+
+
+def test_clopper_pearson_matches_closed_forms():
+    low, high = stats.clopper_pearson_interval(5, 10)
+    assert low == pytest.approx(0.1871, abs=1e-4) and high == pytest.approx(0.8129, abs=1e-4)
+    # k = 0 and k = n have closed forms: upper = 1 - (alpha/2)^(1/n), lower = (alpha/2)^(1/n)
+    low0, high0 = stats.clopper_pearson_interval(0, 10)
+    lown, highn = stats.clopper_pearson_interval(10, 10)
+    assert low0 == 0.0 and high0 == pytest.approx(1 - 0.025 ** 0.1, rel=1e-9)
+    assert highn == 1.0 and lown == pytest.approx(0.025 ** 0.1, rel=1e-9)
+
+
+def test_intervals_are_vectorised_and_nested():
+    k = np.array([0, 3, 7, 10])
+    wl, wh = stats.wilson_interval(k, 10)
+    cl, ch = stats.clopper_pearson_interval(k, 10)
+    assert wl.shape == (4,) and np.all(wl <= k / 10 + 1e-12) and np.all(wh >= k / 10 - 1e-12)
+    # Clopper-Pearson is conservative: it contains the Wilson interval
+    assert np.all(cl <= wl + 1e-12) and np.all(ch >= wh - 1e-12)
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(successes=11, trials=10), "successes"),
+    (dict(successes=1, trials=0), "trials"),
+    (dict(successes=1, trials=10, confidence=1.5), "confidence"),
+])
+def test_interval_bad_input(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        stats.wilson_interval(**kwargs)
+
+
+def test_binomial_interval_rejects_unknown_method():
+    with pytest.raises(ValueError, match="method"):
+        stats.binomial_interval(1, 2, method="agresti")
+
+
+def test_bootstrap_interval_seeded_and_sensible():
+    values = np.random.default_rng(1).normal(3.0, 1.0, size=400)
+    est, low, high = stats.bootstrap_interval(values, seed=7)
+    assert est == pytest.approx(values.mean())
+    assert (est, low, high) == stats.bootstrap_interval(values, seed=7)
+    # close to the normal-theory interval mean +- 1.96 s / sqrt(n)
+    half = 1.96 * values.std(ddof=1) / np.sqrt(values.size)
+    assert low == pytest.approx(est - half, abs=0.25 * half)
+    assert high == pytest.approx(est + half, abs=0.25 * half)
+    assert stats.bootstrap_interval(np.full(5, 2.0)) == (2.0, 2.0, 2.0)
+    with pytest.raises(ValueError, match="values"):
+        stats.bootstrap_interval([])
+
+
+def test_first_exit_on_constructed_trajectories():
+    # three chains in 1-D; escape = x > 1
+    traj = np.array([[0.0, 0.0, 0.0], [2.0, 0.5, 0.0], [0.0, 1.5, 0.0], [3.0, 3.0, 0.9]])[..., None]
+    exits = stats.first_exit(traj, lambda x: x[..., 0] > 1.0)
+    assert exits.tolist() == [1, 2, stats.NEVER]
+    frac = stats.escaped_fraction(exits, steps=[0, 1, 2, 3])
+    assert frac["fraction"].tolist() == pytest.approx([0, 1 / 3, 2 / 3, 2 / 3])
+    assert np.all(frac["ci_low"] <= frac["fraction"]) and np.all(frac["ci_high"] >= frac["fraction"])
+
+
+def test_first_rise_and_exit_summary_by_hand():
+    acc = np.array([[0.80, 0.80], [0.81, 0.80], [0.83, 0.79], [0.85, 0.80]])
+    exits = stats.first_rise(acc, threshold=0.02)
+    assert exits.tolist() == [2, stats.NEVER]
+    summary = stats.exit_time_summary(np.array([2, 4, stats.NEVER]), horizon=10, resamples=200)
+    assert summary["mean"] == pytest.approx((2 + 4 + 10) / 3)   # restricted mean
+    assert summary["escaped"] == 2 and summary["chains"] == 3
+    assert summary["ci_low"] <= summary["mean"] <= summary["ci_high"]
+    with pytest.raises(ValueError, match="threshold"):
+        stats.first_rise(acc, threshold=0.0)
+
+
+def test_mean_and_stderr_by_hand():
+    mean, se = stats.mean_and_stderr(np.array([[1.0, 2.0], [3.0, 6.0]]))
+    assert mean.tolist() == [2.0, 4.0]
+    assert se.tolist() == pytest.approx([np.sqrt(2) / np.sqrt(2), np.sqrt(8) / np.sqrt(2)])
