@@ -131,3 +131,19 @@ def test_cli_derive_prints_verified_drift(capsys):
     assert main(["derive", "m-usam", "--sampling", "without-replacement", "--latex"]) == 0
     out = capsys.readouterr().out
     assert "drift equals closed form: True" in out and "c = 1/3" in out and r"\operatorname{tr}V" in out
+
+
+def test_n_sam_one_dimensional_drift_verifies():
+    losses, variables = example_losses(1)
+    assert derive("n-sam", losses, variables, batch=2).verify()
+
+
+@pytest.mark.slow
+def test_all_derivation_scripts_verify():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "derivations" / "run_all.py"
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:]
