@@ -15,9 +15,9 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
+from sdesam.experiment_args import check_device, experiment_parser
 from sdesam import digits, per_sample, sgn
 from sdesam.plotting import publish
 from sdesam.records import run_metadata
@@ -75,24 +75,14 @@ def measure(settings: dict[str, Any], seed: int, device: str, progress: bool) ->
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer seeds, steps and m values (the same experiment, < 2 minutes)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="figures", help="folder for the data file and figure")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--cache", default=None,
-                        help="folder for the cached poor-minimum weights (default: OUT/cache)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser = experiment_parser(__doc__, "fewer seeds, steps and m values (the same experiment, < 2 minutes)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the protocol and write the data file and figure."""
     args = parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {args.device!r} requested but CUDA is not available")
+    check_device(args.device)
     began = time.perf_counter()
     settings: dict[str, Any] = {"experiment": "m_sharpness", "quick": args.quick,
                                 "seed": args.seed, "device": args.device,

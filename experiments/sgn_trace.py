@@ -20,9 +20,9 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
+from sdesam.experiment_args import check_device, experiment_parser
 from sdesam import digits, ensemble, per_sample, sgn, stats
 from sdesam.plotting import publish
 from sdesam.problems import SharpFlatLandscape
@@ -109,25 +109,15 @@ def landscape_runs(settings: dict[str, Any], seed: int, device: str,
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = experiment_parser(__doc__, "fewer chains, seeds and steps (the same experiment, in < 2 minutes)")
     parser.add_argument("--protocol", choices=("landscape", "network", "all"), default="all")
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer chains, seeds and steps (the same experiment, in < 2 minutes)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="figures", help="folder for the data file and figure")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--cache", default=None,
-                        help="folder for the cached poor-minimum weights (default: OUT/cache)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen protocols and write the data file and figure."""
     args = parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {args.device!r} requested but CUDA is not available")
+    check_device(args.device)
     began = time.perf_counter()
     settings: dict[str, Any] = {"experiment": "sgn_trace", "protocol": args.protocol,
                                 "quick": args.quick, "seed": args.seed, "device": args.device}
