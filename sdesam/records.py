@@ -80,3 +80,72 @@ def run_metadata(device: str | None = None) -> dict[str, Any]:
         machine["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return {"versions": versions, "git_commit": git_commit(), "machine": machine,
             "utc_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+# ---------------------------------------------------------------------- the one schema
+RECORD_KEYS: tuple[str, ...] = ("settings", "metadata", "results")
+"""Every experiment's data file is ``{"settings": ..., "metadata": ..., "results": ...}``.
+
+``settings``: what the user asked for (``settings["experiment"]`` names the experiment and its
+plotting module), never values computed by the run; ``metadata``: :func:`run_metadata` plus
+the wall/CPU time; ``results``: a map from table name to a list of records (flat dicts), one
+name per quantity across experiments (``trace_V``, ``*_stderr``, ``micro`` null where a rule
+has no micro-batches, ``chains`` / ``diverged`` where a statistic is taken over chains).
+"""
+
+
+def make_record(settings: dict[str, Any], results: dict[str, list[dict[str, Any]]],
+                metadata: dict[str, Any]) -> dict[str, Any]:
+    """An experiment's data file in the one schema (validated before it is returned)."""
+    data = {"settings": settings, "metadata": metadata, "results": results}
+    validate_record(data, "<new record>")
+    return data
+
+
+def validate_record(data: Any, source: str | os.PathLike) -> dict[str, Any]:
+    """``data`` if it follows the schema of :data:`RECORD_KEYS`, else a ValueError naming ``source``."""
+    from .validation import InputError
+
+    where = str(source)
+    if not isinstance(data, dict) or set(data) != set(RECORD_KEYS):
+        keys = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise InputError(f"{where}: an experiment record must have exactly the keys "
+                         f"{', '.join(RECORD_KEYS)}; got {keys}")
+    if not isinstance(data["settings"], dict) or not isinstance(data["settings"].get("experiment"), str):
+        raise InputError(f"{where}: settings must be a map with a string 'experiment'")
+    if not isinstance(data["metadata"], dict):
+        raise InputError(f"{where}: metadata must be a map")
+    results = data["results"]
+    if not isinstance(results, dict):
+        raise InputError(f"{where}: results must map table names to lists of records")
+    for table, rows in results.items():
+        if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+            raise InputError(f"{where}: results[{table!r}] must be a list of records (maps)")
+        for row in rows:
+            micro = row.get("micro")
+            if micro is not None and (not isinstance(micro, int) or isinstance(micro, bool)):
+                raise InputError(f"{where}: results[{table!r}] has micro={micro!r}; "
+                                 "micro must be an integer or null")
+    return data
+
+
+def read_record(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and validate an experiment record; every failure names the file and what is wrong."""
+    from .validation import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"data file {str(path)!r} does not exist")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"data file {str(path)!r} cannot be read: {error}") from None
+    if not text.strip():
+        raise InputError(f"data file {str(path)!r} is empty")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(f"data file {str(path)!r} is not valid JSON "
+                         f"(line {error.lineno}, column {error.colno}: {error.msg}); "
+                         "it may be truncated") from None
+    return validate_record(data, path)
