@@ -10,35 +10,57 @@ ascent direction of part j (none, the full gradient, the part's own gradient, or
 Gibbs-reweighted gradient of RW-SAM) and the bracketed normalisation is applied by the SAM
 variants only.
 
-This module holds that table (:data:`RULES`) and :func:`direction`, a plain reference
-implementation written against two callables (``grad`` and ``norm``) so that the very same
-code runs on sympy matrices (``sdesam.symbolic``), on torch tensors batched over chains
-(``sdesam.ensemble``) and in the tests of ``sdesam.optim``. Validation of the arguments every
-layer shares (algorithm name, batch/micro sizes, rho, sampling scheme) lives here too, so the
-error messages are the same everywhere.
+This module holds the registry (:data:`RULES` of :class:`Rule`, each saying everything a layer
+needs: perturbation source, normalisation, elementwise scale, micro-batches, accepted keywords,
+closed-form drift, SDE, optimizer) and :func:`direction`, a plain reference implementation
+written against two callables (``grad`` and ``norm``) so that the very same code runs on sympy
+matrices (``sdesam.symbolic``), on torch tensors batched over chains (``sdesam.ensemble``) and
+in the tests of ``sdesam.optim``. A user adds a rule once with :func:`register` and every layer
+knows it by name; every choice list is read from :func:`rule_names`, and no code outside this
+module tests a rule's name.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Literal, Sequence
+
+from . import validation
 
 Ascent = Literal["none", "full", "part", "reweighted"]
 
+ASCENTS: tuple[str, ...] = ("none", "full", "part", "reweighted")
+
 SAMPLING_SCHEMES: tuple[str, ...] = ("with-replacement", "without-replacement")
+
+RULE_KEYWORDS: dict[str, str] = {
+    "rho": "perturbation radius (>= 0)",
+    "micro": "micro-batch size m (divides the batch)",
+    "lam": "inverse temperature of the Gibbs weights (>= 0)",
+    "delta": "finite-difference step of the gradient-norm estimator (> 0)",
+}
+"""Every keyword a rule may accept, with what it means (a rule's :attr:`Rule.keywords`)."""
 
 
 @dataclass(frozen=True)
 class Rule:
-    """How one algorithm builds its update direction G.
+    """Everything a layer needs to know about one update rule ``x' = x - eta G``.
 
-    ``ascent``: where the perturbation direction comes from -- ``"none"`` (SGD),
-    ``"full"`` (the full-data gradient: n-SAM / n-USAM), ``"part"`` (the gradient of the same
-    batch or micro-batch the descent gradient is taken on) or ``"reweighted"`` (RW-SAM: the
-    Gibbs-weighted average of the per-sample gradients of the batch).
+    ``ascent``: where the perturbation direction comes from -- ``"none"`` (SGD), ``"full"``
+    (the full-data gradient: n-SAM / n-USAM), ``"part"`` (the gradient of the same batch or
+    micro-batch the descent gradient is taken on) or ``"reweighted"`` (the Gibbs-weighted
+    average of the per-sample gradients of the batch, RW-SAM).
     ``normalized``: divide the ascent direction by its norm (SAM) or not (USAM).
     ``micro``: the descent gradient is averaged over micro-batches of size m, each with its
     own perturbation (m-SAM / m-USAM).
+    ``scale``: an optional elementwise preconditioner of the perturbation, ``a_k <- scale(x_k)
+    a_k`` applied before normalisation (adaptive / elementwise-scaled variants); it must be
+    written with arithmetic that works on sympy scalars and torch tensors alike (``x**2 + 0.1``).
+    ``label``: the display name (tables, legends); ``sde``: whether :mod:`sdesam.sde` has a
+    hand-written first-order SDE for it (every rule with a derivation also gets the compiled
+    SDE of :mod:`sdesam.derived_sde`); ``optimizer``: whether :func:`sdesam.optim.create` can
+    build it for an ``nn.Module``.
     """
 
     name: str
@@ -46,60 +68,167 @@ class Rule:
     normalized: bool
     micro: bool
     description: str
+    label: str = ""
+    scale: Callable[[Any], Any] | None = field(default=None, compare=False)
+    sde: bool = True
+    optimizer: bool = True
+
+    def __post_init__(self) -> None:
+        validation.one_of("ascent", self.ascent, ASCENTS)
+        if not isinstance(self.name, str) or not self.name or self.name != self.name.lower():
+            raise validation.InputError(f"name must be a non-empty lower-case string; got {self.name!r}")
+        if self.micro and self.ascent not in ("part", "none"):
+            raise validation.InputError(
+                "micro: a rule with micro-batches perturbs each one along its own gradient "
+                f"(ascent 'part'); got ascent {self.ascent!r}")
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
+
+    @property
+    def perturbed(self) -> bool:
+        """Whether the gradient is taken at a perturbed point (every rule but plain SGD)."""
+        return self.ascent != "none"
+
+    @property
+    def weighted(self) -> bool:
+        """Whether the perturbation uses Gibbs weights of per-sample gradient norms."""
+        return self.ascent == "reweighted"
+
+    @property
+    def keywords(self) -> tuple[str, ...]:
+        """The rule keywords it accepts, drawn from :data:`RULE_KEYWORDS`."""
+        words = ("rho",) if self.perturbed else ()
+        words += ("micro",) if self.micro else ()
+        words += ("lam", "delta") if self.weighted else ()
+        return words
+
+    @property
+    def has_closed_form(self) -> bool:
+        """Whether its first-order drift is a potential gradient known in closed form (the
+        USAM family and SGD: ``-grad(f + rho/2 |grad f|^2 + c rho/2 tr V)``)."""
+        return not self.normalized and not self.weighted and self.scale is None
+
+    @property
+    def noise_induced(self) -> bool:
+        """Whether its perturbation shares the mini-/micro-batch noise of its descent gradient
+        (the source of the tr V regulariser; False for n-rules that perturb along grad f)."""
+        return self.ascent in ("part", "reweighted")
+
+    @property
+    def family(self) -> str:
+        """``"sam"`` for normalised perturbations, ``"usam"`` for unnormalised, ``"sgd"`` else."""
+        if not self.perturbed:
+            return "sgd"
+        return "sam" if self.normalized else "usam"
 
 
 RULES: dict[str, Rule] = {
     rule.name: rule
     for rule in (
-        Rule("sgd", "none", False, False, "mini-batch SGD: G = grad f_B(x)"),
-        Rule("n-usam", "full", False, False, "G = grad f_B(x + rho grad f(x))"),
-        Rule("usam", "part", False, False, "G = grad f_B(x + rho grad f_B(x))"),
+        Rule("sgd", "none", False, False, "mini-batch SGD: G = grad f_B(x)", label="SGD"),
+        Rule("n-usam", "full", False, False, "G = grad f_B(x + rho grad f(x))", label="n-USAM"),
+        Rule("usam", "part", False, False, "G = grad f_B(x + rho grad f_B(x))", label="USAM"),
         Rule("m-usam", "part", False, True,
-             "G = mean_j grad f_Ij(x + rho grad f_Ij(x)), I_j micro-batches of size m"),
-        Rule("n-sam", "full", True, False, "G = grad f_B(x + rho grad f / |grad f|)"),
-        Rule("sam", "part", True, False, "G = grad f_B(x + rho grad f_B / |grad f_B|)"),
+             "G = mean_j grad f_Ij(x + rho grad f_Ij(x)), I_j micro-batches of size m",
+             label="m-USAM"),
+        Rule("n-sam", "full", True, False, "G = grad f_B(x + rho grad f / |grad f|)", label="n-SAM"),
+        Rule("sam", "part", True, False, "G = grad f_B(x + rho grad f_B / |grad f_B|)", label="SAM"),
         Rule("m-sam", "part", True, True,
-             "G = mean_j grad f_Ij(x + rho g_j/|g_j|), g_j = grad f_Ij(x)"),
+             "G = mean_j grad f_Ij(x + rho g_j/|g_j|), g_j = grad f_Ij(x)", label="m-SAM"),
         Rule("rw-sam", "reweighted", True, False,
-             "G = grad f_B(x + rho g/|g|), g = sum_i p_i grad f_i, p = softmax(lam |grad f_i|)"),
+             "G = grad f_B(x + rho g/|g|), g = sum_i p_i grad f_i, p = softmax(lam |grad f_i|)",
+             label="RW-SAM", sde=False),
     )
 }
+"""The registry: every layer looks rules up here (built-in ones and those a user registers)."""
 
-ALGORITHMS: tuple[str, ...] = tuple(RULES)
+BUILTIN_RULES: tuple[str, ...] = tuple(RULES)
 
 
-def get_rule(algorithm: str) -> Rule:
-    """Return the :class:`Rule` named ``algorithm`` or raise a ValueError listing the names."""
+def register(rule: Rule, *, replace: bool = False) -> Rule:
+    """Add a user-defined ``rule`` to :data:`RULES`, so every layer (derivation, ensemble, SDE,
+    optimizer, command line) knows it by name; a built-in name is never replaced."""
+    if not isinstance(rule, Rule):
+        raise validation.InputError(f"rule must be an sdesam.algorithms.Rule; got {rule!r}")
+    if rule.name in BUILTIN_RULES:
+        raise validation.InputError(f"rule name {rule.name!r} is a built-in rule; choose another name")
+    if rule.name in RULES and not replace and RULES[rule.name] != rule:
+        raise validation.InputError(f"rule name {rule.name!r} is already registered; "
+                                    "pass replace=True to redefine it")
+    RULES[rule.name] = rule
+    return rule
+
+
+def unregister(name: str) -> None:
+    """Remove a user-defined rule from :data:`RULES` (built-in rules stay)."""
+    if name in BUILTIN_RULES:
+        raise validation.InputError(f"rule {name!r} is built in and cannot be removed")
+    RULES.pop(name, None)
+
+
+@contextmanager
+def registered(rule: Rule) -> Iterator[Rule]:
+    """Register ``rule`` for the duration of a ``with`` block (tests, notebooks)."""
+    register(rule, replace=True)
+    try:
+        yield rule
+    finally:
+        unregister(rule.name)
+
+
+def rule_names(where: Callable[[Rule], bool] | None = None) -> tuple[str, ...]:
+    """Names of the registered rules, in registration order, that satisfy ``where``: the one
+    source of every choice list (command-line choices, table rows, optimizer names)."""
+    return tuple(name for name, rule in RULES.items() if where is None or where(rule))
+
+
+def __getattr__(name: str) -> Any:
+    """``ALGORITHMS``: the names of all registered rules, read at access time."""
+    if name == "ALGORITHMS":
+        return rule_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def get_rule(algorithm: "str | Rule") -> Rule:
+    """The registered :class:`Rule` named ``algorithm`` (a Rule passes through); a ValueError
+    listing the registered names otherwise."""
+    if isinstance(algorithm, Rule):
+        return algorithm
     if not isinstance(algorithm, str) or algorithm.lower() not in RULES:
-        raise ValueError(
-            f"algorithm must be one of {', '.join(ALGORITHMS)}; got {algorithm!r}"
+        raise validation.InputError(
+            f"algorithm must be one of {', '.join(rule_names())}; got {algorithm!r}"
         )
     return RULES[algorithm.lower()]
 
 
-def resolve(algorithm: "str | Rule") -> Rule:
-    """A :class:`Rule` passes through (user-defined rules); a name is looked up in :data:`RULES`."""
-    return algorithm if isinstance(algorithm, Rule) else get_rule(algorithm)
+resolve = get_rule
+
+
+def check_keywords(algorithm: "str | Rule", **given: Any) -> Rule:
+    """Refuse a rule keyword (``rho``, ``micro``, ``lam``, ``delta``; None means not given) that
+    ``algorithm`` does not accept, and a missing ``micro`` for a rule with micro-batches."""
+    rule = get_rule(algorithm)
+    for word, value in given.items():
+        if word not in RULE_KEYWORDS:
+            raise validation.InputError(f"unknown rule keyword {word!r}; accepted: "
+                                        f"{', '.join(RULE_KEYWORDS)}")
+        if value is not None and word not in rule.keywords and word != "rho":
+            raise validation.InputError(
+                f"{word} is not accepted by {rule.name!r} (it accepts: "
+                f"{', '.join(rule.keywords) or 'no rule keywords'})")
+    if rule.micro and "micro" in given and given["micro"] is None:
+        raise validation.InputError(f"micro is required by {rule.name!r} (the micro-batch size m)")
+    return rule
 
 
 def check_sampling(sampling: str) -> str:
     """Return ``sampling`` if it names a known scheme, else raise a ValueError."""
-    if sampling not in SAMPLING_SCHEMES:
-        raise ValueError(
-            f"sampling must be one of {', '.join(SAMPLING_SCHEMES)}; got {sampling!r}"
-        )
-    return sampling
+    return validation.one_of("sampling", sampling, SAMPLING_SCHEMES)
 
 
 def check_rho(rho: Any) -> Any:
     """Return ``rho`` if it is a non-negative number (a sympy symbol passes), else raise."""
-    try:
-        negative = bool(rho < 0)
-    except TypeError:  # sympy symbols compare symbolically; treat them as admissible
-        negative = False
-    if negative:
-        raise ValueError(f"rho must be >= 0; got {rho!r}")
-    return rho
+    return validation.non_negative_or_symbol("rho", rho)
 
 
 def check_sizes(
@@ -111,29 +240,33 @@ def check_sizes(
 ) -> int:
     """Validate batch and micro-batch sizes for ``algorithm``; return the micro size to use.
 
-    ``micro`` is accepted only by the m-rules (for the others it defaults to ``batch``) and
-    must divide ``batch``. Without replacement the batch cannot exceed the ``n`` samples.
+    ``micro`` is required by the rules with micro-batches (it must divide ``batch``) and refused
+    by the others, for which the returned size is ``batch``. Without replacement the batch
+    cannot exceed the ``n`` samples.
     """
     rule = resolve(algorithm)
     check_sampling(sampling)
-    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
-        raise ValueError(f"batch must be a positive integer; got {batch!r}")
+    validation.positive_int("batch", batch)
     if n is not None and sampling == "without-replacement" and batch > n:
-        raise ValueError(
+        raise validation.InputError(
             f"batch must be at most the number of samples n={n} when sampling "
             f"without replacement; got batch={batch}"
         )
     if micro is None:
+        if rule.micro:
+            raise validation.InputError(
+                f"micro is required by {rule.name!r}: the micro-batch size m, a divisor of "
+                f"batch={batch} (micro=batch is mini-batch {rule.family.upper()})")
         return batch
     if not rule.micro:
-        raise ValueError(
-            f"micro is only accepted by rules with micro-batches (m-usam, m-sam), not {rule.name!r}; "
-            f"leave it out (got micro={micro!r})"
+        micro_rules = ", ".join(rule_names(lambda r: r.micro))
+        raise validation.InputError(
+            f"micro is only accepted by rules with micro-batches ({micro_rules}), not "
+            f"{rule.name!r}; leave it out (got micro={micro!r})"
         )
-    if not isinstance(micro, int) or isinstance(micro, bool) or micro < 1:
-        raise ValueError(f"micro must be a positive integer; got {micro!r}")
+    validation.positive_int("micro", micro)
     if batch % micro:
-        raise ValueError(f"micro must divide batch; got micro={micro}, batch={batch}")
+        raise validation.InputError(f"micro must divide batch; got micro={micro}, batch={batch}")
     return micro
 
 
@@ -210,11 +343,22 @@ def perturbed_point(
         ascent = grad(x, part)
     else:
         if reweighted_grad is None:
-            raise ValueError("rw-sam needs reweighted_grad, the Gibbs-weighted ascent direction")
+            raise ValueError(f"{rule.name} needs reweighted_grad, the Gibbs-weighted ascent direction")
         ascent = reweighted_grad(x, part)
+    if rule.scale is not None:
+        ascent = scaled(rule.scale, x, ascent)
     if rule.normalized:
         ascent = ascent / norm(ascent)
     return x + rho * ascent
+
+
+def scaled(scale: Callable[[Any], Any], x: Any, ascent: Any) -> Any:
+    """``scale(x_k) * a_k`` for every coordinate: the elementwise preconditioner of a rule, on
+    a sympy column vector (applied entry by entry) or a torch tensor (broadcast)."""
+    if hasattr(ascent, "applyfunc"):
+        factors = x.applyfunc(scale)
+        return ascent.multiply_elementwise(factors)
+    return scale(x) * ascent
 
 
 def gibbs_weights(scores: Any, lam: float, dim: int = -1) -> Any:
@@ -222,8 +366,7 @@ def gibbs_weights(scores: Any, lam: float, dim: int = -1) -> Any:
     of ``sum_i p_i s_i + H(P)/lam``. ``scores`` is a torch tensor (per-sample gradient norms)."""
     import torch
 
-    if lam < 0:
-        raise ValueError(f"lam must be >= 0; got {lam!r}")
+    validation.non_negative_number("lam", lam)
     return torch.softmax(lam * scores, dim=dim)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .algorithms import check_rho, check_sampling, check_sizes, get_rule, reweighted_gradient
+from .algorithms import check_rho, check_sampling, check_sizes, get_rule, reweighted_gradient, scaled
 from .problems.base import Problem
 
 
@@ -84,6 +84,8 @@ def update_direction(problem: Problem, algorithm: str, x: torch.Tensor, batch_id
             batch_grads = problem.sample_grads(x).gather(
                 -2, batch_idx.unsqueeze(-1).expand(*batch_idx.shape, x.shape[-1]))
             ascent = reweighted_gradient(batch_grads, lam).unsqueeze(-2)
+        if rule.scale is not None:
+            ascent = scaled(rule.scale, points, ascent)
         if rule.normalized:
             ascent = ascent / ascent.norm(dim=-1, keepdim=True)
         points = points + rho * ascent

@@ -30,7 +30,7 @@ import torch
 import torchsde
 from tqdm.auto import tqdm
 
-from .algorithms import check_rho, check_sampling, check_sizes, get_rule, sampling_factor
+from .algorithms import check_rho, check_sampling, check_sizes, get_rule, rule_names, sampling_factor
 from .brownian import FixedGridBrownian, time_grid
 from .ensemble import check_eta, check_positive_int, draw_batches, start_points
 from .problems.base import Problem
@@ -94,10 +94,9 @@ class AlgorithmSDE(torch.nn.Module):
                  drop_terms: Iterable[str] = (), sam_samples: int = 4096, seed: int = 0) -> None:
         super().__init__()
         rule = get_rule(algorithm)
-        if rule.ascent == "reweighted":
-            raise ValueError("algorithm 'rw-sam' has no SDE in sdesam.sde; simulate it with "
-                             "sdesam.ensemble.run, or choose one of sgd, n-usam, usam, m-usam, "
-                             "n-sam, sam, m-sam")
+        if not rule.sde:
+            raise ValueError(f"algorithm {rule.name!r} has no SDE in sdesam.sde (none hand-written); "
+                             "choose one of " + ", ".join(rule_names(lambda r: r.sde)))
         self.eta, self.rho = check_eta(eta), float(check_rho(rho))
         self.micro = check_sizes(rule.name, batch, micro, problem.n, sampling)
         self.drop_terms = frozenset(drop_terms)

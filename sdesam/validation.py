@@ -45,7 +45,7 @@ def positive_number(name: str, value: Any) -> float:
     """``value`` as a float if it is a finite number > 0."""
     real = _real(value)
     if real is None or not real > 0:
-        raise InputError(f"{name} must be a positive finite number; got {value!r}")
+        raise InputError(f"{name} must be a positive number (finite, > 0); got {value!r}")
     return real
 
 
@@ -53,7 +53,7 @@ def non_negative_number(name: str, value: Any) -> float:
     """``value`` as a float if it is a finite number >= 0."""
     real = _real(value)
     if real is None or not real >= 0:
-        raise InputError(f"{name} must be a non-negative finite number; got {value!r}")
+        raise InputError(f"{name} must be a non-negative number (finite, >= 0); got {value!r}")
     return real
 
 
@@ -74,9 +74,9 @@ def non_negative_or_symbol(name: str, value: Any) -> Any:
     try:
         negative = bool(value < 0)
     except TypeError:
-        raise InputError(f"{name} must be a non-negative number or a sympy symbol; got {value!r}")
+        raise InputError(f"{name} must be >= 0 (a number or a sympy symbol); got {value!r}")
     if negative or (isinstance(value, float) and not math.isfinite(value)):
-        raise InputError(f"{name} must be a non-negative number or a sympy symbol; got {value!r}")
+        raise InputError(f"{name} must be >= 0 (a number or a sympy symbol); got {value!r}")
     return value
 
 

@@ -38,7 +38,7 @@ def test_vectorised_step_equals_reference_direction(algorithm):
     assert not torch.allclose(new, x)
 
 
-@pytest.mark.parametrize("algorithm", [a for a in ALGORITHMS if a != "rw-sam"])
+@pytest.mark.parametrize("algorithm", [a for a in ALGORITHMS if not get_rule(a).weighted])
 def test_symbolic_one_step_map_equals_ensemble_step(algorithm):
     """The reference rule evaluated exactly in sympy on a sympy family equals the torch step."""
     u, v = sympy.symbols("u v")

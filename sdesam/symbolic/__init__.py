@@ -14,10 +14,10 @@ which has no closed form; ``derive`` returns their drift for concrete losses and
 SGD's ``c(B) V``, for every m.
 """
 
-from .derivation import GENERIC, SYMBOLIC_ALGORITHMS, Derivation, derive, matrices_equal
+from .derivation import GENERIC, Derivation, derive, matrices_equal, symbolic_support
 from .examples import example_losses
 from .step import one_step_map
 from .symbols import eta, rho
 
-__all__ = ["derive", "Derivation", "rho", "eta", "GENERIC", "SYMBOLIC_ALGORITHMS",
+__all__ = ["derive", "Derivation", "rho", "eta", "GENERIC", "symbolic_support",
            "example_losses", "one_step_map", "matrices_equal"]

@@ -17,7 +17,8 @@ import time
 import sympy
 
 from ..algorithms import SAMPLING_SCHEMES, get_rule
-from .derivation import GENERIC, SYMBOLIC_ALGORITHMS, Derivation, derive
+from .. import algorithms
+from .derivation import GENERIC, Derivation, derive, symbolic_support
 from .examples import example_losses
 
 LOSS_CHOICES = ("example", "example-1d", GENERIC)
@@ -34,7 +35,7 @@ def _size(text: str) -> int | sympy.Symbol:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``sdesam derive``."""
-    parser.add_argument("algorithm", choices=SYMBOLIC_ALGORITHMS, help="rule to derive")
+    parser.add_argument("algorithm", choices=algorithms.rule_names(symbolic_support), help="rule to derive")
     parser.add_argument("--losses", choices=LOSS_CHOICES, default="example",
                         help="built-in 2-D or 1-D example with N=4 non-quadratic per-sample "
                              "losses, or 'generic' (any smooth losses; result in f and SGN "

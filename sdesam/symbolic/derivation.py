@@ -28,22 +28,29 @@ from .families import ConcreteFamily, GenericFamily
 from .symbols import eta, rho
 from .taylor import TaylorGradient, gradient, truncate_matrix
 
-SYMBOLIC_ALGORITHMS: tuple[str, ...] = ("sgd", "n-usam", "usam", "m-usam", "n-sam", "sam", "m-sam")
-
 GENERIC = "generic"
 
 
+def symbolic_support(rule: Rule) -> bool:
+    """Whether :func:`derive` can derive ``rule`` (every registered rule but Gibbs-weighted ones)."""
+    return not rule.weighted
+
+
+def __getattr__(name: str) -> Any:
+    """``SYMBOLIC_ALGORITHMS``: the registered rules :func:`derive` supports, read at access time."""
+    if name == "SYMBOLIC_ALGORITHMS":
+        return algorithms.rule_names(symbolic_support)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _resolve_rule(algorithm: str | Rule) -> Rule:
-    if isinstance(algorithm, Rule):
-        if algorithm.ascent == "reweighted":
-            raise ValueError("algorithm: reweighted ascent (rw-sam) has no symbolic derivation")
-        return algorithm
-    if not isinstance(algorithm, str) or algorithm.lower() not in SYMBOLIC_ALGORITHMS:
+    rule = algorithms.get_rule(algorithm)
+    if not symbolic_support(rule):
         raise ValueError(
-            f"algorithm must be one of {', '.join(SYMBOLIC_ALGORITHMS)} or an "
-            f"sdesam.algorithms.Rule; got {algorithm!r}"
+            f"algorithm must be one of {', '.join(algorithms.rule_names(symbolic_support))} or an "
+            f"sdesam.algorithms.Rule without Gibbs weights; got {rule.name!r}"
         )
-    return algorithms.get_rule(algorithm)
+    return rule
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
