@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import re
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..records import write_json
+from ..outputs import check_writable
+from ..records import read_record, validate_record, write_json
+from ..validation import InputError
 
 
 def drawer(experiment: str) -> ModuleType:
@@ -49,16 +50,22 @@ def draw(data: dict[str, Any], out_stem: str | Path) -> list[Path]:
 def redraw(path: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Redraw the figure of the data file ``path`` into ``out_dir`` (default: beside it)."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"data file {str(path)!r} does not exist")
-    with open(path) as handle:
-        data = json.load(handle)
+    data = read_record(path)
+    drawer(data["settings"]["experiment"])
     folder = Path(out_dir) if out_dir is not None else path.parent
-    return draw(data, folder / path.stem)
+    check_writable(folder)
+    try:
+        return draw(data, folder / path.stem)
+    except (KeyError, TypeError, IndexError) as error:
+        raise InputError(f"data file {str(path)!r} does not hold what the "
+                         f"{data['settings']['experiment']} figure needs "
+                         f"({type(error).__name__}: {error})") from None
 
 
 def publish(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
-    """Write ``data`` to ``out_dir/<experiment>.json`` atomically and draw its figure there."""
+    """Write the record ``data`` (the one schema of :func:`sdesam.records.make_record`) to
+    ``out_dir/<experiment>.json`` atomically and draw its figure there."""
+    validate_record(data, "the record to publish")
     experiment = data["settings"]["experiment"]
     drawer(experiment)                      # fail on an unknown experiment before writing
     path = write_json(Path(out_dir) / f"{experiment}.json", data)
