@@ -1,19 +1,30 @@
-"""Command-line options every theory experiment shares (quick mode, seed, output, device)."""
+"""Command-line options every experiment shares, and where it writes.
+
+``--quick``, ``--seed``, ``--out``, ``--device``, ``--cache`` and ``--no-progress`` mean the same
+in every experiment. Without ``--out`` a run goes to a fresh ``runs/<experiment>-<time>/``
+folder (:mod:`sdesam.outputs`), so nothing committed is overwritten unless the user names
+``--out figures``; the folder is checked writable before any work.
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-import torch
+from . import validation
+from .cli import OneLineParser
+from .outputs import check_writable, resolve_out
 
 
 def experiment_parser(description: str | None, quick_help: str) -> argparse.ArgumentParser:
     """A parser with --quick, --seed, --out, --device, --cache and --no-progress."""
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=description,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="figures", help="folder for the data file and figure")
+    parser.add_argument("--out", default=None,
+                        help="folder for the data file and figure (default: a fresh "
+                             "runs/<experiment>-<time>/; --out figures regenerates the committed ones)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--cache", default=None,
                         help="folder for the cached poor-minimum weights (default: OUT/cache)")
@@ -21,7 +32,16 @@ def experiment_parser(description: str | None, quick_help: str) -> argparse.Argu
     return parser
 
 
+def prepare_out(args: argparse.Namespace, experiment: str, needed_bytes: int = 16 * 2**20) -> Path:
+    """Check ``--device``, resolve ``--out`` (fresh run folder by default), prove it writable
+    with room for ``needed_bytes``, store it back in ``args.out`` and say where output goes."""
+    check_device(args.device)
+    out = check_writable(resolve_out(args.out, experiment), needed_bytes)
+    args.out = str(out)
+    print(f"writing to {out}/", flush=True)
+    return out
+
+
 def check_device(device: str) -> None:
     """Refuse a CUDA device before any work when CUDA is not available."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    validation.device("--device", device)
