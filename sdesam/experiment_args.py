@@ -9,18 +9,23 @@ folder (:mod:`sdesam.outputs`), so nothing committed is overwritten unless the u
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from . import validation
 from .cli import OneLineParser
 from .outputs import check_writable, resolve_out
 
+QUICK_ENV = "SDESAM_QUICK"
+"""Environment variable that makes every experiment run at its quick size (the README test)."""
+
 
 def experiment_parser(description: str | None, quick_help: str) -> argparse.ArgumentParser:
     """A parser with --quick, --seed, --out, --device, --cache and --no-progress."""
     parser = OneLineParser(description=description,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--quick", action="store_true", help=quick_help + " (also set by SDESAM_QUICK=1)",
+                        default=os.environ.get(QUICK_ENV) == "1")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None,
                         help="folder for the data file and figure (default: a fresh "

@@ -1,0 +1,126 @@
+"""Measure every time the README quotes, with the machine and its load.
+
+Two kinds of time:
+
+* the quick commands (``--quick``) and the library commands of the README are run here, each
+  ``--repeats`` times in a row; reported: median wall time, median process CPU time (the
+  command and its children), and the 1-minute load average before and after;
+* the default runs that made the committed figures are far too long to repeat: their wall
+  and CPU times are read from the ``metadata`` of the committed data files in ``figures/``,
+  which the run itself recorded.
+
+Prints a table; writes it to ``OUT/readme_times.txt`` (default: a fresh ``runs/`` folder;
+``--out experiments/benchmarks`` replaces the committed table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from sdesam.cli import OneLineParser, guarded  # noqa: E402
+from sdesam.outputs import check_writable, resolve_out  # noqa: E402
+from sdesam.records import atomic_write  # noqa: E402
+
+TIMED = ("--quick", "sdesam derive", "sdesam plot", "sdesam train --dataset synthetic",
+         "sdesam train --dataset mnist1d", "derivations/run_all.py")
+
+
+def readme_commands() -> list[str]:
+    """The README's shell commands that this script times (quick and library commands)."""
+    text = (ROOT / "README.md").read_text()
+    found = []
+    for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            command = re.sub(r"\s+#.*$", "", line).strip()
+            if command and any(key in command for key in TIMED) and "pip install" not in command:
+                found.append(command)
+    return found
+
+
+def machine() -> str:
+    """One line naming the machine: processor, cores, Python."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def time_command(command: str, workdir: Path) -> tuple[float, float]:
+    """Wall and CPU seconds (children included) of one run of ``command`` in ``workdir``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    began = time.perf_counter()
+    done = subprocess.run(command, shell=True, cwd=workdir, capture_output=True, text=True)
+    wall = time.perf_counter() - began
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"README command failed: {command}\n{done.stderr[-2000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def committed_runs() -> list[tuple[str, float | None, float | None]]:
+    """(data file, wall s, CPU s) of every committed default run, from its own metadata."""
+    rows = []
+    for path in sorted((ROOT / "figures").glob("*.json")):
+        metadata = json.loads(path.read_text()).get("metadata", {})
+        rows.append((path.name, metadata.get("wall_time_s"), metadata.get("cpu_time_s")))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Time the README's commands and print / write the table."""
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=1, help="runs per command (median reported)")
+    parser.add_argument("--only", default=None, help="time only commands containing this text")
+    parser.add_argument("--out", default=None, help="folder for readme_times.txt")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be a positive integer; got {args.repeats}")
+    out = check_writable(resolve_out(args.out, "readme_times"))
+    commands = [c for c in readme_commands() if args.only is None or args.only in c]
+    lines = [f"machine: {machine()}",
+             f"load average (1 min) at start: {os.getloadavg()[0]:.2f}", "",
+             f"{'command':<78} {'wall s':>8} {'CPU s':>8} {'load':>5}"]
+    with tempfile.TemporaryDirectory() as scratch:
+        subprocess.run(f"git -C {ROOT} ls-files -z | (cd {ROOT} && xargs -0 cp --parents -t {scratch})",
+                       shell=True, check=True)
+        for command in commands:
+            runs = [time_command(command, Path(scratch)) for _ in range(args.repeats)]
+            wall = statistics.median(r[0] for r in runs)
+            cpu = statistics.median(r[1] for r in runs)
+            lines.append(f"{command[:78]:<78} {wall:8.1f} {cpu:8.1f} {os.getloadavg()[0]:5.2f}")
+            print(lines[-1], flush=True)
+    lines += ["", "committed default runs (times recorded by the runs themselves):",
+              f"{'data file':<30} {'wall s':>8} {'CPU s':>8}"]
+    for name, wall, cpu in committed_runs():
+        fmt = lambda v: f"{v:8.0f}" if isinstance(v, (int, float)) else f"{'-':>8}"
+        lines.append(f"{name:<30} {fmt(wall)} {fmt(cpu)}")
+    lines.append(f"load average (1 min) at end: {os.getloadavg()[0]:.2f}")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    path = atomic_write(out / "readme_times.txt", lambda f: f.write(table))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(guarded("readme_times", lambda: main()))
