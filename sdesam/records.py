@@ -62,8 +62,28 @@ def git_commit() -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
+class RunClock:
+    """Wall and process CPU time since construction: ``RunClock().metadata(device)`` gives the
+    ``metadata`` of a record with ``wall_time_s`` and ``cpu_time_s`` beside :func:`run_metadata`."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._time = time
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def elapsed(self) -> dict[str, float]:
+        """``wall_time_s`` and ``cpu_time_s`` (this process) so far."""
+        return {"wall_time_s": self._time.perf_counter() - self.wall,
+                "cpu_time_s": self._time.process_time() - self.cpu}
+
+    def metadata(self, device: str | None = None) -> dict[str, Any]:
+        """:func:`run_metadata` plus the elapsed times."""
+        return {**run_metadata(device), **self.elapsed()}
+
+
 def run_metadata(device: str | None = None) -> dict[str, Any]:
-    """Versions, git commit, machine and UTC time, for the ``settings`` of a data file."""
+    """Versions, git commit, machine, load and UTC time, for the ``metadata`` of a data file."""
     import numpy
     import torch
 
@@ -75,7 +95,7 @@ def run_metadata(device: str | None = None) -> dict[str, Any]:
         except Exception:  # an optional library that is absent is simply not recorded
             pass
     machine = {"platform": platform.platform(), "processor": platform.machine(),
-               "cpu_count": os.cpu_count()}
+               "cpu_count": os.cpu_count(), "load_average_1min": os.getloadavg()[0]}
     if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
         machine["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return {"versions": versions, "git_commit": git_commit(), "machine": machine,
