@@ -200,10 +200,19 @@ def simulate_derivation(derivation: Derivation, *, eta: float, rho: float, x0: A
     discrete steps k = 0..horizon/eta and the states ``[len(times), chains, d]``. ``dt``
     (default eta) must divide eta; the Brownian motion (d channels) is fixed by ``seed``.
     """
+    sde = DerivedSDE(derivation, eta=eta, rho=rho, lam=lam)
+    return integrate(sde, x0=x0, horizon=horizon, chains=chains, seed=seed, dt=dt,
+                     device=device, progress=progress)
+
+
+def integrate(sde: DerivedSDE, *, x0: Any, horizon: float, chains: int, seed: int,
+              dt: float | None = None, device: str | torch.device = "cpu",
+              progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`simulate_derivation` for an SDE already compiled (reused across calls; its
+    :attr:`DerivedSDE.clipped` counter keeps counting)."""
     chains = validation.positive_int("chains", chains)
     device = validation.device("device", str(device))
-    grid, substeps = integration_grid(eta, horizon, dt)
-    sde = DerivedSDE(derivation, eta=eta, rho=rho, lam=lam)
+    grid, substeps = integration_grid(sde.eta, horizon, dt)
     y0 = start_points(x0, chains, sde.dim, device)
     bm = FixedGridBrownian(grid, (chains, sde.dim), seed, dtype=y0.dtype, device=y0.device)
     path = euler_maruyama(sde, y0, bm, record_every=substeps, progress=progress)

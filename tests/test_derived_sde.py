@@ -175,8 +175,7 @@ def test_user_rule_sde_has_weak_order_at_least_0_6(scaled_usam):
 
 @pytest.mark.slow
 def test_user_rule_sde_has_weak_order_at_least_0_6_in_2d(scaled_usam):
-    check_weak_order(scaled_usam, dim=2, batch=4, etas=[0.1, 0.05, 0.025, 0.0125],
-                     chains=200000)
+    check_weak_order(scaled_usam, dim=2, batch=4, etas=[0.1, 0.05, 0.025], chains=60000)
 
 
 # ---------------------------------------------------------------------- second-order terms
