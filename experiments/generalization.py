@@ -13,15 +13,17 @@ trainer (``sdesam.train``) under one protocol:
    gradient norm) at that rho; the norm is recalibrated on each run, at its initial weights;
 2. evaluation: ``seeds`` seeds at the chosen settings, the same seeds for every method (same
    initialisation, same batch order), so differences are paired per seed. Each run reports
-   its final test accuracy, tr V (exact, full training set) and the top Hessian eigenvalue of
-   the training loss (Lanczos, on a fixed subset of the training set);
+   its final test accuracy, tr V (exact per-sample gradients) and the top Hessian eigenvalue
+   of the training loss (Lanczos), both on the first ``statistics_samples`` training samples;
 3. statistics: mean +- std per method, paired differences against SGD and SAM with 95%
    t-intervals, and the minimal detectable difference of the design (80% power, alpha 0.05,
    from the observed spread of the paired differences).
 
 Every run lives in its own trainer folder under ``--runs-dir`` with a ``summary.json``; a
 re-started experiment skips finished runs and continues interrupted ones exactly (--resume).
-Writes ``OUT/generalization.json`` and the figure.
+Writes ``OUT/generalization.json`` and the figure after every finished cell (data set x noise
+level; ``metadata.complete`` says whether all cells are in), so a long run shows its results
+as they come.
 """
 
 from __future__ import annotations
@@ -52,15 +54,15 @@ DATASETS: dict[str, dict[str, Any]] = {
     "digits": {"model": "mlp1d", "lr": 0.05, "epochs": 20},
 }
 SETTINGS: dict[str, Any] = {
-    "datasets": ["mnist1d", "digits"], "label_noise": [0.0, 0.4], "batch_size": 32,
+    "datasets": ["digits", "mnist1d"], "label_noise": [0.0, 0.4], "batch_size": 32,
     "micros": [1, 4], "rho_grid": [0.01, 0.03, 0.1, 0.3], "lam_multiples": [0.5, 1.0, 2.0],
     "seeds": 8, "tune_seed": 1000, "val_fraction": 0.2, "momentum": 0.9, "weight_decay": 5e-4,
-    "prune_margin": 3.0, "hessian_samples": 1024, "lanczos_iterations": 15,
+    "prune_margin": 3.0, "statistics_samples": 1024, "lanczos_iterations": 10,
     "dataset_setup": DATASETS,
 }
 QUICK: dict[str, Any] = {
     "datasets": ["digits"], "micros": [1], "rho_grid": [0.03, 0.1], "lam_multiples": [1.0],
-    "seeds": 3, "lanczos_iterations": 5, "hessian_samples": 256,
+    "seeds": 3, "lanczos_iterations": 5, "statistics_samples": 256,
     "dataset_setup": {"digits": {**DATASETS["digits"], "epochs": 4}},
 }
 REFERENCES = ("sgd", "sam")
@@ -114,7 +116,8 @@ class Runner:
                            optimizer=method.algorithm, rho=rho, micro=method.micro, lam=lam,
                            lr=setup["lr"], momentum=s["momentum"], weight_decay=s["weight_decay"],
                            epochs=setup["epochs"], batch_size=s["batch_size"], seed=seed,
-                           trace_every=setup["epochs"] if final else 0, probe_size=10**6,
+                           trace_every=setup["epochs"] if final else 0,
+                           probe_size=s["statistics_samples"],
                            device=self.device, resume=True, progress=False)
 
     def calibrate_lam(self, config: TrainConfig, multiple: float) -> tuple[float, float]:
@@ -184,9 +187,10 @@ class Runner:
 
     def hessian_top(self, config: TrainConfig, model: torch.nn.Module, seed: int) -> float:
         """The top Hessian eigenvalue of the training loss at the end of the run, on the first
-        ``hessian_samples`` training samples (noisy labels: the objective being minimised)."""
+        ``statistics_samples`` training samples (noisy labels: the objective being minimised;
+        the same samples tr V is measured on)."""
         data = prepare_data(config, torch.device(self.device))
-        count = min(self.settings["hessian_samples"], len(data.train_labels))
+        count = min(self.settings["statistics_samples"], len(data.train_labels))
         inputs = augment.normalize(data.train_images[:count], data.mean, data.std)
         return float(sgn.hessian_top_eigenvalues(
             model, per_sample_cross_entropy, inputs, data.train_labels[:count], 1,
@@ -267,9 +271,11 @@ def summary_rows(runs: list[dict[str, Any]], cell: Cell) -> list[dict[str, Any]]
     return rows
 
 
-def measure(settings: dict[str, Any], runs_dir: Path, device: str,
-            progress: bool) -> dict[str, list[dict[str, Any]]]:
-    """Tune and evaluate every method on every cell; the results tables of the data file."""
+def measure(settings: dict[str, Any], runs_dir: Path, device: str, progress: bool,
+            on_cell_done: Callable[[dict[str, list[dict[str, Any]]]], None] | None = None
+            ) -> dict[str, list[dict[str, Any]]]:
+    """Tune and evaluate every method on every cell; the results tables of the data file.
+    ``on_cell_done(results)`` is called with the tables so far after each cell."""
     runner = Runner(settings, runs_dir, device, progress)
     cells = [Cell(d, p) for d in settings["datasets"] for p in settings["label_noise"]]
     results: dict[str, list[dict[str, Any]]] = {"choices": [], "tuning": [], "runs": [],
@@ -295,6 +301,8 @@ def measure(settings: dict[str, Any], runs_dir: Path, device: str,
         results["runs"] += cell_runs
         results["summary"] += summary_rows(cell_runs, cell)
         results["paired"] += paired_rows(cell_runs, cell, settings)
+        if on_cell_done is not None:
+            on_cell_done(results)
     bar.close()
     return results
 
@@ -310,6 +318,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="digits only, fewer epochs, seeds and candidates (< 2 minutes)")
+    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=None,
+                        help="the data sets to run (default: digits and mnist1d; --quick: digits)")
     parser.add_argument("--out", default=None,
                         help="folder for generalization.json and the figure "
                              "(default: a fresh runs/generalization-<time>/)")
@@ -339,12 +349,23 @@ def main(argv: list[str] | None = None) -> int:
     began, cpu_began = time.perf_counter(), time.process_time()
     settings = {"experiment": "generalization", "quick": args.quick, "device": args.device,
                 **SETTINGS, **(QUICK if args.quick else {})}
-    results = measure(settings, runs_dir, args.device, not args.no_progress)
-    metadata = {**run_metadata(args.device), "wall_time_s": time.perf_counter() - began,
-                "cpu_time_s": time.process_time() - cpu_began, "torch_threads": args.threads}
+    if args.datasets is not None:
+        if args.quick and set(args.datasets) - set(settings["dataset_setup"]):
+            print("generalization: error: --quick runs digits only")
+            return 2
+        settings["datasets"] = args.datasets
+    cells = len(settings["datasets"]) * len(settings["label_noise"])
+
+    def write(results: dict[str, list[dict[str, Any]]]) -> None:
+        done = len(results["summary"]) // len(methods(settings))
+        metadata = {**run_metadata(args.device), "wall_time_s": time.perf_counter() - began,
+                    "cpu_time_s": time.process_time() - cpu_began, "torch_threads": args.threads,
+                    "cells_done": done, "complete": done == cells}
+        for written in publish(make_record(settings, results, metadata), out):
+            print(f"{'wrote' if done == cells else f'wrote (cell {done} of {cells})'} {written}")
+
     print(f"writing to {out}")
-    for written in publish(make_record(settings, results, metadata), out):
-        print(written)
+    measure(settings, runs_dir, args.device, not args.no_progress, on_cell_done=write)
     return 0
 
 
