@@ -43,7 +43,7 @@ from sdesam import per_sample, sgn, stats
 from sdesam.experiment_args import check_device
 from sdesam.outputs import check_writable, resolve_out
 from sdesam.plotting import publish
-from sdesam.records import make_record, read_record, run_metadata, write_json
+from sdesam.records import atomic_write, make_record, read_record, run_metadata, write_json
 from sdesam.train import augment
 from sdesam.train.loop import (TrainConfig, initial_model, per_sample_cross_entropy,
                                prepare_data, train)
@@ -66,6 +66,13 @@ QUICK: dict[str, Any] = {
     "dataset_setup": {"digits": {**DATASETS["digits"], "epochs": 4}},
 }
 REFERENCES = ("sgd", "sam")
+PAPER = {  # test accuracy (%) SGD / SAM / RW-SAM, /work/shared/paper.md: Table 1 and Table 4
+    0.0: ("Table 1, ResNet-18 on CIFAR-10", (95.62, 95.99, 96.24)),
+    0.2: ("Table 4, 20% label noise", (87.54, 90.01, 90.34)),
+    0.4: ("Table 4, 40% label noise", (83.66, 86.40, 86.87)),
+    0.6: ("Table 4, 60% label noise", (76.64, 78.79, 81.52)),
+    0.8: ("Table 4, 80% label noise", (46.53, 37.69, 53.17)),
+}
 
 
 @dataclass(frozen=True)
@@ -307,6 +314,36 @@ def measure(settings: dict[str, Any], runs_dir: Path, device: str, progress: boo
     return results
 
 
+def readme_table(results: dict[str, list[dict[str, Any]]]) -> str:
+    """Markdown tables for the README: test accuracy per method and the paired differences
+    against SGD and SAM (95% CI, minimal detectable difference), beside the paper's numbers."""
+    def name(row: dict[str, Any]) -> str:
+        return f"m-SAM m={row['micro']}" if row["micro"] is not None else row["algorithm"].upper()
+
+    cells: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for row in results["summary"]:
+        cells.setdefault((row["dataset"], row["label_noise"]), []).append(row)
+    header = [name(r) for r in next(iter(cells.values()))] if cells else []
+    lines = ["| data | noise | " + " | ".join(header) + " | paper: SGD / SAM / RW-SAM |",
+             "| --- | --- |" + " --- |" * (len(header) + 1)]
+    for (dataset, noise), rows in cells.items():
+        where, paper = PAPER.get(noise, ("not in the paper", ()))
+        lines.append(f"| {dataset} | {noise:.0%} | " + " | ".join(
+            f"{r['test_acc_mean']:.2f} +- {r['test_acc_std']:.2f}" for r in rows) +
+            f" | {' / '.join(map(str, paper))} ({where}) |")
+    lines += ["", "| data | noise | method | vs | difference (points) | 95% CI | p | detectable (80% power) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in results["paired"]:
+        if row["algorithm"] == "sgd":
+            continue
+        mdd = row["minimal_detectable_difference"]
+        lines.append(f"| {row['dataset']} | {row['label_noise']:.0%} | {name(row)} | "
+                     f"{row['reference'].upper()} | {row['difference_mean']:+.2f} | "
+                     f"[{row['ci_low']:+.2f}, {row['ci_high']:+.2f}] | {row['p_value']:.3f} | "
+                     f"{'-' if mdd is None else f'{mdd:.2f}'} |")
+    return "\n".join(lines) + "\n"
+
+
 def _without_curve(summary: dict[str, Any]) -> dict[str, Any]:
     """A run's summary as a flat record (the per-epoch validation curve left out)."""
     return {key: value for key, value in summary.items() if key != "val_curve"}
@@ -361,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         metadata = {**run_metadata(args.device), "wall_time_s": time.perf_counter() - began,
                     "cpu_time_s": time.process_time() - cpu_began, "torch_threads": args.threads,
                     "cells_done": done, "complete": done == cells}
-        for written in publish(make_record(settings, results, metadata), out):
+        table = atomic_write(out / "generalization.md", lambda f: f.write(readme_table(results)))
+        for written in [*publish(make_record(settings, results, metadata), out), table]:
             print(f"{'wrote' if done == cells else f'wrote (cell {done} of {cells})'} {written}")
 
     print(f"writing to {out}")

@@ -51,6 +51,7 @@ def _accuracy_panel(ax, rows: list[dict[str, Any]], batch: int) -> None:
                        row["test_acc_mean"] + row["test_acc_std"], color=shade, alpha=0.12)
     ax.set_xscale("log", base=2)
     ax.set_xticks(m, [str(v) for v in m])
+    ax.margins(x=0.2)
     ax.set_xlabel("micro-batch size m")
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=6, loc="lower left")
@@ -91,7 +92,7 @@ def draw(data: dict[str, Any], out_stem: Path) -> list[Path]:
     """Draw the generalization figure from its data file; returns the PNG and PDF paths."""
     settings, results = data["settings"], data["results"]
     cells = _cells(data)
-    fig, axes = plt.subplots(2, len(cells), figsize=(4.6 * len(cells), 8.4), squeeze=False)
+    fig, axes = plt.subplots(2, len(cells), figsize=(max(4.6 * len(cells), 9.0), 8.8), squeeze=False)
     for column, (dataset, noise) in enumerate(cells):
         def here(table: str) -> list[dict[str, Any]]:
             return [r for r in results[table] if r["dataset"] == dataset and r["label_noise"] == noise]
@@ -104,11 +105,11 @@ def draw(data: dict[str, Any], out_stem: Path) -> list[Path]:
         _accuracy_panel(axes[0, column], summary, settings["batch_size"])
         _difference_panel(axes[1, column], here("paired"))
         axes[1, column].set_title("paired by seed (same init and batch order)", fontsize=9)
-    fig.suptitle(f"Generalization, tuned on a validation split and paired by seed "
-                 f"(B={settings['batch_size']}; rho per method and m from {settings['rho_grid']}; "
-                 f"{'quick settings' if settings.get('quick') else 'default settings'})", fontsize=10)
+    fig.suptitle(f"Generalization, tuned on a validation split and paired by seed\n"
+                 f"B={settings['batch_size']}; rho per method and m from {settings['rho_grid']}; "
+                 f"{'quick settings' if settings.get('quick') else 'default settings'}", fontsize=10)
     handles, labels = axes[1, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".pdf")]
     for path in paths:
