@@ -395,9 +395,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def write(results: dict[str, list[dict[str, Any]]]) -> None:
         done = len(results["summary"]) // len(methods(settings))
+        runs = results["runs"] + results["tuning"]
         metadata = {**run_metadata(args.device), "wall_time_s": time.perf_counter() - began,
                     "cpu_time_s": time.process_time() - cpu_began, "torch_threads": args.threads,
-                    "cells_done": done, "complete": done == cells}
+                    "cells_done": done, "complete": done == cells, "runs": len(runs),
+                    # runs read back from --runs-dir count with the time they took when made
+                    "runs_wall_time_s": sum(r["wall_seconds"] for r in runs)}
         table = atomic_write(out / "generalization.md", lambda f: f.write(readme_table(results)))
         for written in [*publish(make_record(settings, results, metadata), out), table]:
             print(f"{'wrote' if done == cells else f'wrote (cell {done} of {cells})'} {written}")
