@@ -348,14 +348,18 @@ class _Run:
         if config.compile:
             model.compile()
         runner = distributed.wrap_model(model, context, device)
-        train_inputs = augment.normalize(data.train_images, data.mean, data.std, channels_last)
-        optimizer = build_optimizer(config, runner, device, (train_inputs, data.train_labels))
+        ascent_data = None
+        if config.rule.ascent == "full":  # the whole training set, normalised once
+            ascent_data = (augment.normalize(data.train_images, data.mean, data.std, channels_last),
+                           data.train_labels)
+        optimizer = build_optimizer(config, runner, device, ascent_data)
         for group in optimizer.base_optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
         probe = None
         if config.trace_every:
             index = torch.arange(min(config.probe_size, len(data.train_labels)), device=device)
-            probe = (train_inputs[index], data.train_labels[index])
+            probe = (augment.normalize(data.train_images[index], data.mean, data.std, channels_last),
+                     data.train_labels[index])
         loss_fn = functools.partial(per_sample_cross_entropy, label_smoothing=config.label_smoothing)
         return cls(config, context, device, data, model, runner, optimizer, loss_fn,
                    autocast_dtype(config.precision, device), channels_last, probe,
