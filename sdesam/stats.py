@@ -167,3 +167,48 @@ def mean_and_stderr(values, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     if count < 2:
         return mean, np.zeros_like(mean)
     return mean, data.std(axis=axis, ddof=1) / np.sqrt(count)
+
+
+def paired_difference(a, b, confidence: float = 0.95) -> dict[str, float | int]:
+    """The mean of the paired differences ``a - b`` with its t-interval and two-sided p-value.
+
+    ``a[i]`` and ``b[i]`` are measured on the same unit (e.g. the same seed: same
+    initialisation and batch order), so the interval is that of the per-unit differences:
+    ``mean +- t_{(1+confidence)/2, n-1} * sd / sqrt(n)``. Returns ``mean``, ``std`` (of the
+    differences, ddof 1), ``ci_low``, ``ci_high``, ``p_value`` and ``n``; with n = 1 the
+    interval is infinite and the p-value 1.
+    """
+    _check_confidence(confidence)
+    first, second = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    if first.shape != second.shape or first.size == 0:
+        raise ValueError(f"a and b must be non-empty and paired (same length); got "
+                         f"{first.size} and {second.size} values")
+    diff = first - second
+    n, mean = diff.size, float(diff.mean())
+    if n < 2:
+        return {"mean": mean, "std": 0.0, "ci_low": -np.inf, "ci_high": np.inf,
+                "p_value": 1.0, "n": n}
+    std = float(diff.std(ddof=1))
+    half = float(_scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / np.sqrt(n)
+    if std > 0:
+        p_value = float(2 * _scipy_stats.t.sf(abs(mean) / (std / np.sqrt(n)), n - 1))
+    else:
+        p_value = 1.0 if mean == 0 else 0.0
+    return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half,
+            "p_value": p_value, "n": n}
+
+
+def minimal_detectable_difference(std_of_differences: float, n: int, alpha: float = 0.05,
+                                  power: float = 0.8) -> float:
+    """The smallest true mean difference a paired t-test on ``n`` units detects with probability
+    ``power`` at two-sided level ``alpha``, given the standard deviation of the differences:
+    ``(t_{1-alpha/2, n-1} + t_{power, n-1}) * sd / sqrt(n)`` (the usual approximation to the
+    noncentral-t power calculation; it errs slightly low for very small n)."""
+    _check_confidence(1 - alpha)
+    _check_confidence(power)
+    if not isinstance(n, (int, np.integer)) or n < 2:
+        raise ValueError(f"n must be an integer >= 2; got {n!r}")
+    if not std_of_differences >= 0:
+        raise ValueError(f"std_of_differences must be >= 0; got {std_of_differences!r}")
+    quantiles = _scipy_stats.t.ppf(1 - alpha / 2, n - 1) + _scipy_stats.t.ppf(power, n - 1)
+    return float(quantiles * std_of_differences / np.sqrt(n))

@@ -122,3 +122,66 @@ def test_shards_partition_the_batch_and_eval_covers_every_sample_once():
         shard(batch, 0, 5)
     covered = torch.cat([i for r in range(3) for i in eval_batches(10, 2, r, 3)])
     assert sorted(covered.tolist()) == list(range(10))
+
+
+def test_mnist1d_is_generated_locally_with_the_canonical_shape_balance_and_checksum(tmp_path):
+    from sdesam.train import cpu_data
+
+    numpy_state = np.random.get_state()[1].copy()
+    data = load_dataset("mnist1d", tmp_path)
+    assert np.array_equal(np.random.get_state()[1], numpy_state)  # global RNG left alone
+    assert data.train_images.shape == (4000, 1, 40) and data.test_images.shape == (1000, 1, 40)
+    assert data.train_images.dtype == torch.float32 and data.num_classes == 10
+    counts = torch.bincount(torch.cat([data.train_labels, data.test_labels]), minlength=10)
+    assert counts.tolist() == [500] * 10  # 5000 signals, 500 per digit
+    assert data.info["sha256"] == cpu_data.MNIST1D_SHA256 and data.info["canonical"]
+    assert data.info["generator_arguments"]["seed"] == 42 and "url" not in data.info["generator_arguments"]
+    cached = list((tmp_path / "mnist1d").glob("mnist1d-*.npz"))
+    assert len(cached) == 1
+    again = load_dataset("mnist1d", tmp_path)  # read back from the cache
+    assert torch.equal(again.train_images, data.train_images)
+    cached[0].write_bytes(cached[0].read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"MNIST-1D cache file .*mnist1d-.*\.npz' is corrupt"):
+        load_dataset("mnist1d", tmp_path)
+
+
+def test_digits_have_a_fixed_stratified_test_split():
+    a, b = load_dataset("digits"), load_dataset("digits")
+    assert torch.equal(a.test_images, b.test_images) and torch.equal(a.train_labels, b.train_labels)
+    assert len(a.train_labels) + len(a.test_labels) == 1797 and len(a.test_labels) == 719
+    share = torch.bincount(a.test_labels, minlength=10) / (
+        torch.bincount(a.test_labels, minlength=10) + torch.bincount(a.train_labels, minlength=10))
+    assert torch.all((share - 0.4).abs() < 0.01)
+    assert a.train_images.shape[1:] == (1, 8, 8) and float(a.train_images.max()) == 1.0
+
+
+def test_validation_split_and_label_noise_touch_only_the_training_split():
+    from sdesam.train.splits import with_label_noise, with_validation
+
+    base = load_dataset("digits")
+    split = with_validation(base, 0.25, seed=3)
+    assert len(split.train_labels) + len(split.val_labels) == len(base.train_labels)
+    val_share = torch.bincount(split.val_labels, minlength=10) / torch.bincount(base.train_labels, minlength=10)
+    assert torch.all((val_share - 0.25).abs() < 0.02)  # stratified
+    noisy = with_label_noise(split, 0.4, seed=5)
+    wrong = noisy.train_labels != split.train_labels
+    assert int(wrong.sum()) == round(0.4 * len(split.train_labels))  # exactly p of them wrong
+    assert torch.equal(torch.nonzero(wrong).flatten(), noisy.flipped)
+    assert torch.equal(noisy.val_labels, split.val_labels) and torch.equal(noisy.test_labels, base.test_labels)
+    assert torch.equal(with_label_noise(split, 0.4, seed=5).train_labels, noisy.train_labels)
+    assert not torch.equal(with_label_noise(split, 0.4, seed=6).train_labels, noisy.train_labels)
+    # the wrong labels are spread over the other classes (symmetric noise)
+    assert len(torch.unique(noisy.train_labels[wrong])) == 10
+
+
+def test_a_corrupt_or_truncated_cifar_batch_is_named(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    _official_cifar10(folder)
+    good = (folder / "data_batch_2").read_bytes()
+    (folder / "data_batch_2").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=r"CIFAR file .*data_batch_2' is truncated or corrupt"):
+        load_cifar("cifar10", tmp_path)
+    with open(folder / "data_batch_2", "wb") as handle:  # rows and labels disagree
+        pickle.dump({b"data": np.zeros((4, 3072), dtype=np.uint8), b"labels": [1, 2]}, handle)
+    with pytest.raises(ValueError, match=r"data_batch_2' holds 4 images but 2 labels"):
+        load_cifar("cifar10", tmp_path)

@@ -23,6 +23,16 @@ def test_architectures_have_the_published_sizes(name, params):
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+@pytest.mark.parametrize("name, shape, params", [("cnn1d", (1, 40), 5_210), ("mlp1d", (1, 40), 15_210),
+                                                 ("mlp1d", (1, 8, 8), 17_610)])
+def test_mnist1d_benchmark_models_have_their_sizes_and_flatten_any_input(name, shape, params):
+    # the MNIST-1D benchmark's CNN (3 conv layers of 25 channels) and MLP (2 x 100 hidden units)
+    model = build_model(name, 10, input_shape=shape)
+    assert _count(model) == params
+    assert model(torch.randn(3, *shape)).shape == (3, 10)
+    assert not any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in model.modules())
+
+
 def test_resnet50_and_wrn_forward_on_cifar_shapes():
     torch.manual_seed(0)
     for name in ("resnet50", "wrn28-10"):

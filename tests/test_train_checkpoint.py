@@ -33,3 +33,16 @@ def test_missing_or_foreign_files_are_rejected(tmp_path):
     torch.save({"epoch": 1}, tmp_path / "foreign.pt")
     with pytest.raises(ValueError, match="format"):
         load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_a_truncated_or_corrupt_checkpoint_is_named(tmp_path):
+    path = save_checkpoint(tmp_path / "checkpoint.pt", {"epoch": 1, "weights": torch.arange(100.0)})
+    path.write_bytes(path.read_bytes()[:60])
+    with pytest.raises(ValueError, match=r"checkpoint .*checkpoint.pt' is truncated or corrupt"):
+        load_checkpoint(path)
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match=r"checkpoint .*checkpoint.pt' is truncated or corrupt"):
+        load_checkpoint(path)
+    save_checkpoint(path, {"epoch": 1})
+    with pytest.raises(ValueError, match=r"checkpoint.pt' lacks step, model"):
+        load_checkpoint(path, required=("epoch", "step", "model"))

@@ -80,6 +80,8 @@ def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_one(tmp_path, 
     with pytest.raises(_Interrupt):
         train(TrainConfig(out=str(tmp_path / "cut"), **settings), on_epoch_end=stop_after_two)
     assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 2
+    with pytest.raises(ValueError, match=r"--out .*cut' already holds a run .* --resume .* --overwrite"):
+        train(TrainConfig(out=str(tmp_path / "cut"), **settings))  # neither resume nor overwrite
     resumed = train(TrainConfig(out=str(tmp_path / "cut"), resume=True, **settings))
     assert [r["epoch"] for r in resumed.metrics] == [1, 2, 3]
     full_state, resumed_state = full.model.state_dict(), resumed.model.state_dict()
@@ -143,15 +145,21 @@ def test_trace_v_is_recorded_and_matches_a_hand_computation(tmp_path):
     ({"optimizer": "sam", "micro": 4}, "micro is only accepted"),
     ({"optimizer": "adam"}, "optimizer must be one of"),
     ({"dataset": "cifar10"}, "data_dir is required"),
-    ({"lr": -1.0}, "lr must be >= 0"),
-    ({"rho": -0.1, "optimizer": "sam"}, "rho must be >= 0"),
+    ({"lr": -1.0}, "lr must be a non-negative"),
+    ({"rho": -0.1, "optimizer": "sam"}, "rho must be a non-negative"),
     ({"batch_size": 0}, "batch_size must be a positive integer"),
     ({"accumulate": 3}, "accumulate must divide"),
     ({"precision": "fp16"}, "fp16 needs a CUDA device"),
     ({"device": "tpu"}, "device must be cpu, cuda"),
     ({"model": "vit"}, "pretrained"),
     ({"pretrained": "weights.pt"}, "pretrained"),
-    ({"local_perturbation": True}, "local_perturbation is an rw-sam option"),
+    ({"local_perturbation": True}, "local_perturbation is an option of the reweighted"),
+    ({"optimizer": "m-usam"}, "m-usam needs micro"),
+    ({"dataset": "mnist1d", "model": "small"}, "needs cnn1d or mlp1d"),
+    ({"dataset": "digits", "augment": True}, "augment .* applies to 32x32 images"),
+    ({"val_fraction": 1.0}, "val_fraction must be a number in"),
+    ({"label_noise": -0.2}, "label_noise must be a number in"),
+    ({"resume": True, "overwrite": True}, "exclude each other"),
     ({"synthetic_train": 16}, "synthetic_train must be at least batch_size"),
 ])
 def test_bad_settings_raise_before_any_work(tmp_path, changes, message):
@@ -168,3 +176,48 @@ def test_cli_reports_bad_settings_with_status_2(tmp_path, capsys):
     status = sdesam_main(["train", "--dataset", "cifar100", "--data-dir", str(tmp_path),
                           "--out", str(tmp_path / "o")])
     assert status == 2 and "missing" in capsys.readouterr().err
+
+
+def test_cli_refuses_an_out_holding_a_run_unless_resume_or_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = ["train", "--optimizer", "sgd", "--epochs", "1", "--out", str(out), "--synthetic-train",
+             "64", "--synthetic-test", "32", "--batch-size", "32", "--no-progress"]
+    assert sdesam_main(flags) == 0
+    first = (out / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert sdesam_main(flags) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and f"--out {str(out)!r} already holds a run" in error
+    assert (out / "metrics.jsonl").read_text() == first  # nothing was touched
+    (out / "metrics.jsonl").write_text("stale\n")
+    assert sdesam_main(flags + ["--overwrite"]) == 0  # afresh: the same run again
+    assert (out / "metrics.jsonl").read_text().splitlines()[0].split('"epoch_time_s"')[0] == \
+        first.splitlines()[0].split('"epoch_time_s"')[0]
+
+
+def test_optimizer_choices_are_the_rule_registry_and_every_rule_trains(tmp_path):
+    from sdesam.algorithms import RULES
+    from sdesam.train.loop import OPTIMIZERS
+
+    assert OPTIMIZERS == tuple(RULES)
+    for name, rule in RULES.items():
+        extra = {"micro": 8} if rule.micro else {}
+        result = train(TrainConfig(out=str(tmp_path / name), optimizer=name, epochs=1, **extra,
+                                   **{**TINY, "synthetic_train": 32, "synthetic_test": 8}))
+        assert math.isfinite(result.metrics[0]["train_loss"]), name
+
+
+def test_mnist1d_trains_from_the_cli_with_validation_and_label_noise(tmp_path):
+    out = tmp_path / "m1d"
+    status = sdesam_main(["train", "--dataset", "mnist1d", "--model", "cnn1d", "--optimizer", "sam",
+                          "--epochs", "1", "--batch-size", "100", "--val-fraction", "0.2",
+                          "--label-noise", "0.4", "--data-dir", str(tmp_path / "data"),
+                          "--out", str(out), "--no-progress"])
+    assert status == 0
+    record = json.loads((out / "metrics.jsonl").read_text())
+    assert record["step"] == 32 and 0 <= record["val_acc"] <= 100  # 3200 training signals
+    config = json.loads((out / "config.json").read_text())
+    from sdesam.train.cpu_data import MNIST1D_SHA256
+
+    assert config["data"]["sha256"] == MNIST1D_SHA256 and config["data"]["val_size"] == 800
+    assert len(config["data"]["flipped_indices"]) == 1280 and config["resolved"]["augment"] is False

@@ -41,7 +41,11 @@ def draw_crop_flip(batch: int, padding: int, generator: torch.Generator
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
               channels_last: bool = False) -> torch.Tensor:
-    """uint8 images [B, C, H, W] to float32 ``(x / 255 - mean) / std`` per channel."""
-    out = images.float().div_(255).sub_(mean.to(images.device)[:, None, None])
-    out = out.div_(std.to(images.device)[:, None, None])
+    """Inputs [B, C, ...] to float32 ``(x - mean) / std`` per channel; uint8 images are first
+    scaled to [0, 1] (``x / 255``), float inputs (signals, digits) are taken as they are."""
+    out = images.to(torch.float32, copy=True)
+    if images.dtype == torch.uint8:
+        out = out.div_(255)
+    shape = (-1,) + (1,) * (images.ndim - 2)
+    out = out.sub_(mean.to(images.device).view(shape)).div_(std.to(images.device).view(shape))
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out

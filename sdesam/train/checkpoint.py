@@ -16,9 +16,11 @@ from typing import Any
 import torch
 
 from sdesam.records import atomic_write
+from sdesam.validation import InputError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
+TRAINING_KEYS: tuple[str, ...] = ("epoch", "step", "model", "optimizer", "rng", "config", "metrics")
 
 
 def rng_state() -> dict[str, Any]:
@@ -48,13 +50,31 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return atomic_write(path, lambda handle: torch.save(payload, handle), mode="wb")
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (tensors only, no code is unpickled)."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors only, no code is unpickled).
+
+    Every failure is an InputError naming the file and what is wrong: missing, unreadable,
+    truncated or corrupt, another format, or lacking one of the ``required`` keys
+    (:data:`TRAINING_KEYS` for the trainer's checkpoints).
+    """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"checkpoint {str(path)!r} does not exist")
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    if state.get("format") != FORMAT_VERSION:
-        raise ValueError(f"checkpoint {str(path)!r} has format {state.get('format')!r}; "
+        raise InputError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as error:
+        raise InputError(f"checkpoint {str(path)!r} cannot be read: {error.strerror}") from None
+    except Exception as error:  # torch.load raises many types on damaged input
+        raise InputError(f"checkpoint {str(path)!r} is truncated or corrupt ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else 'unreadable'}); delete it "
+                         f"(or pass --overwrite) to start afresh") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise InputError(f"checkpoint {str(path)!r} has format {found!r}; "
                          f"this version reads format {FORMAT_VERSION}")
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise InputError(f"checkpoint {str(path)!r} lacks {', '.join(missing)} (not a training "
+                         f"checkpoint, or damaged)")
     return state

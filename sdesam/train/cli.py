@@ -1,9 +1,17 @@
-"""Train an image classifier with SGD, SAM, USAM, m-SAM or RW-SAM.
+"""Train a classifier with any SAM-family rule (SGD, SAM, USAM, n-SAM, m-SAM, RW-SAM, ...).
 
-Writes OUT/config.json (settings, versions, machine), OUT/metrics.jsonl (one JSON object per
-epoch: epoch, train_loss, train_acc, test_loss, test_acc, lr, step_time_s, images_per_s and,
-with --trace-every, trace_V) and OUT/checkpoint.pt (each epoch, atomically); --resume continues
-from it exactly.
+Writes OUT/config.json (settings, where the data came from -- MNIST-1D's generator arguments
+and checksum, the flipped labels under --label-noise --, versions, machine), OUT/metrics.jsonl
+(one JSON object per epoch: epoch, train_loss, train_acc, val_loss/val_acc with
+--val-fraction, test_loss, test_acc, lr, step_time_s, images_per_s and, with --trace-every,
+trace_V) and OUT/checkpoint.pt (each epoch, atomically). An OUT that already holds a run is
+refused unless --resume (continue it exactly) or --overwrite (start afresh) is given.
+
+Data sets: CIFAR-10/100 from local files, a synthetic CIFAR-shaped set, MNIST-1D (generated
+locally by the mnist1d package from its templates, cached under --data-dir, default
+~/.cache/sdesam or $SDESAM_DATA) and scikit-learn's 8x8 digits (fixed stratified test split).
+--val-fraction carves a stratified validation split from the training data and --label-noise
+flips that fraction of the remaining training labels (both drawn from --data-seed).
 
 The defaults (SGD momentum 0.9, lr 0.1, cosine schedule, 200 epochs, batch 256, weight decay
 5e-4, rho 0.05 for CIFAR-10 / 0.1 for CIFAR-100, random crop with padding 4 + horizontal flip)
@@ -15,6 +23,9 @@ Data-parallel: torchrun --nproc_per_node K -m sdesam.train ... (--batch-size is 
 batch, split equally over the K processes).
 
 examples:
+  sdesam train --dataset mnist1d --model cnn1d --optimizer sam --epochs 3 --out runs/m1d
+  sdesam train --dataset digits --optimizer m-sam --micro 4 --batch-size 32 --lr 0.05 \\
+      --label-noise 0.4 --val-fraction 0.2 --epochs 30 --out runs/digits-msam
   sdesam train --dataset synthetic --model small --optimizer rw-sam --epochs 1 --out runs/demo
   sdesam train --dataset cifar10 --data-dir ~/data --model resnet18 --optimizer m-sam \\
       --micro 32 --device cuda --out runs/r18-msam
@@ -27,10 +38,12 @@ import os
 import sys
 from dataclasses import fields
 
-from sdesam.train.data import DATASETS, find_cifar_folder
+from sdesam.algorithms import RULES
+from sdesam.train.data import DATASETS, FILE_DATASETS, find_cifar_folder
 from sdesam.train.loop import BN_POLICIES, OPTIMIZERS, PRECISIONS, TrainConfig, train
 from sdesam.train.models import MODELS, NORMS
 from sdesam.train.schedule import SCHEDULES
+from sdesam.validation import InputError
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.name != "out"}
 
@@ -42,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--out", required=True, help="output directory")
     run.add_argument("--resume", action="store_true",
                      help="continue from OUT/checkpoint.pt when it exists (same settings)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start afresh in an OUT that already holds a run (its files are replaced)")
     run.add_argument("--seed", type=int, default=d["seed"], help="random seed (default %(default)s)")
     run.add_argument("--device", default=d["device"], help="cpu, cuda or cuda:N (default %(default)s)")
     run.add_argument("--precision", choices=PRECISIONS, default=d["precision"],
@@ -54,34 +69,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--dataset", choices=DATASETS, default=d["dataset"],
                       help="default %(default)s (a built-in CIFAR-shaped set)")
     data.add_argument("--data-dir", default=None,
-                      help="folder with the official CIFAR python-batch files (never downloaded)")
+                      help="CIFAR: folder with the official python-batch files (never downloaded); "
+                           "mnist1d: cache folder of the generated set")
+    data.add_argument("--val-fraction", type=float, default=d["val_fraction"],
+                      help="stratified fraction of the training data held out for validation "
+                           "(default %(default)s)")
+    data.add_argument("--label-noise", type=float, default=d["label_noise"],
+                      help="fraction of training labels replaced by another class, symmetric "
+                           "(default %(default)s)")
+    data.add_argument("--data-seed", type=int, default=d["data_seed"],
+                      help="seed of the validation split and the label noise (default %(default)s)")
     data.add_argument("--synthetic-train", type=int, default=d["synthetic_train"],
                       help="synthetic training images (default %(default)s)")
     data.add_argument("--synthetic-test", type=int, default=d["synthetic_test"],
                       help="synthetic test images (default %(default)s)")
-    data.add_argument("--no-augment", dest="augment", action="store_false",
-                      help="no random crop / flip")
+    data.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                      help="no random crop / flip (the default for mnist1d and digits)")
     data.add_argument("--padding", type=int, default=d["padding"],
                       help="random-crop padding in pixels (default %(default)s)")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--model", choices=MODELS, default=d["model"], help="default %(default)s")
+    model.add_argument("--model", choices=MODELS, default=None,
+                       help="default: cnn1d for mnist1d, mlp1d for digits, small otherwise")
     model.add_argument("--norm", choices=NORMS, default=None,
-                       help="normalisation layers (default: bn for the ResNets/WRN, none for small)")
+                       help="normalisation layers (default: bn for the ResNets/WRN, none for the "
+                            "others)")
     model.add_argument("--pretrained", default=None,
                        help="local ViT weights file (required for --model vit)")
 
     opt = parser.add_argument_group("optimizer")
     opt.add_argument("--optimizer", choices=OPTIMIZERS, default=d["optimizer"],
-                     help="default %(default)s")
+                     help="; ".join(f"{r.name}: {r.description}" for r in RULES.values())
+                     .replace("%", "%%") + " (default %(default)s)")
     opt.add_argument("--rho", type=float, default=None,
                      help="perturbation radius (default 0.05; 0.1 for cifar100)")
     opt.add_argument("--micro", type=int, default=None,
-                     help="m-SAM micro-batch size m (divides the per-device batch)")
+                     help="micro-batch size m of the m-rules (divides the per-device batch)")
     opt.add_argument("--lam", type=float, default=d["lam"],
-                     help="RW-SAM inverse temperature of the Gibbs weights (default %(default)s)")
+                     help="reweighted rules: inverse temperature of the Gibbs weights "
+                          "(default %(default)s)")
     opt.add_argument("--delta", type=float, default=d["delta"],
-                     help="RW-SAM finite-difference step (default %(default)s)")
+                     help="reweighted rules: finite-difference step (default %(default)s)")
     opt.add_argument("--local-perturbation", action="store_true",
                      help="RW-SAM under DDP: perturb each device along its own gradient")
     opt.add_argument("--bn", choices=BN_POLICIES, default=d["bn"],
@@ -126,17 +154,25 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def _refuse(error: Exception) -> int:
+    """Print the one-line error and return exit status 2."""
+    print(f"sdesam train: error: {error}", file=sys.stderr)
+    return 2
+
+
 def run(args: argparse.Namespace) -> int:
     """Check the settings (exit status 2 with a message when one is wrong), then train."""
     config = config_from_args(args)
     try:
         config.validate(int(os.environ.get("WORLD_SIZE", "1")))
-        if config.dataset != "synthetic":
+        if config.dataset in FILE_DATASETS:
             find_cifar_folder(config.dataset, config.data_dir)
     except ValueError as error:
-        print(f"sdesam train: error: {error}", file=sys.stderr)
-        return 2
-    result = train(config)
+        return _refuse(error)
+    try:
+        result = train(config)
+    except InputError as error:  # an out folder that holds a run, a damaged file
+        return _refuse(error)
     if result.metrics:
         last = result.metrics[-1]
         print(f"done: epoch {last['epoch']}, test accuracy {last['test_acc']:.2f}%, "

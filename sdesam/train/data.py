@@ -1,21 +1,28 @@
-"""Image data sets kept on the training device: CIFAR-10/100 from local files, and a synthetic set.
+"""Data sets kept on the training device: CIFAR-10/100 from local files, a synthetic set, and
+the CPU-sized real benchmarks MNIST-1D and 8x8 digits (:mod:`sdesam.train.cpu_data`).
 
-Images are stored once as ``uint8`` tensors ``[N, 3, 32, 32]`` on the device; a training batch
-is gathered by index and augmented there (:mod:`sdesam.train.augment`), so no per-image Python
-work and no host-to-device copy happens inside the loop. Nothing is ever downloaded: CIFAR is
-read from a directory holding the official python-batch files.
+Images are stored once as ``uint8`` tensors ``[N, 3, 32, 32]`` (MNIST-1D signals as float32
+``[N, 1, 40]``, digits as float32 ``[N, 1, 8, 8]``) on the device; a training batch is gathered
+by index and augmented there (:mod:`sdesam.train.augment`), so no per-image Python work and no
+host-to-device copy happens inside the loop. Nothing is ever downloaded: CIFAR is read from a
+directory holding the official python-batch files, MNIST-1D is generated from its templates.
+A validation split and symmetric label noise are added by :mod:`sdesam.train.splits`.
 """
 
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
-DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "synthetic")
+from sdesam.validation import InputError
+
+DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "synthetic", "mnist1d", "digits")
+FILE_DATASETS: tuple[str, ...] = ("cifar10", "cifar100")
+"""The data sets read from files the user provides (``data_dir`` required)."""
 
 # file names of the official python versions, and the folder the archives unpack into
 _CIFAR_FILES: dict[str, dict[str, object]] = {
@@ -29,10 +36,14 @@ _CIFAR_FILES: dict[str, dict[str, object]] = {
 
 @dataclass
 class ImageDataset:
-    """Train and test images (uint8, [N, 3, H, W]) and labels (int64) on one device.
+    """Train and test inputs and labels (int64) on one device.
 
-    ``mean``/``std`` are the per-channel statistics of the training images in [0, 1]; the
-    augmentation uses them to normalise batches.
+    Inputs are uint8 images [N, 3, H, W] or float32 arrays [N, C, ...] (signals, digits).
+    ``mean``/``std`` are the per-channel statistics of the training inputs (uint8 scaled to
+    [0, 1]); :func:`sdesam.train.augment.normalize` uses them. ``val_images``/``val_labels``:
+    the validation split carved from the training data (None without one); ``flipped``: the
+    indices into the training split whose labels label noise replaced (None without noise);
+    ``info``: how the data were made (generator arguments, checksum, split), for config.json.
     """
 
     name: str
@@ -44,6 +55,10 @@ class ImageDataset:
     class_names: list[str]
     mean: torch.Tensor
     std: torch.Tensor
+    val_images: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
+    flipped: torch.Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> "ImageDataset":
         """The same data set with every tensor moved to ``device``."""
@@ -52,24 +67,37 @@ class ImageDataset:
         return ImageDataset(**moved)
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of one image."""
-        return tuple(self.train_images.shape[1:])  # type: ignore[return-value]
+    def image_shape(self) -> tuple[int, ...]:
+        """The shape of one input: (channels, height, width) of an image, (1, length) of a signal."""
+        return tuple(self.train_images.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        """Whether the inputs are uint8 images (what crop-and-flip augmentation applies to)."""
+        return self.train_images.dtype == torch.uint8 and self.train_images.ndim == 4
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, device: str | torch.device = "cpu",
                  seed: int = 0, synthetic_size: tuple[int, int] = (5000, 1000)) -> ImageDataset:
-    """Load ``name`` (cifar10, cifar100 or synthetic) onto ``device``.
+    """Load ``name`` (one of :data:`DATASETS`) onto ``device``.
 
     CIFAR needs ``data_dir``: the folder holding the python-batch files, or its parent (the
     folder the official archive was unpacked in). ``synthetic`` is generated from ``seed`` with
-    ``synthetic_size = (n_train, n_test)`` images.
+    ``synthetic_size = (n_train, n_test)`` images. ``mnist1d`` is generated locally and cached
+    under ``data_dir`` (default :data:`sdesam.train.cpu_data.DEFAULT_DATA_DIR`); ``digits`` is
+    scikit-learn's bundled set with a fixed stratified test split.
     """
+    from sdesam.train import cpu_data
+
     if name not in DATASETS:
         raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {name!r}")
     if name == "synthetic":
         n_train, n_test = synthetic_size
         return synthetic_dataset(n_train, n_test, seed=seed).to(device)
+    if name == "mnist1d":
+        return cpu_data.load_mnist1d(data_dir).to(device)
+    if name == "digits":
+        return cpu_data.load_digits().to(device)
     if data_dir is None:
         raise ValueError(f"data_dir is required for {name}: the folder with the official "
                          f"python-batch files (nothing is downloaded)")
@@ -88,7 +116,7 @@ def find_cifar_folder(name: str, data_dir: str | Path) -> Path:
             return folder
     folder = max(candidates, key=lambda c: sum((c / f).is_file() for f in files))
     missing = [str(folder / f) for f in files if not (folder / f).is_file()]
-    raise ValueError(
+    raise InputError(
         f"data_dir {str(root)!r} does not hold the {name} python-batch files; missing: "
         f"{', '.join(missing)}. Unpack the official archive (the python version) there; "
         f"nothing is downloaded at run time."
@@ -110,9 +138,21 @@ def load_cifar(name: str, data_dir: str | Path) -> ImageDataset:
 
 
 def _unpickle(path: Path) -> dict:
-    """One python-batch file (a pickled dict with bytes keys)."""
-    with open(path, "rb") as handle:
-        return pickle.load(handle, encoding="bytes")
+    """One python-batch file (a pickled dict with bytes keys); an InputError naming the file
+    when it cannot be read or is not such a dict (truncated or corrupt)."""
+    try:
+        with open(path, "rb") as handle:
+            batch = pickle.load(handle, encoding="bytes")
+    except OSError as error:
+        raise InputError(f"CIFAR file {str(path)!r} cannot be read: {error.strerror}") from None
+    except Exception as error:  # pickle raises many types on damaged input
+        raise InputError(f"CIFAR file {str(path)!r} is truncated or corrupt (not a python-batch "
+                         f"pickle: {type(error).__name__}: {error}); re-extract it from the "
+                         f"official archive") from None
+    if not isinstance(batch, dict):
+        raise InputError(f"CIFAR file {str(path)!r} is not a python-batch file (it holds a "
+                         f"{type(batch).__name__}, not a dict)")
+    return batch
 
 
 def _read_batches(folder: Path, files: list[str], label_key: bytes) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,13 +161,18 @@ def _read_batches(folder: Path, files: list[str], label_key: bytes) -> tuple[tor
     for file in files:
         batch = _unpickle(folder / file)
         if b"data" not in batch or label_key not in batch:
-            raise ValueError(f"{folder / file} lacks the keys b'data' and {label_key!r}")
+            raise InputError(f"CIFAR file {str(folder / file)!r} lacks the keys b'data' and "
+                             f"{label_key!r}")
         data = torch.as_tensor(batch[b"data"], dtype=torch.uint8)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise ValueError(f"{folder / file}: b'data' must be uint8 [n, 3072]; "
-                             f"got shape {tuple(data.shape)}")
+            raise InputError(f"CIFAR file {str(folder / file)!r}: b'data' must be uint8 "
+                             f"[n, 3072]; got shape {tuple(data.shape)} (truncated or corrupt?)")
+        label = torch.as_tensor(list(batch[label_key]), dtype=torch.int64)
+        if len(label) != len(data):
+            raise InputError(f"CIFAR file {str(folder / file)!r} holds {len(data)} images but "
+                             f"{len(label)} labels (truncated or corrupt?)")
         images.append(data.reshape(-1, 3, 32, 32))
-        labels.append(torch.as_tensor(list(batch[label_key]), dtype=torch.int64))
+        labels.append(label)
     return torch.cat(images), torch.cat(labels)
 
 
@@ -155,8 +200,12 @@ def write_cifar(folder: str | Path, name: str, train: tuple[torch.Tensor, torch.
 
 
 def channel_statistics(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and standard deviation of uint8 images [N, C, H, W], scaled to [0, 1]."""
-    values = images.to(torch.float64).div_(255).transpose(0, 1).reshape(images.shape[1], -1)
+    """Per-channel mean and standard deviation of inputs [N, C, ...]: uint8 images scaled to
+    [0, 1], float inputs as they are."""
+    values = images.to(torch.float64)
+    if images.dtype == torch.uint8:
+        values = values.div_(255)
+    values = values.transpose(0, 1).reshape(images.shape[1], -1)
     return values.mean(dim=1).float(), values.std(dim=1).float()
 
 

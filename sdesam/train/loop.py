@@ -1,17 +1,19 @@
-"""The training loop: SGD, SAM, USAM, m-SAM and RW-SAM on image classifiers, resumable.
+"""The training loop: every rule of :data:`sdesam.algorithms.RULES` on a classifier, resumable.
 
-:class:`TrainConfig` holds every setting; :func:`train` runs it. Each epoch: a shuffled pass
-over the training set held on the device (crop + flip done there in batches), one optimizer
-step per batch through :func:`sdesam.optim.create` (all rules alike: ``opt.step(model,
-loss_fn, inputs, targets)``), the learning rate set per step from a pure schedule function,
-evaluation on the test set, a JSON-lines metrics record (loss, accuracy, step time, images/s
-and, every ``trace_every`` epochs, the gradient-noise trace tr V on a fixed probe batch) and an
-atomically written checkpoint from which ``resume=True`` continues exactly.
+:class:`TrainConfig` holds every setting; :func:`train` runs it in three kinds of step, each a
+small function: :func:`_restore` (continue from a checkpoint), :func:`_run_epoch` (a shuffled
+pass over the training set held on the device, crop + flip done there in batches for images,
+one optimizer step per batch through :func:`sdesam.optim.create` -- all rules alike:
+``opt.step(model, loss_fn, inputs, targets)`` -- with the learning rate set per step from a
+pure schedule function) and :func:`_record_epoch` (evaluation on the validation and test
+splits, a JSON-lines metrics record -- loss, accuracy, step time, inputs/s and, every
+``trace_every`` epochs, the gradient-noise trace tr V on a fixed probe batch -- and an
+atomically written checkpoint from which ``resume=True`` continues exactly).
 
 Defaults follow the CIFAR set-up of the first author's previous SAM paper (Eigen-SAM,
 NeurIPS 2024), because this paper's own set-up is not known: SGD with momentum 0.9, lr 0.1,
 cosine schedule, 200 epochs, batch 256, weight decay 5e-4, rho 0.05 (CIFAR-10) / 0.1
-(CIFAR-100), random crop (padding 4) + horizontal flip.
+(CIFAR-100), random crop (padding 4) + horizontal flip (images only).
 """
 
 from __future__ import annotations
@@ -29,22 +31,26 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from sdesam.algorithms import check_rho, check_sizes, get_rule
+from sdesam import validation
+from sdesam.algorithms import RULES, Rule, check_sizes, get_rule
 from sdesam.optim import DEFAULT_DELTA, create
+from sdesam.outputs import check_writable
 from sdesam.records import atomic_write, run_metadata, write_json
-from sdesam.train import augment, checkpoint, distributed
-from sdesam.train.data import (DATASETS, ImageDataset, batch_indices, epoch_generator,
-                               eval_batches, load_dataset, shard)
-from sdesam.train.models import MODELS, build_model
+from sdesam.train import augment, checkpoint, distributed, splits
+from sdesam.train.data import (DATASETS, FILE_DATASETS, ImageDataset, batch_indices,
+                               epoch_generator, eval_batches, load_dataset, shard)
+from sdesam.train.models import MODELS, build_model, default_model
 from sdesam.train.schedule import SCHEDULES, lr_factor
 
-OPTIMIZERS: tuple[str, ...] = ("sgd", "sam", "usam", "m-sam", "rw-sam")
+OPTIMIZERS: tuple[str, ...] = tuple(RULES)
 BN_POLICIES: tuple[str, ...] = ("first-pass", "freeze")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 
 # settings that may differ between an interrupted run and its resumption
-_FREE_ON_RESUME = frozenset({"out", "resume", "progress", "device", "compile", "eval_batch_size",
-                             "trace_every", "probe_size"})
+_FREE_ON_RESUME = frozenset({"out", "resume", "overwrite", "progress", "device", "compile",
+                             "eval_batch_size", "trace_every", "probe_size"})
+# the files of a run in its out folder (their presence means the folder holds a run)
+_RUN_FILES: tuple[str, ...] = ("config.json", "metrics.jsonl", checkpoint.CHECKPOINT_NAME)
 
 
 @dataclass
@@ -56,7 +62,10 @@ class TrainConfig:
     data_dir: str | None = None
     synthetic_train: int = 5000
     synthetic_test: int = 1000
-    model: str = "small"
+    val_fraction: float = 0.0
+    label_noise: float = 0.0
+    data_seed: int = 0
+    model: str | None = None
     norm: str | None = None
     pretrained: str | None = None
     optimizer: str = "sgd"
@@ -77,7 +86,7 @@ class TrainConfig:
     milestones: tuple[int, ...] = ()
     gamma: float = 0.2
     label_smoothing: float = 0.0
-    augment: bool = True
+    augment: bool | None = None
     padding: int = 4
     precision: str = "auto"
     accumulate: int = 1
@@ -88,7 +97,13 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     resume: bool = False
+    overwrite: bool = False
     progress: bool = True
+
+    @property
+    def rule(self) -> Rule:
+        """The :class:`sdesam.algorithms.Rule` named by ``optimizer``."""
+        return get_rule(self.optimizer)
 
     @property
     def effective_rho(self) -> float:
@@ -97,59 +112,84 @@ class TrainConfig:
             return self.rho
         return 0.1 if self.dataset == "cifar100" else 0.05
 
+    @property
+    def effective_model(self) -> str:
+        """model, or the one that fits the dataset (cnn1d for mnist1d, mlp1d for digits, small)."""
+        return self.model if self.model is not None else default_model(self.dataset)
+
+    @property
+    def image_data(self) -> bool:
+        """Whether the dataset holds 32x32 images (crop-and-flip augmentation applies)."""
+        return self.dataset in (*FILE_DATASETS, "synthetic")
+
+    @property
+    def effective_augment(self) -> bool:
+        """augment, or its default: on for the image sets, off for signals and digits."""
+        return self.image_data if self.augment is None else self.augment
+
     def validate(self, world_size: int = 1) -> None:
-        """Raise a ValueError naming the first setting that is out of range (before any work)."""
-        _one_of("dataset", self.dataset, DATASETS)
-        _one_of("model", self.model, MODELS)
-        _one_of("optimizer", self.optimizer, OPTIMIZERS)
-        _one_of("bn", self.bn, BN_POLICIES)
-        _one_of("schedule", self.schedule, SCHEDULES)
-        _one_of("precision", self.precision, PRECISIONS)
+        """Raise an InputError naming the first setting that is out of range (before any work)."""
+        validation.one_of("dataset", self.dataset, DATASETS)
+        validation.one_of("model", self.effective_model, MODELS)
+        validation.one_of("optimizer", self.optimizer, OPTIMIZERS)
+        validation.one_of("bn", self.bn, BN_POLICIES)
+        validation.one_of("schedule", self.schedule, SCHEDULES)
+        validation.one_of("precision", self.precision, PRECISIONS)
         for name in ("epochs", "batch_size", "accumulate", "eval_batch_size", "probe_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
-        for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "lam", "label_smoothing",
-                     "trace_every", "padding"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)!r}")
-        if self.delta <= 0:
-            raise ValueError(f"delta must be > 0; got {self.delta!r}")
-        if self.label_smoothing >= 1:
-            raise ValueError(f"label_smoothing must be in [0, 1); got {self.label_smoothing!r}")
-        check_rho(self.effective_rho)
+            validation.positive_int(name, getattr(self, name))
+        for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "lam", "gamma",
+                     "trace_every", "padding", "effective_rho"):
+            validation.non_negative_number(name.removeprefix("effective_"), getattr(self, name))
+        validation.positive_number("delta", self.delta)
+        validation.fraction("label_smoothing", self.label_smoothing)
+        validation.fraction("val_fraction", self.val_fraction)
+        validation.fraction("label_noise", self.label_noise)
+        validation.int_at_least("data_seed", self.data_seed, 0)
+        if self.resume and self.overwrite:
+            raise validation.InputError("resume and overwrite exclude each other: --resume "
+                                        "continues the run in --out, --overwrite replaces it")
         if self.batch_size % world_size:
-            raise ValueError(f"batch_size must be divisible by the number of processes "
-                             f"{world_size}; got {self.batch_size}")
-        per_device = self.batch_size // world_size
-        if self.optimizer == "m-sam" and self.micro is None:
-            raise ValueError("optimizer m-sam needs micro, the micro-batch size m (m divides "
-                             "the per-device batch)")
-        check_sizes(get_rule(self.optimizer).name, per_device, self.micro)
-        if per_device % self.accumulate:
-            raise ValueError(f"accumulate must divide the per-device batch {per_device}; "
-                             f"got {self.accumulate}")
-        if self.dataset == "synthetic" and self.synthetic_train < self.batch_size:
-            raise ValueError(f"synthetic_train must be at least batch_size {self.batch_size}; "
-                             f"got {self.synthetic_train}")
-        if (self.model == "vit") != (self.pretrained is not None):
-            raise ValueError("pretrained (a local weights file) is required by model vit and "
-                             f"used by no other model; got model={self.model!r}, "
-                             f"pretrained={self.pretrained!r}")
-        if self.local_perturbation and self.optimizer != "rw-sam":
-            raise ValueError(f"local_perturbation is an rw-sam option; got optimizer "
-                             f"{self.optimizer!r}")
-        if self.dataset != "synthetic" and self.data_dir is None:
-            raise ValueError(f"data_dir is required for dataset {self.dataset} (the folder with "
-                             f"the official python-batch files; nothing is downloaded)")
+            raise validation.InputError(f"batch_size must be divisible by the number of processes "
+                                        f"{world_size}; got {self.batch_size}")
+        self._validate_rule(self.batch_size // world_size)
+        self._validate_data_and_model()
         if self.precision == "fp16" and not self.device.startswith("cuda"):
-            raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+            raise validation.InputError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
 
+    def _validate_rule(self, per_device: int) -> None:
+        """The options of the chosen rule: micro for the m-rules, lam/delta for reweighting."""
+        rule = self.rule
+        if rule.micro and self.micro is None:
+            raise validation.InputError(f"optimizer {rule.name} needs micro, the micro-batch size "
+                                        f"m (m divides the per-device batch)")
+        check_sizes(rule, per_device, self.micro)
+        if per_device % self.accumulate:
+            raise validation.InputError(f"accumulate must divide the per-device batch {per_device}; "
+                                        f"got {self.accumulate}")
+        if self.local_perturbation and rule.ascent != "reweighted":
+            raise validation.InputError(f"local_perturbation is an option of the reweighted rules "
+                                        f"(rw-sam); got optimizer {self.optimizer!r}")
 
-def _one_of(name: str, value: Any, accepted: tuple[str, ...]) -> None:
-    """Raise a ValueError unless ``value`` is one of ``accepted``."""
-    if value not in accepted:
-        raise ValueError(f"{name} must be one of {', '.join(accepted)}; got {value!r}")
+    def _validate_data_and_model(self) -> None:
+        """Data set, model and augmentation fit together; the data files are named."""
+        model = self.effective_model
+        if self.dataset == "synthetic" and self.synthetic_train < self.batch_size:
+            raise validation.InputError(f"synthetic_train must be at least batch_size "
+                                        f"{self.batch_size}; got {self.synthetic_train}")
+        if (model == "vit") != (self.pretrained is not None):
+            raise validation.InputError("pretrained (a local weights file) is required by model vit "
+                                        f"and used by no other model; got model={model!r}, "
+                                        f"pretrained={self.pretrained!r}")
+        if self.dataset in FILE_DATASETS and self.data_dir is None:
+            raise validation.InputError(f"data_dir is required for dataset {self.dataset} (the folder "
+                                        f"with the official python-batch files; nothing is "
+                                        f"downloaded)")
+        if self.effective_augment and not self.image_data:
+            raise validation.InputError(f"augment (random crop and flip) applies to 32x32 images, "
+                                        f"not to dataset {self.dataset}; leave it out")
+        if not self.image_data and model not in ("cnn1d", "mlp1d"):
+            raise validation.InputError(f"model {model} takes 32x32 images; dataset {self.dataset} "
+                                        f"needs cnn1d or mlp1d")
 
 
 @dataclass
@@ -176,35 +216,50 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def build_optimizer(config: TrainConfig, model: nn.Module, device: torch.device) -> Any:
-    """The SAM-family optimizer of ``config`` over ``model``'s parameters, SGD as base."""
+def build_optimizer(config: TrainConfig, model: nn.Module, device: torch.device,
+                    ascent_data: tuple[torch.Tensor, torch.Tensor] | None = None) -> Any:
+    """The optimizer of ``config``'s rule over ``model``'s parameters, SGD as base.
+
+    The rule's attributes decide its options: a perturbation radius unless ``ascent`` is
+    ``"none"``, ``micro`` for the m-rules, ``lam``/``delta`` for the reweighted ascent, and
+    ``ascent_data`` (the normalised training set) for the full-gradient ascent of n-(U)SAM.
+    """
+    rule = config.rule
     options: dict[str, Any] = dict(base=torch.optim.SGD, lr=config.lr, momentum=config.momentum,
                                    nesterov=config.nesterov, weight_decay=config.weight_decay,
                                    bn=config.bn, autocast_dtype=autocast_dtype(config.precision, device),
                                    accumulate=config.accumulate)
-    if config.optimizer != "sgd":
+    if rule.ascent != "none":
         options["rho"] = config.effective_rho
-    if config.optimizer == "m-sam":
+    if rule.micro:
         options["micro"] = config.micro
-    if config.optimizer == "rw-sam":
+    if rule.ascent == "reweighted":
         options.update(lam=config.lam, delta=config.delta,
                        local_perturbation=config.local_perturbation)
-    return create(config.optimizer, model.parameters(), **options)
+    if rule.ascent == "full":
+        options["ascent_data"] = ascent_data
+    return create(rule.name, model.parameters(), **options)
 
 
-def _resume_state(config: TrainConfig, path: Path, device: torch.device) -> dict[str, Any] | None:
-    """The checkpoint to continue from (``None`` for a fresh run); checks the settings match."""
-    if not config.resume or not path.is_file():
-        return None
-    state = checkpoint.load_checkpoint(path, map_location=device)
-    saved, current = state["config"], _settings(config)
-    differing = sorted(key for key in current if key not in _FREE_ON_RESUME
-                       and saved.get(key) != current[key])
-    if differing:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in differing)
-        raise ValueError(f"resume: the settings differ from the checkpoint's ({details}); "
-                         f"use the same settings or another out directory")
-    return state
+def prepare_data(config: TrainConfig, device: torch.device) -> ImageDataset:
+    """The run's data on ``device``: the data set, its validation split and its label noise
+    (both drawn from ``data_seed``)."""
+    data = load_dataset(config.dataset, config.data_dir, device, seed=config.seed,
+                        synthetic_size=(config.synthetic_train, config.synthetic_test))
+    data = splits.with_validation(data, config.val_fraction, config.data_seed)
+    data = splits.with_label_noise(data, config.label_noise, 2 * config.data_seed + 1)
+    if len(data.train_labels) < config.batch_size:
+        raise validation.InputError(f"batch_size {config.batch_size} exceeds the "
+                                    f"{len(data.train_labels)} training samples")
+    return data
+
+
+def initial_model(config: TrainConfig, data: ImageDataset, device: torch.device) -> nn.Module:
+    """The network at the initialisation ``config.seed`` gives it (what :func:`train` starts
+    from; other code, e.g. a calibration of RW-SAM's lam, can look at the same weights)."""
+    torch.manual_seed(config.seed)
+    return build_model(config.effective_model, data.num_classes, config.norm, config.pretrained,
+                       input_shape=data.image_shape).to(device)
 
 
 def _settings(config: TrainConfig) -> dict[str, Any]:
@@ -212,31 +267,265 @@ def _settings(config: TrainConfig) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
+def check_out_folder(config: TrainConfig) -> Path:
+    """Refuse an ``out`` that holds a run unless resume or overwrite is set; check it is
+    writable; with overwrite, remove the old run's files. Before any work."""
+    out = Path(config.out)
+    held = [name for name in _RUN_FILES if (out / name).exists()]
+    if held and not (config.resume or config.overwrite):
+        raise validation.InputError(f"--out {str(out)!r} already holds a run ({', '.join(held)}); "
+                                    f"pass --resume to continue it or --overwrite to start afresh")
+    check_writable(out)
+    if config.overwrite:
+        for name in held:
+            (out / name).unlink()
+    return out
+
+
+def train(config: TrainConfig,
+          on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Run (or, with ``config.resume``, continue) the training described by ``config``.
+
+    Writes ``out/config.json`` (settings, data provenance and run metadata),
+    ``out/metrics.jsonl`` and ``out/checkpoint.pt`` (rank 0 only). ``on_epoch_end(record)`` is
+    called after each epoch's files are written. Under torchrun, joins the process group and
+    trains data-parallel.
+    """
+    context, device = distributed.init_distributed(config.device)
+    try:
+        config.validate(context.world_size)
+        if context.is_main:
+            check_out_folder(config)
+        distributed.barrier(context)
+        run = _Run.start(config, context, device)
+        records = _restore(run)
+        if context.is_main:
+            run.write_config(len(records))
+        for epoch in range(len(records), config.epochs):
+            sums, seconds = _run_epoch(run, epoch)
+            records.append(_record_epoch(run, epoch, sums, seconds, records))
+            if on_epoch_end is not None:
+                on_epoch_end(records[-1])
+        return TrainResult(records, run.model, run.out, run.settings)
+    finally:
+        distributed.shutdown(context)
+
+
+@dataclass
+class _Run:
+    """Everything one training run works with, built once by :meth:`start`."""
+
+    config: TrainConfig
+    context: distributed.DistributedContext
+    device: torch.device
+    data: ImageDataset
+    model: nn.Module
+    runner: nn.Module
+    optimizer: Any
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    amp: torch.dtype | None
+    channels_last: bool
+    probe: tuple[torch.Tensor, torch.Tensor] | None
+    steps_per_epoch: int
+    out: Path
+    settings: dict[str, Any]
+    step: int = 0
+
+    @classmethod
+    def start(cls, config: TrainConfig, context: distributed.DistributedContext,
+              device: torch.device) -> "_Run":
+        """Load the data, build the model and the optimizer of ``config`` on ``device``."""
+        if config.trace_every:
+            try:
+                import sdesam.per_sample  # noqa: F401  (fail before any work if it is missing)
+            except ImportError as error:
+                raise ValueError(f"trace_every needs sdesam.per_sample ({error})") from None
+        data = prepare_data(config, device)
+        model = initial_model(config, data, device)
+        channels_last = device.type == "cuda" and data.is_image and config.effective_model != "vit"
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if config.compile:
+            model.compile()
+        runner = distributed.wrap_model(model, context, device)
+        ascent_data = None
+        if config.rule.ascent == "full":  # the whole training set, normalised once
+            ascent_data = (augment.normalize(data.train_images, data.mean, data.std, channels_last),
+                           data.train_labels)
+        optimizer = build_optimizer(config, runner, device, ascent_data)
+        for group in optimizer.base_optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        probe = None
+        if config.trace_every:
+            index = torch.arange(min(config.probe_size, len(data.train_labels)), device=device)
+            probe = (augment.normalize(data.train_images[index], data.mean, data.std, channels_last),
+                     data.train_labels[index])
+        loss_fn = functools.partial(per_sample_cross_entropy, label_smoothing=config.label_smoothing)
+        return cls(config, context, device, data, model, runner, optimizer, loss_fn,
+                   autocast_dtype(config.precision, device), channels_last, probe,
+                   len(data.train_labels) // config.batch_size, Path(config.out), _settings(config))
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """Where the run's checkpoint is written."""
+        return self.out / checkpoint.CHECKPOINT_NAME
+
+    @property
+    def groups(self) -> list[dict[str, Any]]:
+        """The base optimizer's parameter groups (where the learning rate is set)."""
+        return self.optimizer.base_optimizer.param_groups
+
+    def learning_rate_factor(self) -> float:
+        """The schedule's factor at the current step."""
+        config, per_epoch = self.config, self.steps_per_epoch
+        return lr_factor(self.step, per_epoch * config.epochs, config.schedule,
+                         round(config.warmup_epochs * per_epoch),
+                         [m * per_epoch for m in config.milestones], config.gamma)
+
+    def write_config(self, resumed_from_epoch: int) -> None:
+        """config.json: the settings, where the data came from (with the flipped labels), the
+        number of processes and the run metadata."""
+        data_info = dict(self.data.info)
+        if self.data.flipped is not None:
+            data_info["flipped_indices"] = self.data.flipped.tolist()
+        write_json(self.out / "config.json", {
+            "settings": self.settings, "resolved": {"model": self.config.effective_model,
+                                                    "augment": self.config.effective_augment,
+                                                    "rho": self.config.effective_rho},
+            "data": data_info, "world_size": self.context.world_size,
+            "resumed_from_epoch": resumed_from_epoch, "metadata": run_metadata(str(self.device))})
+
+
+def _restore(run: _Run) -> list[dict[str, Any]]:
+    """With ``resume``, load the checkpoint into the run (model, optimizer, RNG states, step)
+    and return the metrics so far; otherwise (or with no checkpoint yet) return []."""
+    config = run.config
+    if not config.resume:
+        return []
+    if not run.checkpoint_path.is_file():
+        if run.context.is_main and config.progress:
+            tqdm.write(f"resume: no checkpoint at {run.checkpoint_path}; starting from scratch")
+        return []
+    state = checkpoint.load_checkpoint(run.checkpoint_path, map_location=run.device,
+                                       required=checkpoint.TRAINING_KEYS)
+    saved = state["config"]
+    differing = sorted(key for key in run.settings if key not in _FREE_ON_RESUME
+                       and saved.get(key) != run.settings[key])
+    if differing:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {run.settings[k]!r}" for k in differing)
+        raise validation.InputError(f"resume: the settings differ from the checkpoint's "
+                                    f"({details}); use the same settings or another out directory")
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    checkpoint.set_rng_state(state["rng"])
+    run.step = state["step"]
+    return list(state["metrics"])
+
+
+def _run_epoch(run: _Run, epoch: int) -> tuple[torch.Tensor, float]:
+    """One shuffled pass over the training set: (sums of loss, correct, count; seconds)."""
+    config, data, context = run.config, run.data, run.context
+    order = batch_indices(len(data.train_labels), config.batch_size,
+                          epoch_generator(config.seed, epoch, stream=0))
+    crops = epoch_generator(config.seed, epoch, stream=1)
+    sums = torch.zeros(3, dtype=torch.float64, device=run.device)  # loss sum, correct, count
+    bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+               disable=not (config.progress and context.is_main), leave=False, dynamic_ncols=True)
+    run.model.train()
+    _synchronize(run.device)
+    started = time.perf_counter()
+    for batch in order:
+        inputs, targets = _training_batch(run, batch, crops)
+        factor = run.learning_rate_factor()
+        for group in run.groups:
+            group["lr"] = group["initial_lr"] * factor
+        loss, outputs = run.optimizer.step(run.runner, run.loss_fn, inputs, targets,
+                                           return_outputs=True)
+        sums[0] += torch.as_tensor(loss, dtype=torch.float64, device=run.device) * len(targets)
+        sums[1] += (outputs.argmax(dim=1) == targets).sum()
+        sums[2] += len(targets)
+        run.step += 1
+        bar.update()
+        if context.is_main and config.progress and run.step % 20 == 0:
+            bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{run.groups[0]['lr']:.4f}")
+    _synchronize(run.device)
+    seconds = time.perf_counter() - started
+    bar.close()
+    distributed.all_reduce_sum(sums, context)
+    return sums, seconds
+
+
+def _training_batch(run: _Run, batch: torch.Tensor,
+                    crops: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's share of a global batch, augmented (images) and normalised."""
+    config, data, context = run.config, run.data, run.context
+    local = shard(batch, context.rank, context.world_size).to(run.device)
+    images = data.train_images[local]
+    if data.is_image:  # the draws are made even without augmentation: the stream stays aligned
+        offsets = augment.draw_crop_flip(len(batch), config.padding, crops)
+        if config.effective_augment:
+            parts = (shard(t, context.rank, context.world_size) for t in offsets)
+            images = augment.crop_flip(images, *parts, padding=config.padding)
+    inputs = augment.normalize(images, data.mean, data.std, run.channels_last)
+    return inputs, data.train_labels[local]
+
+
+def _record_epoch(run: _Run, epoch: int, sums: torch.Tensor, seconds: float,
+                  records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Evaluate; write the metrics file and the checkpoint holding ``records`` and this
+    epoch's record; return the record."""
+    config, data = run.config, run.data
+    record: dict[str, Any] = {
+        "epoch": epoch + 1, "step": run.step,
+        "train_loss": sums[0].item() / sums[2].item(),
+        "train_acc": 100.0 * sums[1].item() / sums[2].item(),
+    }
+    if data.val_images is not None:
+        record["val_loss"], record["val_acc"] = evaluate(run, data.val_images, data.val_labels)
+    record["test_loss"], record["test_acc"] = evaluate(run, data.test_images, data.test_labels)
+    record.update({"lr": run.groups[0]["lr"], "epoch_time_s": seconds,
+                   "step_time_s": seconds / run.steps_per_epoch,
+                   "images_per_s": sums[2].item() / seconds})
+    if run.probe is not None and run.context.is_main and ((epoch + 1) % config.trace_every == 0
+                                                          or epoch + 1 == config.epochs):
+        record["trace_V"] = probe_trace(run.model, run.loss_fn, *run.probe)
+    history = [*records, record]
+    if run.context.is_main:
+        checkpoint.save_checkpoint(run.checkpoint_path, {
+            "epoch": epoch + 1, "step": run.step, "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(), "rng": checkpoint.rng_state(),
+            "config": run.settings, "metrics": history})
+        _write_metrics(run.out / "metrics.jsonl", history)
+        if config.progress:
+            tqdm.write(_summary_line(record))
+    distributed.barrier(run.context)
+    return record
+
+
 def _write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
     """Rewrite metrics.jsonl atomically: one JSON object per completed epoch."""
     atomic_write(path, lambda handle: handle.writelines(json.dumps(r) + "\n" for r in records))
 
 
-def evaluate(model: nn.Module, data: ImageDataset, batch_size: int,
-             context: distributed.DistributedContext, amp: torch.dtype | None,
-             channels_last: bool) -> tuple[float, float]:
-    """Mean loss and accuracy (%) on the test set; each rank evaluates a strided share and the
-    sums are all-reduced."""
+def evaluate(run: _Run, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Mean loss and accuracy (%) of the run's model on (inputs, labels); each rank evaluates a
+    strided share and the sums are all-reduced."""
+    model, data, device = run.model, run.data, run.device
     was_training = model.training
     model.eval()
-    device = data.test_images.device
     totals = torch.zeros(3, dtype=torch.float64, device=device)
     with torch.no_grad():
-        for idx in eval_batches(len(data.test_labels), batch_size, context.rank, context.world_size):
+        for idx in eval_batches(len(labels), run.config.eval_batch_size, run.context.rank,
+                                run.context.world_size):
             idx = idx.to(device)
-            inputs = augment.normalize(data.test_images[idx], data.mean, data.std, channels_last)
-            targets = data.test_labels[idx]
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                outputs = model(inputs)
+            batch = augment.normalize(inputs[idx], data.mean, data.std, run.channels_last)
+            targets = labels[idx]
+            with torch.autocast(device.type, dtype=run.amp, enabled=run.amp is not None):
+                outputs = model(batch)
             totals[0] += per_sample_cross_entropy(outputs, targets).sum().double()
             totals[1] += (outputs.argmax(dim=1) == targets).sum()
             totals[2] += len(targets)
-    distributed.all_reduce_sum(totals, context)
+    distributed.all_reduce_sum(totals, run.context)
     model.train(was_training)
     loss_sum, correct, count = totals.tolist()
     return loss_sum / count, 100.0 * correct / count
@@ -259,142 +548,6 @@ def probe_trace(model: nn.Module, loss_fn: Callable, inputs: torch.Tensor,
         model.train(was_training)
 
 
-def train(config: TrainConfig,
-          on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
-    """Run (or, with ``config.resume``, continue) the training described by ``config``.
-
-    Writes ``out/config.json`` (settings and run metadata), ``out/metrics.jsonl`` and
-    ``out/checkpoint.pt`` (rank 0 only). ``on_epoch_end(record)`` is called after each epoch's
-    files are written. Under torchrun, joins the process group and trains data-parallel.
-    """
-    context, device = distributed.init_distributed(config.device)
-    try:
-        config.validate(context.world_size)
-        return _train(config, context, device, on_epoch_end)
-    finally:
-        distributed.shutdown(context)
-
-
-def _train(config: TrainConfig, context: distributed.DistributedContext, device: torch.device,
-           on_epoch_end: Callable[[dict[str, Any]], None] | None) -> TrainResult:
-    """The body of :func:`train`, once the process group and the settings are in place."""
-    out = Path(config.out)
-    checkpoint_path = out / checkpoint.CHECKPOINT_NAME
-    resume_from = _resume_state(config, checkpoint_path, device)
-    if config.resume and resume_from is None and context.is_main and config.progress:
-        tqdm.write(f"resume: no checkpoint at {checkpoint_path}; starting from scratch")
-    if config.trace_every:
-        try:
-            import sdesam.per_sample  # noqa: F401  (fail before any work if it is missing)
-        except ImportError as error:
-            raise ValueError(f"trace_every needs sdesam.per_sample ({error})") from None
-
-    torch.manual_seed(config.seed)
-    data = load_dataset(config.dataset, config.data_dir, device, seed=config.seed,
-                        synthetic_size=(config.synthetic_train, config.synthetic_test))
-    model = build_model(config.model, data.num_classes, config.norm, config.pretrained).to(device)
-    channels_last = device.type == "cuda" and config.model != "vit"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if config.compile:
-        model.compile()
-    runner = distributed.wrap_model(model, context, device)
-    optimizer = build_optimizer(config, runner, device)
-    amp = autocast_dtype(config.precision, device)
-    loss_fn = functools.partial(per_sample_cross_entropy, label_smoothing=config.label_smoothing)
-
-    steps_per_epoch = len(data.train_labels) // config.batch_size
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
-    milestones = [m * steps_per_epoch for m in config.milestones]
-    settings = _settings(config)
-    records: list[dict[str, Any]] = []
-    start_epoch, step = 0, 0
-    if resume_from is not None:
-        model.load_state_dict(resume_from["model"])
-        optimizer.load_state_dict(resume_from["optimizer"])
-        checkpoint.set_rng_state(resume_from["rng"])
-        start_epoch, step = resume_from["epoch"], resume_from["step"]
-        records = list(resume_from["metrics"])
-    groups = optimizer.base_optimizer.param_groups
-    for group in groups:
-        group.setdefault("initial_lr", group["lr"])
-    if context.is_main:
-        write_json(out / "config.json", {"settings": settings,
-                                         "world_size": context.world_size,
-                                         "resumed_from_epoch": start_epoch,
-                                         "metadata": run_metadata(str(device))})
-
-    probe = None
-    if config.trace_every:
-        index = torch.arange(min(config.probe_size, len(data.train_labels)), device=device)
-        probe = (augment.normalize(data.train_images[index], data.mean, data.std, channels_last),
-                 data.train_labels[index])
-
-    model.train()
-    for epoch in range(start_epoch, config.epochs):
-        order = batch_indices(len(data.train_labels), config.batch_size,
-                              epoch_generator(config.seed, epoch, stream=0))
-        crops = epoch_generator(config.seed, epoch, stream=1)
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
-                   disable=not (config.progress and context.is_main), leave=False,
-                   dynamic_ncols=True)
-        _synchronize(device)
-        started = time.perf_counter()
-        for batch in order:
-            offsets = augment.draw_crop_flip(len(batch), config.padding, crops)
-            local = shard(batch, context.rank, context.world_size).to(device)
-            images = data.train_images[local]
-            if config.augment:
-                parts = (shard(t, context.rank, context.world_size) for t in offsets)
-                images = augment.crop_flip(images, *parts, padding=config.padding)
-            inputs = augment.normalize(images, data.mean, data.std, channels_last)
-            targets = data.train_labels[local]
-            factor = lr_factor(step, total_steps, config.schedule, warmup_steps, milestones,
-                               config.gamma)
-            for group in groups:
-                group["lr"] = group["initial_lr"] * factor
-            loss, outputs = optimizer.step(runner, loss_fn, inputs, targets, return_outputs=True)
-            sums[0] += torch.as_tensor(loss, dtype=torch.float64, device=device) * len(targets)
-            sums[1] += (outputs.argmax(dim=1) == targets).sum()
-            sums[2] += len(targets)
-            step += 1
-            bar.update()
-            if context.is_main and config.progress and step % 20 == 0:
-                bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{groups[0]['lr']:.4f}")
-        _synchronize(device)
-        train_time = time.perf_counter() - started
-        bar.close()
-        distributed.all_reduce_sum(sums, context)
-        test_loss, test_acc = evaluate(model, data, config.eval_batch_size, context, amp,
-                                       channels_last)
-        record: dict[str, Any] = {
-            "epoch": epoch + 1, "step": step,
-            "train_loss": sums[0].item() / sums[2].item(),
-            "train_acc": 100.0 * sums[1].item() / sums[2].item(),
-            "test_loss": test_loss, "test_acc": test_acc, "lr": groups[0]["lr"],
-            "epoch_time_s": train_time, "step_time_s": train_time / steps_per_epoch,
-            "images_per_s": sums[2].item() / train_time,
-        }
-        if probe is not None and context.is_main and ((epoch + 1) % config.trace_every == 0
-                                                      or epoch + 1 == config.epochs):
-            record["trace_V"] = probe_trace(model, loss_fn, *probe)
-        records.append(record)
-        if context.is_main:
-            checkpoint.save_checkpoint(checkpoint_path, {
-                "epoch": epoch + 1, "step": step, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "rng": checkpoint.rng_state(),
-                "config": settings, "metrics": records})
-            _write_metrics(out / "metrics.jsonl", records)
-            if config.progress:
-                tqdm.write(_summary_line(record))
-        distributed.barrier(context)
-        if on_epoch_end is not None:
-            on_epoch_end(record)
-    return TrainResult(records, model, out, settings)
-
-
 def _synchronize(device: torch.device) -> None:
     """Wait for queued CUDA work, so that wall-clock times measure the computation."""
     if device.type == "cuda":
@@ -404,8 +557,11 @@ def _synchronize(device: torch.device) -> None:
 def _summary_line(record: dict[str, Any]) -> str:
     """One human-readable line per epoch for the console."""
     line = (f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} "
-            f"acc {record['train_acc']:.2f}% | test loss {record['test_loss']:.4f} "
-            f"acc {record['test_acc']:.2f}% | {record['images_per_s']:.0f} img/s")
+            f"acc {record['train_acc']:.2f}% | ")
+    if "val_acc" in record:
+        line += f"val acc {record['val_acc']:.2f}% | "
+    line += (f"test loss {record['test_loss']:.4f} acc {record['test_acc']:.2f}% | "
+             f"{record['images_per_s']:.0f} inputs/s")
     if "trace_V" in record:
         line += f" | tr V {record['trace_V']:.4g}"
     return line

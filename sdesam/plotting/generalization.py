@@ -1,0 +1,118 @@
+"""Figure of ``experiments/generalization.py``: per data set and label-noise level, test accuracy
+against the micro-batch size m of m-SAM (m = B is SAM; SGD and RW-SAM as bands, mean +- std over
+seeds) and, below, each method's paired difference in test accuracy against SGD and against
+SAM with its 95% interval and the design's minimal detectable difference (grey)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+BANDS = {"sgd": ("tab:gray", "SGD"), "rw-sam": ("tab:red", "RW-SAM")}
+REFERENCE_STYLE = {"sgd": ("o", "tab:blue", "vs SGD"), "sam": ("s", "tab:orange", "vs SAM")}
+
+
+def _label(row: dict[str, Any]) -> str:
+    """sgd / sam / rw-sam in capitals, m-SAM with its m."""
+    return f"m-SAM m={row['micro']}" if row["micro"] is not None else row["algorithm"].upper()
+
+
+def _cells(data: dict[str, Any]) -> list[tuple[str, float]]:
+    """The (dataset, label_noise) cells in the order they were run."""
+    seen: list[tuple[str, float]] = []
+    for row in data["results"]["summary"]:
+        key = (row["dataset"], row["label_noise"])
+        if key not in seen:
+            seen.append(key)
+    return seen
+
+
+def _accuracy_panel(ax, rows: list[dict[str, Any]], batch: int) -> None:
+    """Test accuracy against m (m-SAM, SAM at m = B) with the SGD and RW-SAM bands."""
+    curve = sorted((r for r in rows if r["algorithm"] in ("m-sam", "sam")),
+                   key=lambda r: r["micro"] if r["micro"] is not None else batch)
+    m = [r["micro"] if r["micro"] is not None else batch for r in curve]
+    ax.errorbar(m, [r["test_acc_mean"] for r in curve], yerr=[r["test_acc_std"] for r in curve],
+                marker="o", capsize=3, color="tab:purple", label="m-SAM (m = B: SAM)")
+    for x, r in zip(m, curve):
+        ax.annotate(f"rho={r['rho']:g}", (x, r["test_acc_mean"]), fontsize=6,
+                    textcoords="offset points", xytext=(4, -10))
+    for row in rows:
+        if row["algorithm"] in BANDS:
+            shade, name = BANDS[row["algorithm"]]
+            extra = f", rho={row['rho']:g}, lam={row['lam_multiple']:g}/mean|g_i|" if row["rho"] else ""
+            ax.axhline(row["test_acc_mean"], color=shade, ls="--", label=f"{name}{extra}")
+            ax.axhspan(row["test_acc_mean"] - row["test_acc_std"],
+                       row["test_acc_mean"] + row["test_acc_std"], color=shade, alpha=0.12)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(m, [str(v) for v in m])
+    ax.margins(x=0.2)
+    ax.set_xlabel("micro-batch size m")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=6, loc="lower left")
+
+
+def _difference_panel(ax, rows: list[dict[str, Any]]) -> None:
+    """Paired differences (method - reference) with 95% intervals and the detectable size.
+
+    SGD's own row is left out: SGD - SAM is the negative of SAM - SGD, shown on SAM's row.
+    """
+    rows = [r for r in rows if r["algorithm"] != "sgd"]
+    names: list[str] = []
+    for row in rows:
+        if _label(row) not in names:
+            names.append(_label(row))
+    offsets = {"sgd": -0.15, "sam": 0.15}
+    labelled: set[str] = set()
+    for row in rows:
+        marker, shade, text = REFERENCE_STYLE[row["reference"]]
+        y = names.index(_label(row)) + offsets[row["reference"]]
+        mdd = row["minimal_detectable_difference"]
+        if mdd is not None:
+            ax.plot([-mdd, mdd], [y, y], color="0.82", lw=6, solid_capstyle="butt", zorder=1,
+                    label=None if "mdd" in labelled else "+- minimal detectable difference")
+            labelled.add("mdd")
+        ax.errorbar(row["difference_mean"], y,
+                    xerr=[[row["difference_mean"] - row["ci_low"]], [row["ci_high"] - row["difference_mean"]]],
+                    marker=marker, color=shade, capsize=3, zorder=2,
+                    label=None if text in labelled else f"{text} (95% CI)")
+        labelled.add(text)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_ylim(len(names) - 0.5, -0.5)
+    ax.set_xlabel("test accuracy, method - reference (points)")
+
+
+def draw(data: dict[str, Any], out_stem: Path) -> list[Path]:
+    """Draw the generalization figure from its data file; returns the PNG and PDF paths."""
+    settings, results = data["settings"], data["results"]
+    cells = _cells(data)
+    fig, axes = plt.subplots(2, len(cells), figsize=(max(4.6 * len(cells), 9.0), 8.8), squeeze=False)
+    for column, (dataset, noise) in enumerate(cells):
+        def here(table: str) -> list[dict[str, Any]]:
+            return [r for r in results[table] if r["dataset"] == dataset and r["label_noise"] == noise]
+
+        summary = here("summary")
+        seeds = summary[0]["seeds"] if summary else 0
+        model = settings["dataset_setup"][dataset]["model"]
+        axes[0, column].set_title(f"{dataset} ({model}), {noise:.0%} label noise\n"
+                                  f"test accuracy, mean +- std over {seeds} seeds", fontsize=9)
+        _accuracy_panel(axes[0, column], summary, settings["batch_size"])
+        _difference_panel(axes[1, column], here("paired"))
+        axes[1, column].set_title("paired by seed (same init and batch order)", fontsize=9)
+    fig.suptitle(f"Generalization, tuned on a validation split and paired by seed\n"
+                 f"B={settings['batch_size']}; rho per method and m from {settings['rho_grid']}; "
+                 f"{'quick settings' if settings.get('quick') else 'default settings'}", fontsize=10)
+    handles, labels = axes[1, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".pdf")]
+    for path in paths:
+        fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return paths
