@@ -298,14 +298,17 @@ class _Accumulator:
 def diagnose(problem: Problem, x: torch.Tensor, specs: Sequence[Spec], batches: Batches, *,
              draws: int = 8, generator: torch.Generator | None = None, chunk: int = 256,
              critical_tol: float = 1e-6, sampling: str = "with-replacement",
-             local_model: bool | None = None,
+             local_model: bool | None = None, groups: int = 20,
              progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """The first-order implicit-regularisation diagnosis of every spec at one point ``x [d]``.
 
-    Returns one flat record per spec (``algorithm``, ``micro``, ``lam``, ``push``,
-    ``push_stderr``, ``drift_norm``, ``bias``, ``bias_stderr``, ``ess``, ``ess_stderr``,
-    ``batches``, ``exact``) plus the point's ``grad_trace_V_norm`` and ``critical`` flag; add
-    the equivalent m with :func:`add_equivalent_m`. ``draws``: Monte-Carlo draws per batch of
+    Returns one record per spec (``algorithm``, ``micro``, ``lam``, ``push``,
+    ``push_stderr``, ``drift_norm`` (``|N1|``), ``alignment`` (push / ``|N1|``: the cosine
+    between the noise-induced drift and -grad tr V), ``bias``, ``bias_stderr``, ``ess``,
+    ``ess_stderr``, ``batches``, ``exact``) plus the point's ``grad_trace_V_norm`` and
+    ``critical`` flag, and for sampled batches ``push_jackknife``: the push without each of
+    ``groups`` blocks of batches; :func:`add_equivalent_m` turns those into the error of the
+    equivalent m and removes them, leaving flat records. ``draws``: Monte-Carlo draws per batch of
     a rule that draws its perturbation (exact mode enumerates them). ``sampling`` is recorded
     for the equivalent m of unnormalised rules. ``local_model``: evaluate the rules on the
     :class:`LocalQuadratic` model at x (the same ``G0``, ``G1``; default for problems of
@@ -353,7 +356,8 @@ def diagnose(problem: Problem, x: torch.Tensor, specs: Sequence[Spec], batches: 
         a = acc[k]
         reference = references[(spec.rule.normalized, spec.rule.scale, spec.rule.perturbed)]
         drift = -(a.g1_sum / a.weight_sum - reference)
-        push, push_se = _summary(torch.cat(a.push), batches)
+        values = torch.cat(a.push)
+        push, push_se = _summary(values, batches)
         bias, bias_se = _summary(torch.cat(a.bias), batches)
         ess, ess_se = _summary(torch.cat(a.ess), batches)
         records.append({"algorithm": spec.rule.name, "label": spec.rule.label,
@@ -362,8 +366,20 @@ def diagnose(problem: Problem, x: torch.Tensor, specs: Sequence[Spec], batches: 
                         "ess": ess, "ess_stderr": ess_se, "batches": int(batches.idx.shape[0]),
                         "batch": int(batches.idx.shape[1]), "exact": batches.exact,
                         "sampling": sampling, "n": problem.n,
-                        "grad_trace_V_norm": trace_norm, "critical": critical})
+                        "alignment": push / float(drift.norm()) if float(drift.norm()) > 0 else None,
+                        "grad_trace_V_norm": trace_norm, "critical": critical,
+                        "push_jackknife": None if batches.exact else _leave_one_out(values, groups)})
     return records
+
+
+def _leave_one_out(values: torch.Tensor, groups: int) -> list[float]:
+    """Means of ``values`` without each of ``groups`` consecutive blocks (the jackknife
+    replicates from which :func:`add_equivalent_m` takes the error of the equivalent m)."""
+    blocks = torch.stack([b.mean() for b in values.tensor_split(min(groups, values.shape[0]))])
+    sizes = torch.tensor([b.shape[0] for b in values.tensor_split(min(groups, values.shape[0]))],
+                         dtype=values.dtype)
+    total = (blocks * sizes).sum()
+    return ((total - blocks * sizes) / (sizes.sum() - sizes)).tolist()
 
 
 def noise_induced_drift(problem: Problem, x: torch.Tensor, spec: Spec, batches: Batches, *,
@@ -521,29 +537,50 @@ def add_equivalent_m(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Add ``equivalent_m``, ``equivalent_m_stderr``, ``equivalent_m_bound`` and
     ``equivalent_m_method`` to the records of one point (from :func:`diagnose`): by the
     divisors of B against the records of the m-rule of the family (normalised rules; those
-    records must be present), by the sampling factor (unnormalised rules)."""
+    records must be present; error by the jackknife over blocks of batches when sampled, else
+    the delta method), by the sampling factor (unnormalised rules, delta method); then drop
+    the jackknife replicates."""
+    solved = []
     for record in records:
         rule = get_rule(record["algorithm"])
-        record.update(equivalent_m=None, equivalent_m_stderr=None, equivalent_m_bound=None,
-                      equivalent_m_method=None)
-        if not rule.perturbed:
-            continue
-        if rule.normalized:
-            family = micro_family_rule(rule).name
-            curve = sorted((r["micro"], r["push"], r["push_stderr"]) for r in records
-                           if r["algorithm"] == family)
-            if not curve:
-                continue
-            m, se, bound = equivalent_m(record["push"], record["push_stderr"], curve)
-            method = "divisors"
-        else:
-            m, se, bound = equivalent_m_continuous(record["push"], record["push_stderr"],
-                                                   record["grad_trace_V_norm"], record["n"],
-                                                   record["sampling"])
-            method = "sampling-factor"
-        record.update(equivalent_m=m, equivalent_m_stderr=se, equivalent_m_bound=bound,
-                      equivalent_m_method=method)
+        result: dict[str, Any] = dict(equivalent_m=None, equivalent_m_stderr=None,
+                                      equivalent_m_bound=None, equivalent_m_method=None)
+        if rule.perturbed:
+            if rule.normalized:
+                family = [r for r in records if r["algorithm"] == micro_family_rule(rule).name]
+                family.sort(key=lambda r: r["micro"])
+                if family:
+                    result = _equivalent_m_divisors(record, family)
+            else:
+                m, se, bound = equivalent_m_continuous(record["push"], record["push_stderr"],
+                                                       record["grad_trace_V_norm"], record["n"],
+                                                       record["sampling"])
+                result = dict(equivalent_m=m, equivalent_m_stderr=se, equivalent_m_bound=bound,
+                              equivalent_m_method="sampling-factor")
+        solved.append(result)
+    for record, result in zip(records, solved):
+        record.update(result)
+        record.pop("push_jackknife", None)
     return records
+
+
+def _equivalent_m_divisors(record: dict[str, Any], family: list[dict[str, Any]]) -> dict[str, Any]:
+    """Equivalent m against the m-rule records ``family`` (m increasing); the error from the
+    jackknife over blocks of common batches when the records carry it (sampled batches), so
+    the correlation between the rule and the curve is accounted for."""
+    curve = [(r["micro"], r["push"], r["push_stderr"]) for r in family]
+    m, se, bound = equivalent_m(record["push"], record["push_stderr"], curve)
+    replicates = record.get("push_jackknife")
+    if m is not None and replicates and all(r.get("push_jackknife") for r in family):
+        values = []
+        for g, push in enumerate(replicates):
+            other = [(c[0], r["push_jackknife"][g], 0.0) for c, r in zip(curve, family)]
+            values.append(equivalent_m(push, 0.0, other)[0])
+        if all(v is not None for v in values):
+            mean = sum(values) / len(values)
+            se = math.sqrt((len(values) - 1) / len(values) * sum((v - mean) ** 2 for v in values))
+    return dict(equivalent_m=m, equivalent_m_stderr=se, equivalent_m_bound=bound,
+                equivalent_m_method="divisors")
 
 
 # ---------------------------------------------------------------------- cost
