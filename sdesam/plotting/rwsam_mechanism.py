@@ -90,6 +90,10 @@ def draw(data: dict[str, Any], out_stem: Path) -> list[Path]:
             if k == 0:
                 ess_ax.plot(lam, [r["ess"] for r in series], color="black", marker="o", ms=4)
         push_ax.axhline(0, color="black", lw=0.6)
+        strongest = max((abs(c[1]) for c in msam), default=0.0)
+        largest = max((abs(r["push"]) for r in here if r["algorithm"] in weighted), default=0.0)
+        if strongest > 0 and largest > 4 * strongest:   # keep m-SAM's range readable
+            push_ax.set_yscale("symlog", linthresh=strongest)
         push_ax.set_ylabel("push along -grad tr V (per unit rho)", fontsize=8)
         push_ax.set_title(f"{TITLES.get(point['problem'], point['problem'])} at its "
                           f"{point['point']}\n(B={batch}, {point['sampling']}, "
