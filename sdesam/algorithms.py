@@ -32,6 +32,10 @@ Ascent = Literal["none", "full", "part", "reweighted"]
 
 ASCENTS: tuple[str, ...] = ("none", "full", "part", "reweighted")
 
+DescentWeights = Literal["none", "all", "response"]
+
+DESCENT_WEIGHTS: tuple[str, ...] = ("none", "all", "response")
+
 SAMPLING_SCHEMES: tuple[str, ...] = ("with-replacement", "without-replacement")
 
 RULE_KEYWORDS: dict[str, str] = {
@@ -61,6 +65,14 @@ class Rule:
     hand-written first-order SDE for it (every rule with a derivation also gets the compiled
     SDE of :mod:`sdesam.derived_sde`); ``optimizer``: whether :func:`sdesam.optim.create` can
     build it for an ``nn.Module``.
+    ``descent_weights`` (Gibbs-weighted rules only): how the weights p enter the descent
+    gradient -- ``"none"`` (the plain batch mean at the perturbed point, the poster's RW-SAM),
+    ``"all"`` (``sum_i p_i grad f_i(x + eps)``) or ``"response"`` (``grad f_B(x) +
+    sum_i p_i [grad f_i(x + eps) - grad f_i(x)]``: the weights act on the response to the
+    perturbation only, so at rho = 0 the step is plain SGD).
+    ``ascent_draw`` (Gibbs-weighted rules only): k > 0 builds the perturbation from the mean
+    gradient of k samples of the batch drawn with replacement with probabilities p, instead of
+    the weighted average ``sum_i p_i grad f_i``; 0 (the default) draws nothing.
     """
 
     name: str
@@ -72,9 +84,17 @@ class Rule:
     scale: Callable[[Any], Any] | None = field(default=None, compare=False)
     sde: bool = True
     optimizer: bool = True
+    descent_weights: DescentWeights = "none"
+    ascent_draw: int = 0
 
     def __post_init__(self) -> None:
         validation.one_of("ascent", self.ascent, ASCENTS)
+        validation.one_of("descent_weights", self.descent_weights, DESCENT_WEIGHTS)
+        validation.int_at_least("ascent_draw", self.ascent_draw, 0)
+        if self.extended and self.ascent != "reweighted":
+            raise validation.InputError(
+                "descent_weights and ascent_draw need the Gibbs weights of a rule with ascent "
+                f"'reweighted'; got ascent {self.ascent!r}")
         if not isinstance(self.name, str) or not self.name or self.name != self.name.lower():
             raise validation.InputError(f"name must be a non-empty lower-case string; got {self.name!r}")
         if self.micro and self.ascent not in ("part", "none"):
@@ -93,6 +113,12 @@ class Rule:
     def weighted(self) -> bool:
         """Whether the perturbation uses Gibbs weights of per-sample gradient norms."""
         return self.ascent == "reweighted"
+
+    @property
+    def extended(self) -> bool:
+        """Whether it uses weights in its descent gradient or draws its perturbation (facts
+        that only :func:`direction` and :mod:`sdesam.implicit` implement so far)."""
+        return self.descent_weights != "none" or self.ascent_draw > 0
 
     @property
     def keywords(self) -> tuple[str, ...]:
@@ -138,6 +164,19 @@ RULES: dict[str, Rule] = {
         Rule("rw-sam", "reweighted", True, False,
              "G = grad f_B(x + rho g/|g|), g = sum_i p_i grad f_i, p = softmax(lam |grad f_i|)",
              label="RW-SAM", sde=False),
+        Rule("rw-sam-wd", "reweighted", True, False,
+             "G = sum_i p_i grad f_i(x + rho g/|g|), g = sum_i p_i grad f_i (weights in the "
+             "descent too)", label="RW-SAM, weighted descent", sde=False, optimizer=False,
+             descent_weights="all"),
+        Rule("rw-sam-wr", "reweighted", True, False,
+             "G = grad f_B(x) + sum_i p_i [grad f_i(x + rho g/|g|) - grad f_i(x)], "
+             "g = sum_i p_i grad f_i (weights on the response to the perturbation)",
+             label="RW-SAM, weighted response", sde=False, optimizer=False,
+             descent_weights="response"),
+        Rule("rw-sam-draw", "reweighted", True, False,
+             "G = grad f_B(x + rho g_k/|g_k|), g_k the gradient of one sample of the batch "
+             "drawn with probabilities p", label="RW-SAM, drawn perturbation (k=1)", sde=False,
+             optimizer=False, ascent_draw=1),
     )
 }
 """The registry: every layer looks rules up here (built-in ones and those a user registers)."""
@@ -302,6 +341,8 @@ def direction(
     grad: Grad,
     norm: Callable[[Any], Any],
     reweighted_grad: Grad | None = None,
+    weighted_grad: Grad | None = None,
+    draw: Callable[[Any], Any] | None = None,
 ) -> Any:
     """The update direction G(x) of ``algorithm``: the reference implementation.
 
@@ -309,18 +350,29 @@ def direction(
     non-m rules, the list of micro-batches for m-usam / m-sam. ``grad(x, idx)`` returns the
     mean gradient of the samples ``idx`` at ``x`` (``idx=None``: the full data), ``norm(v)``
     the Euclidean norm of a direction, and ``reweighted_grad(x, idx)`` the RW-SAM ascent
-    direction (see :func:`reweighted_gradient`). Only ``+``, ``*`` and ``/`` are applied to
-    vectors, so any array type works.
+    direction (see :func:`reweighted_gradient`). Rules with :attr:`Rule.descent_weights` also
+    need ``weighted_grad(point, idx)``: ``sum_{i in idx} p_i grad f_i(point)`` with the Gibbs
+    weights p of the step's point x (fixed while the gradient moves to ``point``); rules with
+    :attr:`Rule.ascent_draw` need ``draw(idx)``: that many indices of ``idx`` drawn with
+    replacement with probabilities p (the caller owns the randomness). Only ``+``, ``*`` and
+    ``/`` are applied to vectors, so any array type works.
     """
     rule = resolve(algorithm)
     if not parts:
         raise ValueError("parts must contain at least one index set")
     if not rule.micro and len(parts) != 1:
         raise ValueError(f"{rule.name} takes the whole batch as one part; got {len(parts)} parts")
+    if rule.descent_weights != "none" and weighted_grad is None:
+        raise ValueError(f"{rule.name} needs weighted_grad, the Gibbs-weighted gradient at a point")
     total = None
     for part in parts:
-        point = perturbed_point(rule, x, part, rho, grad, norm, reweighted_grad)
-        g = grad(point, part)
+        point = perturbed_point(rule, x, part, rho, grad, norm, reweighted_grad, draw)
+        if rule.descent_weights == "all":
+            g = weighted_grad(point, part)
+        elif rule.descent_weights == "response":
+            g = grad(x, part) + (weighted_grad(point, part) - weighted_grad(x, part))
+        else:
+            g = grad(point, part)
         total = g if total is None else total + g
     return total / len(parts) if len(parts) > 1 else total
 
@@ -333,6 +385,7 @@ def perturbed_point(
     grad: Grad,
     norm: Callable[[Any], Any],
     reweighted_grad: Grad | None = None,
+    draw: Callable[[Any], Any] | None = None,
 ) -> Any:
     """The point ``x + rho * a`` (``a`` normalised for SAM variants) where ``part``'s gradient is taken."""
     if rule.ascent == "none":
@@ -341,6 +394,10 @@ def perturbed_point(
         ascent = grad(x, None)
     elif rule.ascent == "part":
         ascent = grad(x, part)
+    elif rule.ascent_draw:
+        if draw is None:
+            raise ValueError(f"{rule.name} needs draw, the weighted draw of samples of the batch")
+        ascent = grad(x, draw(part))
     else:
         if reweighted_grad is None:
             raise ValueError(f"{rule.name} needs reweighted_grad, the Gibbs-weighted ascent direction")

@@ -1,0 +1,188 @@
+"""Does RW-SAM strengthen the noise-induced tr V regulariser? Push along -grad tr V and the
+equivalent m of every Gibbs-weighted reading, against lam and against m (issue 9).
+
+For each problem and point, :func:`sdesam.implicit.diagnose` gives, per unit rho, the
+noise-induced part of each rule's first-order drift projected on -grad tr V (the push), the
+micro-batch size at which m-SAM (m-USAM for USAM) pushes as hard (the equivalent m), the
+effective sample size of the Gibbs weights and the zeroth-order bias of a weighted descent.
+The rules are read from the registry: SAM and m-SAM for every m dividing the batch, USAM and
+m-USAM, and every Gibbs-weighted rule (the poster's RW-SAM and the other readings) for lam on
+a grid of multiples of 1/(mean per-sample gradient norm at the point), from uniform (0) to
+nearly one-hot weights.
+
+Problems: the 1-D escape landscape at and around its poor minimum (rank-one noise); logistic
+regression with 30% flipped labels at its minimum (Newton); the digits MLP at its poor minimum
+on the clean training set (Monte Carlo over sampled batches, exact per-sample gradients and
+Hessian-vector products of the network). Writes ``OUT/rwsam_mechanism.json`` and the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from sdesam import digits, implicit
+from sdesam.algorithms import get_rule, rule_names
+from sdesam.experiment_args import check_device, experiment_parser
+from sdesam.outputs import check_writable, resolve_out
+from sdesam.plotting import publish
+from sdesam.problems import LogisticRegression, SharpFlatLandscape
+from sdesam.records import make_record, run_metadata
+
+LAMS = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+LAMS_QUICK = [0.0, 1.0, 4.0, 16.0]
+LANDSCAPE = {"n": 32, "batch": 16, "sampling": "with-replacement", "batches": 10000,
+             "offsets": [0.0, -0.5, 0.5]}
+LANDSCAPE_QUICK = {"batches": 1000, "offsets": [0.0]}
+LOGISTIC = {"n": 64, "dim": 10, "flip": 0.3, "l2": 1e-3, "batch": 16,
+            "sampling": "without-replacement", "batches": 8000}
+LOGISTIC_QUICK = {"batches": 1000}
+NETWORK = {"batch": 20, "sampling": "without-replacement", "batches": 300, "hidden": 128,
+           "gd_lr": 0.5, "gd_steps": 4000, "n_train": 1000, "n_random": 200}
+NETWORK_QUICK = {"batches": 24, "gd_steps": 200}
+DRAWS = 4
+
+
+def specs_for(batch: int, lams: list[float], scale: float) -> list[implicit.Spec]:
+    """SAM, USAM, their m-rules at every divisor of the batch and every Gibbs-weighted rule at
+    every lam (multiples of ``scale`` = 1/mean per-sample gradient norm), read from the registry."""
+    plain = rule_names(lambda r: r.perturbed and r.ascent == "part" and r.scale is None)
+    specs = []
+    for name in plain:
+        micros = implicit.divisors(batch) if get_rule(name).micro else [None]
+        specs += [implicit.Spec.of(name, m) for m in micros]
+    for name in rule_names(lambda r: r.weighted):
+        specs += [implicit.Spec.of(name, lam=lam * scale) for lam in lams]
+    return specs
+
+
+def diagnose_point(problem_name: str, point_name: str, problem: Any, x: torch.Tensor,
+                   part: dict[str, Any], lams: list[float], seed: int,
+                   bar: tqdm) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The records of every spec at one point, and a summary of the point."""
+    norms = problem.sample_grads(x).detach().norm(dim=-1)
+    scale = 1.0 / float(norms.mean())
+    specs = specs_for(part["batch"], lams, scale)
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    batches = implicit.sample_batches(problem.n, part["batch"], part["batches"], part["sampling"],
+                                      generator)
+    records = implicit.diagnose(problem, x, specs, batches, draws=DRAWS, generator=generator,
+                                chunk=part.get("chunk", 1000), sampling=part["sampling"])
+    implicit.add_equivalent_m(records)
+    for record in records:
+        rule = get_rule(record["algorithm"])
+        cost = implicit.passes_per_step(rule, part["batch"], record["micro"])
+        record.update(problem=problem_name, point=point_name,
+                      lam_scale=record["lam"] / scale if rule.weighted else None, **cost)
+        record.pop("label")
+    bar.update()
+    summary = {"problem": problem_name, "point": point_name, "n": problem.n, "dim": problem.dim,
+               "batch": part["batch"], "sampling": part["sampling"],
+               "trace_V": float(problem.trace_V(x)), "grad_norm": float(problem.grad(x).norm()),
+               "mean_sample_grad_norm": float(norms.mean()),
+               "grad_trace_V_norm": records[0]["grad_trace_V_norm"],
+               "critical": records[0]["critical"], "batches": part["batches"]}
+    return records, summary
+
+
+def landscape_points(part: dict[str, Any]) -> list[tuple[str, Any, torch.Tensor]]:
+    """The landscape and its points: the poor minimum and offsets in units of its width."""
+    problem = SharpFlatLandscape(n=part["n"])
+    width = problem.sharp[2]
+    points = []
+    for offset in part["offsets"]:
+        name = "poor minimum" if offset == 0 else f"poor minimum {offset:+g} width"
+        points.append((name, problem, problem.poor_minimum + offset * width))
+    return points
+
+
+def logistic_problem(part: dict[str, Any], seed: int) -> tuple[LogisticRegression, torch.Tensor]:
+    """Logistic regression on Gaussian features with a fraction of flipped labels, and its
+    minimum (Newton's method on the full-batch loss)."""
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(part["n"], part["dim"], generator=g, dtype=torch.float64)
+    teacher = torch.randn(part["dim"], generator=g, dtype=torch.float64)
+    labels = (features @ teacher > 0).double()
+    flipped = torch.rand(part["n"], generator=g) < part["flip"]
+    labels = torch.where(flipped, 1 - labels, labels)
+    problem = LogisticRegression(features, labels, l2=part["l2"])
+    x = torch.zeros(part["dim"], dtype=torch.float64)
+    for _ in range(50):
+        step = torch.linalg.solve(torch.func.hessian(problem.loss)(x), problem.grad(x))
+        x = x - step
+        if float(step.norm()) < 1e-13:
+            break
+    return problem, x
+
+
+def network_problem(part: dict[str, Any], device: str,
+                    progress: bool) -> tuple[implicit.ModuleProblem, torch.Tensor]:
+    """The digits MLP at its poor minimum, as a problem on the clean training set."""
+    data = digits.load_digits_data(part["n_train"], part["n_random"], seed=0, device=device)
+    model, _ = digits.poor_minimum(data, hidden=part["hidden"], lr=part["gd_lr"],
+                                   steps=part["gd_steps"], seed=0, cache_dir=part["cache_dir"],
+                                   progress=progress)
+    problem = implicit.ModuleProblem(model, digits.per_sample_loss, data.train_x, data.train_y)
+    return problem, problem.point()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments."""
+    parser = experiment_parser(__doc__, "fewer batches, points and lam values; a shorter GD "
+                               "run to the network's poor minimum (< 2 minutes)")
+    parser.set_defaults(out=None)
+    parser.add_argument("--problems", nargs="+", choices=("landscape", "logistic", "network"),
+                        default=["landscape", "logistic", "network"])
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Diagnose every rule on every problem and write the data file and figure."""
+    args = parse_args(argv)
+    check_device(args.device)
+    out = resolve_out(args.out, "rwsam_mechanism")
+    check_writable(out)
+    began, cpu_began = time.perf_counter(), time.process_time()
+    lams = LAMS_QUICK if args.quick else LAMS
+    settings: dict[str, Any] = {"experiment": "rwsam_mechanism", "quick": args.quick,
+                                "seed": args.seed, "device": args.device,
+                                "problems": args.problems, "lams": lams, "draws": DRAWS}
+    jobs: list[tuple[str, str, Any, torch.Tensor, dict[str, Any]]] = []
+    progress = not args.no_progress
+    if "landscape" in args.problems:
+        part = {**LANDSCAPE, **(LANDSCAPE_QUICK if args.quick else {})}
+        settings["landscape"] = part
+        jobs += [("landscape", name, p, x.to(args.device), part) for name, p, x in landscape_points(part)]
+    if "logistic" in args.problems:
+        part = {**LOGISTIC, **(LOGISTIC_QUICK if args.quick else {})}
+        settings["logistic"] = part
+        problem, x = logistic_problem(part, args.seed)
+        jobs.append(("logistic", "minimum", problem, x.to(args.device), part))
+    if "network" in args.problems:
+        part = {**NETWORK, **(NETWORK_QUICK if args.quick else {}), "chunk": 100}
+        settings["network"] = dict(part)
+        part["cache_dir"] = args.cache or str(out / "cache")
+        problem, x = network_problem(part, args.device, progress)
+        jobs.append(("network", "poor minimum", problem, x, part))
+    diagnosis, points = [], []
+    with tqdm(total=len(jobs), desc="points", disable=not progress) as bar:
+        for k, (name, point, problem, x, part) in enumerate(jobs):
+            records, summary = diagnose_point(name, point, problem, x, part, lams, args.seed + k, bar)
+            diagnosis += records
+            points.append(summary)
+    metadata = {**run_metadata(args.device), "wall_time_s": time.perf_counter() - began,
+                "cpu_time_s": time.process_time() - cpu_began}
+    record = make_record(settings, {"diagnosis": diagnosis, "points": points}, metadata)
+    for written in publish(record, out):
+        print(written)
+    print(f"wrote {out} ({metadata['wall_time_s']:.0f} s wall, {metadata['cpu_time_s']:.0f} s CPU)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
