@@ -144,18 +144,17 @@ class MSAM(PerturbedOptimizer):
             losses = passes.upcast(loss_fn(outputs, y))
             return losses.mean() * scale, (losses, outputs)
 
-        micro_grad = grad(micro_loss, has_aux=True)
         total: Tensors = {}
         losses, outputs = [], []
         with passes.autocast_context(inputs.device, self.autocast_dtype):
             for x, y, running in zip(xs, ys, stats):
                 with passes.running_stats_frozen(module, frozen=not running):
                     ascent, (group_losses, group_outputs) = _mapped(
-                        micro_grad, (None, 0, 0, 0), (params, running, x, y))
+                        micro_loss, (None, 0, 0, 0), (params, running, x, y))
                 points = self._perturbed_points(params, ascent, decay, scale)
                 del ascent  # the group's gradient copies: free them before the descent pass
                 with passes.running_stats_frozen(module):
-                    descent, _ = _mapped(micro_grad, (0, None, 0, 0), (points, {}, x, y))
+                    descent, _ = _mapped(micro_loss, (0, None, 0, 0), (points, {}, x, y))
                 del points
                 for name, g in descent.items():
                     summed = g.sum(dim=0)
@@ -254,15 +253,20 @@ class MUSAM(MSAM):
         "ascent": ("part",), "micro": (True,), "normalized": (False,)}
 
 
-def _mapped(fn: Callable[..., Any], in_dims: tuple[int | None, ...], args: tuple[Any, ...]) -> Any:
-    """``vmap(fn, in_dims)(*args)`` over the leading dimension of the mapped arguments; a size
-    of one calls ``fn`` once on the unbatched slices instead (the sequential loop, no vmap)."""
+def _mapped(loss: Callable[..., Any], in_dims: tuple[int | None, ...], args: tuple[Any, ...]) -> Any:
+    """The gradient of ``loss`` in its first argument (and its auxiliary outputs) for each entry
+    of the leading dimension of the mapped arguments: ``vmap(grad(loss))`` for several entries;
+    for one, plain autograd on the unbatched slices (the sequential loop, without the overhead
+    of the ``torch.func`` transforms)."""
     mapped = [arg for arg, dim in zip(args, in_dims) if dim is not None]
-    size = tree_leaves(mapped)[0].shape[0]
-    if size > 1:
-        return vmap(fn, in_dims=in_dims, randomness="different")(*args)
-    sliced = [arg if dim is None else tree_map(lambda t: t[0], arg) for arg, dim in zip(args, in_dims)]
-    return tree_map(lambda t: t.unsqueeze(0), fn(*sliced))
+    if tree_leaves(mapped)[0].shape[0] > 1:
+        return vmap(grad(loss, has_aux=True), in_dims=in_dims, randomness="different")(*args)
+    theta, *rest = [arg if dim is None else tree_map(lambda t: t[0], arg)
+                    for arg, dim in zip(args, in_dims)]
+    leaves = {name: t.detach().requires_grad_(True) for name, t in theta.items()}
+    value, aux = loss(leaves, *rest)
+    grads = dict(zip(leaves, torch.autograd.grad(value, list(leaves.values()))))
+    return tree_map(lambda t: t.detach().unsqueeze(0), (grads, aux))
 
 
 def _all_reduce_mean(grads: list[torch.Tensor]) -> None:
