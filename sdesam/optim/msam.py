@@ -5,10 +5,10 @@
 (m-USAM: ``rho g_j``). The micro-batches are processed in groups with ``torch.func``
 (``functional_call`` + ``vmap(grad)``): per group, one vmapped forward/backward at x gives its
 g_j and one at its perturbed points the descent gradients; there is no Python loop over the
-micro-batches of a group. A group of c micro-batches holds c
-copies of the parameters and gradients at once, so the micro-batches run in groups sized by a
-memory budget (``vmap_budget_mb``; a group of one is the plain sequential loop, which wins
-for large models); ``accumulate`` further splits the batch into chunks of whole micro-batches.
+micro-batches of a group. A group of c micro-batches holds c copies of the parameters and
+gradients at once, so the groups are sized by a memory budget (``vmap_budget_mb``; a group
+of one is the plain sequential loop, which wins for large models); ``accumulate`` further
+splits the batch into chunks of whole micro-batches.
 
 BatchNorm: each micro-batch is normalised with its own statistics (as on a device whose batch
 is the micro-batch). Under ``bn="first-pass"`` the running statistics are updated once per
@@ -264,8 +264,9 @@ def _mapped(loss: Callable[..., Any], in_dims: tuple[int | None, ...], args: tup
     theta, *rest = [arg if dim is None else tree_map(lambda t: t[0], arg)
                     for arg, dim in zip(args, in_dims)]
     leaves = {name: t.detach().requires_grad_(True) for name, t in theta.items()}
-    value, aux = loss(leaves, *rest)
-    grads = dict(zip(leaves, torch.autograd.grad(value, list(leaves.values()))))
+    with torch.enable_grad():
+        value, aux = loss(leaves, *rest)
+        grads = dict(zip(leaves, torch.autograd.grad(value, list(leaves.values()))))
     return tree_map(lambda t: t.detach().unsqueeze(0), (grads, aux))
 
 
