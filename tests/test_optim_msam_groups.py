@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sdesam.optim import MSAM, create
-from sdesam.optim.msam import PARAMETER_COPIES
+from sdesam.optim.msam import MIN_VMAP_GROUP, PARAMETER_COPIES
 
 BATCH, MICRO = 12, 2  # six micro-batches
 UNCHUNKED = 1e6  # MiB: every micro-batch in one vmapped pass
@@ -70,7 +70,7 @@ def test_grouped_step_equals_unchunked(name, group):
     assert_same(grouped, run(name, None))
 
 
-def test_grouped_step_with_accumulation_equals_unchunked():
+def test_sequential_step_with_accumulation_equals_unchunked():
     assert_same(run("m-sam", budget_for(conv_net(), 2), accumulate=2), run("m-sam", None, accumulate=2))
 
 
@@ -80,5 +80,7 @@ def test_group_size_follows_the_budget():
     assert opt.vmap_group(6) == 1
     opt.vmap_budget_mb = UNCHUNKED
     assert opt.vmap_group(6) == 6
-    opt.vmap_budget_mb = budget_for(conv_net(), 3)
-    assert opt.vmap_group(6) == 3
+    opt.vmap_budget_mb = budget_for(conv_net(), 5)
+    assert opt.vmap_group(6) == 5
+    opt.vmap_budget_mb = budget_for(conv_net(), MIN_VMAP_GROUP - 1)
+    assert opt.vmap_group(6) == 1  # too few for vmap to pay: the sequential loop

@@ -31,7 +31,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.func import functional_call, grad, vmap
-from torch.utils._pytree import tree_leaves, tree_map
 
 from sdesam import validation
 from sdesam.algorithms import check_sizes, scaled
@@ -45,6 +44,11 @@ Tensors = dict[str, torch.Tensor]
 DEFAULT_VMAP_BUDGET_MB = 64.0
 """Default memory for the per-micro-batch parameter copies of one vmapped pass, in MiB."""
 
+MIN_VMAP_GROUP = 4
+"""The fewest micro-batches a vmapped pass takes: below, vmap's fixed cost outweighs what it
+saves (small CNN, batch 32 on CPU: 2 micro-batches a pass cost 1.27x the sequential loop, 4
+cost 0.83x), and the micro-batches run one by one."""
+
 PARAMETER_COPIES = 3
 """Parameter-sized tensors a vmapped pass holds per micro-batch: its ascent gradient, its
 perturbed point and its descent gradient."""
@@ -55,7 +59,8 @@ class MSAM(PerturbedOptimizer):
 
     ``vmap_budget_mb``: the memory (MiB) the parameter copies of one vmapped pass may take;
     the micro-batches run in groups of :meth:`vmap_group` = ``budget / (3 * parameter
-    bytes)`` of them (at least one, a plain sequential loop over micro-batches; at most all).
+    bytes)`` of them (at most all; below :data:`MIN_VMAP_GROUP`, one at a time: a plain
+    sequential loop over micro-batches on the module itself, see :meth:`_sequential_pass`).
     The default, 64 MiB, vmaps every micro-batch of a small CNN (0.1 M parameters, 1.2 MB per
     micro-batch) at once and runs ResNet-18 (11 M parameters, 134 MB) micro-batch by
     micro-batch, where vmap's per-micro-batch copies cost more than they save. Every grouping
@@ -82,7 +87,8 @@ class MSAM(PerturbedOptimizer):
         parameter_bytes = sum(p.numel() * p.element_size() for p in self._parameters()
                               if p.requires_grad)
         fits = int(self.vmap_budget_mb * 2**20 // max(PARAMETER_COPIES * parameter_bytes, 1))
-        return max(1, min(micro_count, fits))
+        group = min(micro_count, fits)
+        return group if group >= MIN_VMAP_GROUP else 1
 
     def _check_step(self, model: nn.Module, batch: int) -> None:
         """micro must divide the batch and, when smaller, each accumulation chunk."""
@@ -130,6 +136,8 @@ class MSAM(PerturbedOptimizer):
         """
         count = inputs.shape[0] // self.micro
         group = self.vmap_group(count)
+        if group == 1:
+            return self._sequential_pass(module, loss_fn, inputs, targets, micro_count)
         sizes = [min(group, count - start) for start in range(0, count, group)]
         stats = [self._batched_running_stats(module, size) for size in sizes]
         params, decay, constants = self._split_state(module, exclude=stats[0])
@@ -169,6 +177,74 @@ class MSAM(PerturbedOptimizer):
                 p.grad = g if p.grad is None else p.grad.add_(g)
         losses_all, outputs_all = torch.cat(losses), torch.cat(outputs)
         return losses_all.reshape(-1), outputs_all.reshape(-1, *outputs_all.shape[2:])
+
+    def _sequential_pass(self, module: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
+                         targets: torch.Tensor, micro_count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chunk's micro-batches one by one on the module's own parameters (no vmap, no
+        per-micro-batch parameter copies): autograd ascent gradient, perturb in place, descent
+        gradient added to ``.grad``, exact restore from the one copy of x kept for the chunk.
+
+        BatchNorm running statistics as in the vmapped passes: every micro-batch's first pass
+        starts from the same statistics, and the module keeps the mean of their updates.
+        """
+        groups = {id(p): group for group in self.param_groups for p in group["params"]}
+        params = [p for p in module.parameters() if p.requires_grad and id(p) in groups]
+        decays = [groups[id(p)].get("weight_decay", 0.0) if self.perturb_weight_decay else 0.0
+                  for p in params]
+        saved = [p.detach().clone() for p in params]
+        stats = self._batched_running_stats(module, 1)
+        buffers = dict(module.named_buffers())
+        start = {name: buffers[name].clone() for name in stats}
+        updates: dict[str, list[torch.Tensor]] = {name: [] for name in stats}
+        scale = self.scaler.scale
+        losses, outputs = [], []
+        for x, y in zip(inputs.split(self.micro), targets.split(self.micro)):
+            with passes.running_stats_frozen(module, frozen=not stats), \
+                    passes.autocast_context(x.device, self.autocast_dtype), torch.enable_grad():
+                out, micro_losses = passes.forward_losses(module, loss_fn, x, y)
+                micro_losses = passes.upcast(micro_losses)
+                ascent = torch.autograd.grad(micro_losses.mean() * scale, params,
+                                             materialize_grads=True)
+            with torch.no_grad():
+                for name in stats:
+                    updates[name].append(buffers[name].clone())
+                    buffers[name].copy_(start[name])
+                directions = [self._direction(p, g, decay, scale)
+                              for p, g, decay in zip(params, ascent, decays)]
+                del ascent
+                coefficient: torch.Tensor | float = self.rho
+                if self.rule.normalized:
+                    norm = torch.nn.utils.get_total_norm(directions)
+                    coefficient = self.rho / norm.clamp_min(NORM_FLOOR)
+                for p, d in zip(params, directions):
+                    p.add_(d.mul_(coefficient))
+                del directions
+            with passes.running_stats_frozen(module), \
+                    passes.autocast_context(x.device, self.autocast_dtype), torch.enable_grad():
+                descent_losses = passes.upcast(passes.forward_losses(module, loss_fn, x, y)[1])
+                descent = torch.autograd.grad(descent_losses.mean() * scale, params,
+                                              materialize_grads=True)
+            with torch.no_grad():
+                for p, old, g in zip(params, saved, descent):
+                    p.copy_(old)
+                    g = g.div_(micro_count)
+                    p.grad = g if p.grad is None else p.grad.add_(g)
+            losses.append(micro_losses.detach())
+            outputs.append(out.detach())
+        self._write_running_stats(module, {name: torch.stack(values) for name, values in updates.items()})
+        return torch.cat(losses), torch.cat(outputs)
+
+    def _direction(self, param: torch.Tensor, ascent: torch.Tensor, decay: float,
+                   scale: float) -> torch.Tensor:
+        """The ascent direction of one parameter tensor before normalisation: the gradient
+        unscaled, plus ``decay * x`` (``perturb_weight_decay``), times the rule's elementwise
+        ``scale(x)``; ``ascent`` may carry a leading micro-batch dimension."""
+        d = ascent / scale if scale != 1 else ascent
+        if decay:
+            d = d + decay * param
+        if self.rule.scale is not None:
+            d = scaled(self.rule.scale, param, d)
+        return d
 
     def _split_state(self, module: nn.Module, exclude: Tensors) -> tuple[Tensors, Tensors, Tensors]:
         """Trainable parameters this optimizer updates, their perturbation weight decay, constants.
@@ -225,14 +301,8 @@ class MSAM(PerturbedOptimizer):
                           scale: float) -> Tensors:
         """``x + eps_j`` per micro-batch, ``eps_j = rho d_j/|d_j|`` (or ``rho d_j`` for m-USAM),
         ``d_j`` multiplied elementwise by the rule's ``scale(x)`` if it has one."""
-        directions = {}
-        for name, g in ascent.items():
-            d = g / scale
-            if decay.get(name):
-                d = d + decay[name] * params[name]
-            if self.rule.scale is not None:
-                d = scaled(self.rule.scale, params[name], d)
-            directions[name] = d
+        directions = {name: self._direction(params[name], g, decay.get(name, 0.0), scale)
+                      for name, g in ascent.items()}
         micro_count = next(iter(directions.values())).shape[0]
         first = next(iter(params.values()))
         coefficient = torch.full((micro_count,), self.rho, device=first.device, dtype=first.dtype)
@@ -254,20 +324,9 @@ class MUSAM(MSAM):
 
 
 def _mapped(loss: Callable[..., Any], in_dims: tuple[int | None, ...], args: tuple[Any, ...]) -> Any:
-    """The gradient of ``loss`` in its first argument (and its auxiliary outputs) for each entry
-    of the leading dimension of the mapped arguments: ``vmap(grad(loss))`` for several entries;
-    for one, plain autograd on the unbatched slices (the sequential loop, without the overhead
-    of the ``torch.func`` transforms)."""
-    mapped = [arg for arg, dim in zip(args, in_dims) if dim is not None]
-    if tree_leaves(mapped)[0].shape[0] > 1:
-        return vmap(grad(loss, has_aux=True), in_dims=in_dims, randomness="different")(*args)
-    theta, *rest = [arg if dim is None else tree_map(lambda t: t[0], arg)
-                    for arg, dim in zip(args, in_dims)]
-    leaves = {name: t.detach().requires_grad_(True) for name, t in theta.items()}
-    with torch.enable_grad():
-        value, aux = loss(leaves, *rest)
-        grads = dict(zip(leaves, torch.autograd.grad(value, list(leaves.values()))))
-    return tree_map(lambda t: t.detach().unsqueeze(0), (grads, aux))
+    """``vmap(grad(loss))``: the gradient of ``loss`` in its first argument (and its auxiliary
+    outputs) for each entry of the leading dimension of the mapped arguments."""
+    return vmap(grad(loss, has_aux=True), in_dims=in_dims, randomness="different")(*args)
 
 
 def _all_reduce_mean(grads: list[torch.Tensor]) -> None:
