@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from sdesam.algorithms import ALGORITHMS, direction, get_rule
-from sdesam.optim import create
+from sdesam.algorithms import direction, get_rule
+from sdesam.optim import create, optimizer_names
 
 N, D, BATCH, LR, RHO, LAM, DELTA = 24, 6, 8, 0.05, 0.2, 3.0, 1e-4
 MICRO = 2
@@ -58,27 +58,38 @@ def reweighted_grad_with(generator: torch.Generator):
     return reweighted
 
 
-@pytest.mark.parametrize("algorithm", [a for a in ALGORITHMS if get_rule(a).optimizer])
-def test_class_step_equals_rule_table(algorithm):
+def rule_options(rule, inputs: torch.Tensor, targets: torch.Tensor) -> dict:
+    """The keywords ``create`` needs for ``rule``, read from its facts."""
+    options: dict = dict(lr=LR)
+    if rule.perturbed:
+        options["rho"] = RHO
+    if rule.micro:
+        options["micro"] = MICRO
+    if rule.ascent == "full":
+        options["ascent_data"] = (inputs, targets)
+    if rule.weighted:
+        options.update(lam=LAM, delta=DELTA, generator=torch.Generator().manual_seed(11))
+    return options
+
+
+def check_class_step_equals_rule_table(algorithm: str) -> None:
+    """Three steps of ``create(algorithm)`` on the one-vector model against ``direction``."""
+    rule = get_rule(algorithm)
     inputs, targets = data()
     torch.manual_seed(0)
     model = nn.Linear(D, 1, bias=False).double()
     x = model.weight.detach().clone().squeeze(0)
-    options: dict = dict(lr=LR)
-    if algorithm != "sgd":
-        options["rho"] = RHO
-    if algorithm.startswith("m-"):
-        options["micro"] = MICRO
-    if algorithm.startswith("n-"):
-        options["ascent_data"] = (inputs, targets)
-    if algorithm == "rw-sam":
-        options.update(lam=LAM, delta=DELTA, generator=torch.Generator().manual_seed(11))
-    opt = create(algorithm, model.parameters(), torch.optim.SGD, **options)
+    opt = create(algorithm, model.parameters(), torch.optim.SGD, **rule_options(rule, inputs, targets))
     reweighted = reweighted_grad_with(torch.Generator().manual_seed(11))
     order = torch.Generator().manual_seed(5)
     for _ in range(3):
         idx = torch.randperm(N, generator=order)[:BATCH]
-        parts = list(idx.split(MICRO)) if algorithm.startswith("m-") else [idx]
+        parts = list(idx.split(MICRO)) if rule.micro else [idx]
         x = x - LR * direction(algorithm, x, parts, RHO, mean_grad, norm, reweighted)
         opt.step(model, per_sample_loss, inputs[idx], targets[idx])
         torch.testing.assert_close(model.weight.detach().squeeze(0), x, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("algorithm", optimizer_names())
+def test_class_step_equals_rule_table(algorithm):
+    check_class_step_equals_rule_table(algorithm)

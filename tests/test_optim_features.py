@@ -9,11 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sdesam.algorithms import get_rule
 from sdesam.optim import MSAM, RWSAM, SAM, create
 
 RULES = [("sgd", {}), ("sam", {}), ("usam", {}), ("m-sam", {"micro": 4}), ("m-sam", {"micro": 8}),
          ("rw-sam", {"lam": 1.0})]
 BASE = dict(lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+
+def rho_for(name: str) -> dict:
+    """The rho keyword for a rule that perturbs (none for one that does not)."""
+    return {"rho": 0.1} if get_rule(name).perturbed else {}
 
 
 def per_sample_ce(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -52,8 +58,7 @@ def bn_state(model: nn.Module) -> list[torch.Tensor]:
 def test_first_pass_updates_running_stats_once_per_step(name, options):
     model = conv_net()
     x, y = images(0)
-    opt = create(name, model.parameters(), rho=0.1, **options, **BASE) if name != "sgd" else \
-        create(name, model.parameters(), **BASE)
+    opt = create(name, model.parameters(), **rho_for(name), **options, **BASE)
     twin = copy.deepcopy(model)
     opt.step(model, per_sample_ce, x, y)
     assert model[1].num_batches_tracked.item() == 1
@@ -70,8 +75,7 @@ def test_first_pass_updates_running_stats_once_per_step(name, options):
 def test_freeze_never_updates_running_stats(name, options):
     model = conv_net()
     before = bn_state(model)
-    extra = {"rho": 0.1} if name != "sgd" else {}
-    opt = create(name, model.parameters(), bn="freeze", **extra, **options, **BASE)
+    opt = create(name, model.parameters(), bn="freeze", **rho_for(name), **options, **BASE)
     for seed in range(2):
         opt.step(model, per_sample_ce, *images(seed))
     for a, b in zip(bn_state(model), before):
@@ -130,7 +134,7 @@ def test_state_dict_round_trip_continues_identically(name, options):
     seeded = options.pop("generator", None) == "seeded"
 
     def build(model):
-        extra = {"rho": 0.1} if name != "sgd" else {}
+        extra = rho_for(name)
         if seeded:
             extra["generator"] = torch.Generator().manual_seed(0)
         return create(name, model.parameters(), **extra, **options, **BASE)
@@ -182,7 +186,12 @@ def test_lr_scheduler_attaches_to_the_optimizer():
     (lambda p: MSAM(p, rho=0.1, micro=0, lr=0.1), "micro"),
     (lambda p: RWSAM(p, rho=0.1, lam=-1.0, lr=0.1), "lam"),
     (lambda p: RWSAM(p, rho=0.1, delta=0.0, lr=0.1), "delta"),
-    (lambda p: create("sgd", p, rho=0.1, lr=0.1), "base optimizer"),
+    (lambda p: create("sgd", p, rho=0.1, lr=0.1), "rho is not accepted by 'sgd'"),
+    (lambda p: create("sam", p, micro=2, lr=0.1), "micro is not accepted by 'sam'"),
+    (lambda p: create("m-sam", p, rho=0.1, lr=0.1), "micro is required"),
+    (lambda p: create("sam", p, lam=1.0, lr=0.1), "lam is not accepted"),
+    (lambda p: MSAM(p, micro=2, vmap_budget_mb=-1.0, lr=0.1), "vmap_budget_mb"),
+    (lambda p: create("sgd", p, betas=(0.9, 0.99), lr=0.1), "base optimizer"),
     (lambda p: create("n-sam", p, rho=0.1, ascent_data=(torch.zeros(3), torch.zeros(2)), lr=0.1), "ascent_data"),
 ])
 def test_bad_constructor_arguments_raise_value_error(build, argument):
@@ -272,8 +281,7 @@ def test_accumulation_equals_the_whole_batch_step(name, options):
         extra = dict(options)
         if "generator" in extra:
             extra["generator"] = torch.Generator().manual_seed(extra["generator"])
-        if name != "sgd":
-            extra["rho"] = 0.1
+        extra.update(rho_for(name))
         opt = create(name, model.parameters(), accumulate=accumulate, **extra, **BASE)
         losses = [opt.step(model, per_sample_ce, *vectors(seed)) for seed in range(3)]
         return model, losses

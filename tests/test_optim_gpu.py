@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sdesam.algorithms import get_rule
 from sdesam.optim import create
 
 pytestmark = [
@@ -52,7 +53,7 @@ def test_cuda_step_equals_cpu_step(name, options):
 def test_cuda_mixed_precision_step_runs(name, options, dtype):
     model = conv_net().cuda()
     extra = dict(options)
-    if name == "rw-sam":
+    if get_rule(name).weighted:
         extra["generator"] = torch.Generator(device="cuda").manual_seed(0)
     opt = create(name, model.parameters(), lr=0.1, autocast_dtype=dtype, **extra)
     x, y = batch()

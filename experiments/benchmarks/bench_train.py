@@ -1,20 +1,25 @@
-"""Training throughput of SGD, SAM, m-SAM (several m) and RW-SAM, and of a straightforward SAM loop.
+"""Training cost of SGD, SAM, m-SAM (several m, vmapped and as a sequential loop) and RW-SAM.
 
 Every rule runs the trainer's pipeline (data held on the device, batched crop + flip there,
 bf16 autocast and channels-last on CUDA) through ``sdesam.optim.create`` on CIFAR-shaped
-synthetic data. The baseline is the obvious alternative: a torch DataLoader that crops and
-flips image by image on the CPU, copies each batch to the device, fp32, and SAM written as
-its two textbook passes. Rules are timed in interleaved rounds (each round times every rule
-for a few steps), so that load from other processes spreads evenly over them; the table gives
-the median over rounds of the time per step, images/s, and the ratios to SAM. Wall-clock time
-is what counts on a GPU; on a CPU shared with other work the process CPU time per step is
-reported beside it, as it is far less disturbed by the other load (run the baseline with
-``--loader-workers 0`` there, so that its data loading is counted in that time too).
+synthetic data, for each model of ``--models``. Two obvious alternatives run beside it in the
+same rounds: m-SAM written as a plain sequential loop over micro-batches (two autograd passes
+per micro-batch; the optimizer's vmapped groups must never be slower), and SAM in its two
+textbook passes fed by a torch DataLoader that crops and flips image by image on the CPU,
+fp32. Rules are timed in interleaved rounds (each round times every contender for a few
+steps), so that load from other processes spreads evenly over them; the table gives the
+median over rounds of the time per step, images/s and the ratios to SAM, and every ratio of
+interest with its median, min and max over rounds. On a GPU wall-clock time is what counts;
+on a CPU shared with other work the process CPU time is the measure (run the baseline with
+``--loader-workers 0`` there, so that its data loading is counted in it).
 
-example (GPU): python experiments/benchmarks/bench_train.py --device cuda
-example (CPU, about 3 minutes; the run recorded in bench_train.txt):
-  python experiments/benchmarks/bench_train.py --batch-size 32 --micro 16 8 4 --rounds 3 \\
-      --steps 1 --warmup 1 --threads 1 --loader-workers 0
+The table goes to ``<out>/bench_train.txt``: by default a fresh ``runs/bench_train-<time>/``
+(printed); the committed table only with ``--out experiments/benchmarks``.
+
+example (CPU, the run recorded in bench_train.txt, about 10 minutes on 2 shared cores):
+  python experiments/benchmarks/bench_train.py --out experiments/benchmarks
+example (GPU): python experiments/benchmarks/bench_train.py --device cuda --batch-size 256 \\
+      --micro 128 64 32 --rounds 5 --steps 10 --warmup 2 --loader-workers 2
 """
 
 from __future__ import annotations
@@ -25,14 +30,14 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sdesam.optim import create
+from sdesam.optim import create, passes
+from sdesam.outputs import check_writable, resolve_out
 from sdesam.records import atomic_write, run_metadata
 from sdesam.train import augment
 from sdesam.train.data import synthetic_dataset
@@ -40,34 +45,42 @@ from sdesam.train.distributed import resolve_device
 from sdesam.train.loop import TrainConfig, autocast_dtype, per_sample_cross_entropy
 from sdesam.train.models import build_model
 
-DEFAULT_OUT = Path(__file__).resolve().with_suffix(".txt")
+TABLE_NAME = "bench_train.txt"
+RHO = 0.05
+BASELINE = "sam, straightforward loop (CPU loader, fp32)"
+TARGETS = {("small", 1): 0.8}
+"""Issue 12's bound on vmapped / sequential m-SAM per (model, m); 1.0 everywhere else."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Benchmark settings."""
+    """Benchmark settings (defaults: the CPU run of bench_train.txt)."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="resnet18")
-    parser.add_argument("--norm", default=None, help="bn (default for resnet18) or gn")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--micro", type=int, nargs="*", default=[128, 64, 32],
+    parser.add_argument("--models", nargs="+", default=["resnet18", "small"])
+    parser.add_argument("--norm", default=None, help="bn or gn (default: each model's own)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--micro", type=int, nargs="*", default=[16, 8, 4, 1],
                         help="m values for m-SAM")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per rule per round")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per rule first")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    parser.add_argument("--steps", type=int, default=1, help="timed steps per contender per round")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per contender first")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
                         help="skip the straightforward CPU-loader fp32 SAM loop")
-    parser.add_argument("--loader-workers", type=int, default=2,
+    parser.add_argument("--loader-workers", type=int, default=0,
                         help="DataLoader workers of the baseline")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="where the table is written")
+    parser.add_argument("--out", default=None,
+                        help="folder for bench_train.txt (default: a fresh runs/bench_train-<time>/)")
     args = parser.parse_args(argv)
     bad = [m for m in args.micro if m < 1 or args.batch_size % m]
     if bad:
         parser.error(f"--micro values must divide --batch-size {args.batch_size}; got {bad}")
+    for name in ("rounds", "steps", "batch_size", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
 
 
@@ -77,6 +90,7 @@ class Contender:
 
     name: str
     step: Callable[[], Any]
+    note: str = ""
     times: list[float] = field(default_factory=list)
     cpu_times: list[float] = field(default_factory=list)
 
@@ -121,37 +135,88 @@ def textbook_sam_step(model: nn.Module, base: torch.optim.Optimizer, rho: float,
     return loss.detach()
 
 
-def pipeline_contenders(args: argparse.Namespace, device: torch.device) -> list[Contender]:
-    """The trainer's pipeline with each rule (on-device data, batched augmentation)."""
+def sequential_msam_step(model: nn.Module, base: torch.optim.Optimizer, rho: float, micro: int,
+                         inputs: torch.Tensor, targets: torch.Tensor,
+                         amp: torch.dtype | None) -> torch.Tensor:
+    """m-SAM as a plain loop: per micro-batch its gradient, x + rho g/|g|, the gradient there."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in params]
+    losses = []
+    for x, y in zip(inputs.split(micro), targets.split(micro)):
+        with passes.autocast_context(x.device, amp):
+            loss = F.cross_entropy(model(x).float(), y)
+        ascent = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            coefficient = rho / (torch.norm(torch.stack([g.norm() for g in ascent])) + 1e-12)
+            perturbations = [g * coefficient for g in ascent]
+            for p, e in zip(params, perturbations):
+                p.add_(e)
+        with passes.autocast_context(x.device, amp):
+            descent = torch.autograd.grad(F.cross_entropy(model(x).float(), y), params)
+        with torch.no_grad():
+            for p, e, t, g in zip(params, perturbations, total, descent):
+                p.sub_(e)
+                t.add_(g)
+        losses.append(loss.detach())
+    count = len(losses)
+    for p, t in zip(params, total):
+        p.grad = t.div_(count)
+    base.step()
+    base.zero_grad()
+    return torch.stack(losses).mean()
+
+
+def pipeline_contenders(args: argparse.Namespace, model_name: str,
+                        device: torch.device) -> list[Contender]:
+    """The trainer's pipeline with each rule (on-device data, batched augmentation), and m-SAM
+    as a sequential loop over micro-batches on the same pipeline."""
     data = synthetic_dataset(max(4 * args.batch_size, 1024), 16, seed=args.seed).to(device)
     amp = autocast_dtype(args.precision, device)
     channels_last = device.type == "cuda"
     generator = torch.Generator().manual_seed(args.seed)
-    rules: list[tuple[str, str, dict[str, Any]]] = [("sgd", "sgd", {}), ("sam", "sam", {"rho": 0.05})]
-    rules += [(f"m-sam m={m}", "m-sam", {"rho": 0.05, "micro": m}) for m in args.micro]
-    rules += [("rw-sam", "rw-sam", {"rho": 0.05, "lam": TrainConfig.lam, "delta": TrainConfig.delta})]
+    base_options = dict(lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+    def fresh_model() -> nn.Module:
+        torch.manual_seed(args.seed)
+        model = build_model(model_name, data.num_classes, args.norm).to(device)
+        return model.to(memory_format=torch.channels_last) if channels_last else model
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.randint(len(data.train_labels), (args.batch_size,), generator=generator)
+        index = index.to(device)
+        crops = augment.draw_crop_flip(args.batch_size, 4, generator)
+        images = augment.crop_flip(data.train_images[index], *crops, padding=4)
+        return augment.normalize(images, data.mean, data.std, channels_last), data.train_labels[index]
+
+    rules: list[tuple[str, str, dict[str, Any]]] = [("sgd", "sgd", {}), ("sam", "sam", {"rho": RHO})]
+    rules += [(f"m-sam m={m}", "m-sam", {"rho": RHO, "micro": m}) for m in args.micro]
+    rules += [("rw-sam", "rw-sam", {"rho": RHO, "lam": TrainConfig.lam, "delta": TrainConfig.delta})]
     contenders = []
     for label, name, options in rules:
-        torch.manual_seed(args.seed)
-        model = build_model(args.model, data.num_classes, args.norm).to(device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = create(name, model.parameters(), base=torch.optim.SGD, lr=0.05, momentum=0.9,
-                           weight_decay=5e-4, autocast_dtype=amp, **options)
+        model = fresh_model()
+        optimizer = create(name, model.parameters(), base=torch.optim.SGD, autocast_dtype=amp,
+                           **options, **base_options)
+        note = ""
+        if "micro" in options and options["micro"] < args.batch_size:
+            count = args.batch_size // options["micro"]
+            note = f"vmap group {optimizer.vmap_group(count)} of {count}"
 
         def step(model=model, optimizer=optimizer) -> Any:
-            index = torch.randint(len(data.train_labels), (args.batch_size,), generator=generator)
-            index = index.to(device)
-            crops = augment.draw_crop_flip(args.batch_size, 4, generator)
-            images = augment.crop_flip(data.train_images[index], *crops, padding=4)
-            inputs = augment.normalize(images, data.mean, data.std, channels_last)
-            return optimizer.step(model, per_sample_cross_entropy, inputs, data.train_labels[index])
+            return optimizer.step(model, per_sample_cross_entropy, *batch())
 
-        contenders.append(Contender(label, step))
+        contenders.append(Contender(label, step, note))
+        if "micro" in options:
+            loop_model = fresh_model()
+            base = torch.optim.SGD(loop_model.parameters(), **base_options)
+
+            def loop_step(model=loop_model, base=base, micro=options["micro"]) -> Any:
+                return sequential_msam_step(model, base, RHO, micro, *batch(), amp)
+
+            contenders.append(Contender(f"{label}, sequential loop", loop_step))
     return contenders
 
 
-def baseline_contender(args: argparse.Namespace, device: torch.device) -> Contender:
+def baseline_contender(args: argparse.Namespace, model_name: str, device: torch.device) -> Contender:
     """The straightforward loop: CPU DataLoader with per-image augmentation, fp32, textbook SAM."""
     data = synthetic_dataset(max(4 * args.batch_size, 1024), 16, seed=args.seed)
     loader = torch.utils.data.DataLoader(
@@ -160,7 +225,7 @@ def baseline_contender(args: argparse.Namespace, device: torch.device) -> Conten
         num_workers=args.loader_workers, pin_memory=device.type == "cuda",
         persistent_workers=args.loader_workers > 0)
     torch.manual_seed(args.seed)
-    model = build_model(args.model, data.num_classes, args.norm).to(device)
+    model = build_model(model_name, data.num_classes, args.norm).to(device)
     base = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     batches = iter(())
 
@@ -173,9 +238,9 @@ def baseline_contender(args: argparse.Namespace, device: torch.device) -> Conten
             inputs, targets = next(batches)
         inputs = inputs.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
-        return textbook_sam_step(model, base, 0.05, inputs, targets)
+        return textbook_sam_step(model, base, RHO, inputs, targets)
 
-    return Contender("sam, straightforward loop (CPU loader, fp32)", step)
+    return Contender(BASELINE, step)
 
 
 def time_steps(contender: Contender, steps: int, device: torch.device) -> tuple[float, float]:
@@ -190,73 +255,99 @@ def time_steps(contender: Contender, steps: int, device: torch.device) -> tuple[
     return ((time.perf_counter() - started) / steps, (time.process_time() - cpu_started) / steps)
 
 
-def report(args: argparse.Namespace, device: torch.device, contenders: list[Contender],
-           wall: float) -> str:
-    """The results table, ratios and settings as text."""
-    per_step = {c.name: statistics.median(c.times) for c in contenders}
-    cpu_step = {c.name: statistics.median(c.cpu_times) for c in contenders}
-    sam, sam_cpu = per_step["sam"], cpu_step["sam"]
-    baseline = "sam, straightforward loop (CPU loader, fp32)"
-    lines = [f"bench_train: {args.model} (norm {args.norm or 'default'}), batch {args.batch_size}, "
-             f"device {device}, precision {args.precision}, {args.rounds} rounds x {args.steps} "
-             f"steps per rule (after {args.warmup} warm-up steps), CIFAR-shaped synthetic data; "
-             f"medians over rounds",
-             "", f"{'rule':<46}{'wall s/step':>12}{'images/s':>10}{'x SAM':>8}"
-                 f"{'CPU s/step':>12}{'x SAM':>8}"]
-    for name, seconds in per_step.items():
-        lines.append(f"{name:<46}{seconds:>12.4f}{args.batch_size / seconds:>10.1f}"
-                     f"{seconds / sam:>8.3f}{cpu_step[name]:>12.4f}{cpu_step[name] / sam_cpu:>8.3f}")
+def ratio_line(label: str, top: Contender, bottom: Contender, target: str = "") -> str:
+    """Median ratio of two contenders' times, wall and CPU, with the CPU ratio's range over rounds."""
+    wall = statistics.median(top.times) / statistics.median(bottom.times)
+    cpu = statistics.median(top.cpu_times) / statistics.median(bottom.cpu_times)
+    per_round = [a / b for a, b in zip(top.cpu_times, bottom.cpu_times)]
+    return (f"{label}: CPU time {cpu:.3f} (per round {min(per_round):.3f}..{max(per_round):.3f}), "
+            f"wall {wall:.3f}{target}")
+
+
+def model_report(args: argparse.Namespace, model_name: str, contenders: list[Contender]) -> list[str]:
+    """One model's table (medians over rounds, CPU spread) and its ratios."""
+    by_name = {c.name: c for c in contenders}
+    sam = by_name["sam"]
+    sam_wall, sam_cpu = statistics.median(sam.times), statistics.median(sam.cpu_times)
+    lines = [f"model {model_name}", "",
+             f"{'contender':<46}{'wall s/step':>12}{'images/s':>10}{'x SAM':>7}"
+             f"{'CPU s/step':>12}{'x SAM':>7}{'CPU min..max':>16}  note"]
+    for c in contenders:
+        wall, cpu = statistics.median(c.times), statistics.median(c.cpu_times)
+        spread = f"{min(c.cpu_times):.3f}..{max(c.cpu_times):.3f}"
+        lines.append(f"{c.name:<46}{wall:>12.4f}{args.batch_size / wall:>10.1f}"
+                     f"{wall / sam_wall:>7.3f}{cpu:>12.4f}{cpu / sam_cpu:>7.3f}{spread:>16}  {c.note}")
     lines.append("")
+    lines.append(ratio_line("RW-SAM / SAM time per step", by_name["rw-sam"], sam,
+                            " (target <= 1.2; one extra forward ~ 7/6 = 1.167)"))
+    for m in args.micro:
+        target = TARGETS.get((model_name, m), 1.0)
+        lines.append(ratio_line(f"m-SAM (m={m}) vmapped / sequential loop", by_name[f"m-sam m={m}"],
+                                by_name[f"m-sam m={m}, sequential loop"], f" (target <= {target})"))
+    lines += [ratio_line(f"m-SAM (m={m}) / SAM time per step", by_name[f"m-sam m={m}"], sam)
+              for m in args.micro]
+    if BASELINE in by_name:
+        lines.append(ratio_line("SAM, trainer pipeline / straightforward loop", sam, by_name[BASELINE],
+                                " (target <= 0.5 on a GPU)"))
+    return lines + [""]
 
-    def ratio(label: str, name: str, other: str = "sam") -> str:
-        return (f"{label}: wall {per_step[name] / per_step[other]:.3f}, "
-                f"CPU time {cpu_step[name] / cpu_step[other]:.3f}")
 
-    lines.append(ratio("RW-SAM / SAM time per step", "rw-sam")
-                 + " (target <= 1.2; one extra forward ~ 7/6 = 1.167)")
-    lines += [ratio(f"m-SAM (m={m}) / SAM time per step", f"m-sam m={m}") for m in args.micro]
-    if args.baseline:
-        lines.append(ratio("SAM throughput, trainer pipeline / straightforward loop", baseline)
-                     + " (target >= 2 on a GPU)")
+def report(args: argparse.Namespace, device: torch.device, timed: dict[str, list[Contender]],
+           wall: float, load_before: str) -> str:
+    """The results tables, ratios and the machine and its load as text."""
+    lines = [f"bench_train: models {', '.join(args.models)} (norm {args.norm or 'default'}), batch "
+             f"{args.batch_size}, device {device}, precision {args.precision}, {args.rounds} "
+             f"rounds x {args.steps} steps per contender (after {args.warmup} warm-up steps), "
+             "CIFAR-shaped synthetic data; medians over rounds, process CPU time the measure on a "
+             "CPU", ""]
+    for model_name, contenders in timed.items():
+        lines += model_report(args, model_name, contenders)
     meta = run_metadata(str(device))
-    lines += ["", f"wall time {wall:.0f} s; torch {meta['versions']['torch']}; "
-                  f"{meta['machine'].get('gpu', meta['machine']['processor'])}, "
-                  f"{torch.get_num_threads()} CPU threads, load average before/after "
-                  f"{args.load_before} / {_load_average()}; commit {meta['git_commit']}; "
-                  f"{meta['utc_time']}"]
+    lines += [f"machine: {meta['machine'].get('gpu', meta['machine']['processor'])}, "
+              f"nproc {os.cpu_count()}, {torch.get_num_threads()} torch CPU threads, load "
+              f"average (1/5/15 min) before {load_before}, after {_load_average()}",
+              f"wall time {wall:.0f} s; torch {meta['versions']['torch']}; commit "
+              f"{meta['git_commit']}; {meta['utc_time']}"]
     return "\n".join(lines) + "\n"
 
 
 def _load_average() -> str:
-    """The 1-minute load average of the machine (other processes disturb CPU timings)."""
+    """The 1/5/15-minute load averages of the machine (other processes disturb timings)."""
     try:
-        return f"{os.getloadavg()[0]:.1f}"
+        return "/".join(f"{value:.1f}" for value in os.getloadavg())
     except OSError:
         return "n/a"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Time every contender in interleaved rounds, print and write the table."""
+    """Time every contender of every model in interleaved rounds, print and write the table."""
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    out = check_writable(resolve_out(args.out, "bench_train"))
+    print(f"bench_train: writing {out / TABLE_NAME}", file=sys.stderr)
+    torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    args.load_before = _load_average()
+    load_before = _load_average()
     started = time.perf_counter()
-    contenders = pipeline_contenders(args, device)
-    if args.baseline:
-        contenders.append(baseline_contender(args, device))
-    for contender in contenders:
-        time_steps(contender, args.warmup, device)
+    timed: dict[str, list[Contender]] = {}
+    for model_name in args.models:
+        contenders = pipeline_contenders(args, model_name, device)
+        if args.baseline:
+            contenders.append(baseline_contender(args, model_name, device))
+        timed[model_name] = contenders
+    everyone = [c for contenders in timed.values() for c in contenders]
+    for contender in everyone:
+        for _ in range(args.warmup):
+            contender.step()
     for round_index in range(args.rounds):
-        for contender in contenders:
+        for contender in everyone:
             wall, cpu = time_steps(contender, args.steps, device)
             contender.times.append(wall)
             contender.cpu_times.append(cpu)
         print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
-    text = report(args, device, contenders, time.perf_counter() - started)
-    atomic_write(args.out, lambda handle: handle.write(text))
+    text = report(args, device, timed, time.perf_counter() - started, load_before)
+    atomic_write(out / TABLE_NAME, lambda handle: handle.write(text))
     print(text)
+    print(f"table written to {out / TABLE_NAME}")
     return 0
 
 

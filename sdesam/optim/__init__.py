@@ -10,18 +10,29 @@ Modules: :mod:`~sdesam.optim.base` (the wrapper of a base optimizer and the pert
 restore frame), :mod:`~sdesam.optim.passes` (BatchNorm policy, DDP, autocast, chunks),
 :mod:`~sdesam.optim.scaler` (fp16 loss scaling), :mod:`~sdesam.optim.sam` (SGD, SAM, USAM,
 n-SAM), :mod:`~sdesam.optim.msam` (vectorised m-SAM), :mod:`~sdesam.optim.rwsam` (RW-SAM and
-its gradient-norm estimator), :mod:`~sdesam.optim.registry` (:func:`create`).
+its gradient-norm estimator), :mod:`~sdesam.optim.registry` (:func:`create`, which builds
+every registered rule with ``optimizer=True``, user-registered ones included, choosing the
+class from the rule's facts).
 """
 
 from sdesam.optim.base import PerturbedOptimizer, RuleOptimizer
 from sdesam.optim.msam import MSAM, MUSAM
 from sdesam.optim.passes import BN_POLICIES
-from sdesam.optim.registry import OPTIMIZERS, create
+from sdesam.optim.registry import create, implementation, optimizer_names
 from sdesam.optim.rwsam import DEFAULT_DELTA, RWSAM, estimate_grad_norms, gibbs_weights
 from sdesam.optim.sam import NSAM, NUSAM, SAM, USAM, SGDRule
 
 __all__ = [
     "BN_POLICIES", "DEFAULT_DELTA", "MSAM", "MUSAM", "NSAM", "NUSAM", "OPTIMIZERS", "RWSAM", "SAM",
     "SGDRule", "USAM", "PerturbedOptimizer", "RuleOptimizer", "create", "estimate_grad_norms",
-    "gibbs_weights",
+    "gibbs_weights", "implementation", "optimizer_names",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``OPTIMIZERS``: the name -> class map of every registered optimizer rule, read at access."""
+    if name == "OPTIMIZERS":
+        from sdesam.optim import registry
+
+        return registry.OPTIMIZERS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,7 +31,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from sdesam.algorithms import Rule, check_rho, get_rule
+from sdesam import validation
+from sdesam.algorithms import Rule, get_rule, scaled
 from sdesam.optim import passes
 from sdesam.optim.passes import LossFn
 from sdesam.optim.scaler import LossScaler
@@ -48,9 +49,20 @@ class RuleOptimizer(torch.optim.Optimizer):
     needs and takes one base-optimizer step; it returns the mean loss of the first
     (unperturbed) pass, detached, and with ``return_outputs=True`` that pass's outputs too.
     ``loss_fn(outputs, targets)`` must return per-sample losses ``[B]``.
+
+    Each class implements the registered rules whose facts match its :attr:`handles`
+    (``rule=`` picks one, by name or as a :class:`~sdesam.algorithms.Rule`; the default is
+    :attr:`rule_name`); the rule's facts (normalisation, elementwise scale, micro-batches),
+    never its name, decide what a step does.
     """
 
     rule_name: ClassVar[str] = "sgd"
+    handles: ClassVar[dict[str, tuple[Any, ...]]] = {"ascent": ("none",), "micro": (False,)}
+
+    @classmethod
+    def supports(cls, rule: Rule) -> bool:
+        """Whether this class implements ``rule``: each fact in :attr:`handles` has an allowed value."""
+        return all(getattr(rule, fact) in values for fact, values in cls.handles.items())
 
     def __init__(
         self,
@@ -62,13 +74,20 @@ class RuleOptimizer(torch.optim.Optimizer):
         accumulate: int = 1,
         perturb_weight_decay: bool = False,
         loss_scale: float = 2.0**16,
+        rule: Rule | str | None = None,
         **base_kwargs: Any,
     ) -> None:
         """Wrap ``base``; ``base_kwargs`` (lr, momentum, weight_decay, ...) go to it."""
-        self.rule: Rule = get_rule(self.rule_name)
-        self.bn = passes.check_bn(bn)
-        self.autocast_dtype = passes.check_autocast_dtype(autocast_dtype)
-        self.accumulate = passes.check_positive_int("accumulate", accumulate)
+        self.rule: Rule = get_rule(self.rule_name if rule is None else rule)
+        if not self.supports(self.rule):
+            facts = ", ".join(f"{fact}={getattr(self.rule, fact)!r}" for fact in self.handles)
+            raise validation.InputError(
+                f"rule {self.rule.name!r} ({facts}) is not implemented by {type(self).__name__}; "
+                "sdesam.optim.create picks the class that implements it")
+        self.bn = validation.one_of("bn", bn, passes.BN_POLICIES)
+        self.autocast_dtype = validation.one_of("autocast_dtype", autocast_dtype,
+                                                passes.AUTOCAST_DTYPES)
+        self.accumulate = validation.positive_int("accumulate", accumulate)
         if not isinstance(perturb_weight_decay, bool):
             raise ValueError(f"perturb_weight_decay must be True or False; got {perturb_weight_decay!r}")
         self.perturb_weight_decay = perturb_weight_decay
@@ -197,14 +216,13 @@ class PerturbedOptimizer(RuleOptimizer):
     """Base of the rules that take their descent gradient at a perturbed point ``x + eps``."""
 
     rule_name: ClassVar[str] = "sam"
+    handles: ClassVar[dict[str, tuple[Any, ...]]] = {"ascent": ()}
     adaptive: bool = False
 
     def __init__(self, params: Iterable[Any], base: Any = torch.optim.SGD, *, rho: float = 0.05,
                  **kwargs: Any) -> None:
         """``rho``: the perturbation radius (SAM) or multiplier (USAM), >= 0."""
-        if isinstance(rho, bool) or not isinstance(rho, (int, float)):
-            raise ValueError(f"rho must be a number >= 0; got {rho!r}")
-        self.rho = float(check_rho(rho))
+        self.rho = validation.non_negative_number("rho", rho)
         super().__init__(params, base, **kwargs)
 
     def _gradient(self, model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
@@ -228,10 +246,11 @@ class PerturbedOptimizer(RuleOptimizer):
 
         ``eps = rho d / |d|`` (normalised rules) or ``rho d`` with ``d`` the gradient divided by
         ``scale`` (default: the loss scale), plus ``weight_decay * x`` with
-        ``perturb_weight_decay``; with ``adaptive`` (ASAM) ``eps = rho T^2 d / |T d|``,
-        ``T = |x|`` elementwise.
+        ``perturb_weight_decay``, then multiplied elementwise by the rule's ``scale(x)`` if it
+        has one; with ``adaptive`` (ASAM) ``eps = rho T^2 d / |T d|``, ``T = |x|`` elementwise.
         """
         adaptive = self.adaptive
+        rule_scale = self.rule.scale
         inverse_scale = 1.0 / (self.scaler.scale if scale is None else scale)
         params, directions = [], []
         for group in self.param_groups:
@@ -242,6 +261,8 @@ class PerturbedOptimizer(RuleOptimizer):
                 d = p.grad * inverse_scale
                 if decay:
                     d = d.add(p, alpha=decay)
+                if rule_scale is not None:
+                    d = scaled(rule_scale, p.detach(), d)
                 if adaptive:
                     d = d * p.abs()
                 params.append(p)

@@ -22,51 +22,42 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
+from sdesam.validation import InputError
+
 BN_POLICIES: tuple[str, ...] = ("first-pass", "freeze")
+"""The accepted values of every rule's ``bn`` keyword."""
+
 AUTOCAST_DTYPES: tuple[torch.dtype | None, ...] = (None, torch.bfloat16, torch.float16)
+"""The accepted values of every rule's ``autocast_dtype`` keyword."""
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def check_bn(bn: str) -> str:
-    """Return ``bn`` if it names a BatchNorm policy, else raise a ValueError listing them."""
-    if bn not in BN_POLICIES:
-        raise ValueError(f"bn must be one of {', '.join(BN_POLICIES)}; got {bn!r}")
-    return bn
-
-
-def check_autocast_dtype(dtype: torch.dtype | None) -> torch.dtype | None:
-    """Return ``dtype`` if it is None, torch.bfloat16 or torch.float16, else raise."""
-    if dtype not in AUTOCAST_DTYPES:
-        raise ValueError(
-            f"autocast_dtype must be None, torch.bfloat16 or torch.float16; got {dtype!r}"
-        )
-    return dtype
-
-
-def check_positive_int(name: str, value: object) -> int:
-    """Return ``value`` if it is a positive int, else raise a ValueError naming ``name``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    return value
 
 
 def check_batch(model: object, loss_fn: object, inputs: object, targets: object) -> int:
     """Validate the arguments of a model-based step; return the batch size."""
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be an nn.Module; got {type(model).__name__}")
+        raise InputError(f"model must be an nn.Module; got {type(model).__name__}")
     if not callable(loss_fn):
-        raise ValueError("loss_fn must be callable: loss_fn(outputs, targets) -> per-sample losses [B]")
+        raise InputError("loss_fn must be callable: loss_fn(outputs, targets) -> per-sample losses [B]")
     if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
-        raise ValueError("inputs and targets must be tensors")
+        raise InputError("inputs and targets must be tensors")
     if inputs.ndim == 0 or inputs.shape[0] == 0:
-        raise ValueError(f"inputs must hold at least one sample; got shape {tuple(inputs.shape)}")
+        raise InputError(f"inputs must hold at least one sample; got shape {tuple(inputs.shape)}")
     if targets.ndim == 0 or targets.shape[0] != inputs.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"targets must have one entry per input; got {tuple(targets.shape)} for "
             f"{inputs.shape[0]} inputs"
         )
     return inputs.shape[0]
+
+
+def check_micro_chunks(batch: int, accumulate: int, micro: int) -> None:
+    """micro-batches must not straddle accumulation chunks: ``micro`` divides ``batch/accumulate``
+    (unless one micro-batch is the whole batch)."""
+    chunk = batch // accumulate
+    if micro != batch and chunk % micro:
+        raise InputError(f"micro must divide the accumulation chunk batch/accumulate={chunk}; "
+                         f"got micro={micro}")
 
 
 def unwrap(model: nn.Module) -> nn.Module:

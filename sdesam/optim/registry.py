@@ -1,4 +1,10 @@
-"""The rules by name: ``create("rw-sam", model.parameters(), base=torch.optim.SGD, ...)``."""
+"""Every registered rule as an optimizer: ``create("rw-sam", model.parameters(), base=..., ...)``.
+
+The class that runs a rule is chosen from the rule's facts (its ascent, normalisation and
+micro-batches: each class's :attr:`~sdesam.optim.base.RuleOptimizer.handles`), never from its
+name, so a rule registered with :func:`sdesam.algorithms.register` -- an elementwise-scaled
+USAM, say -- is built like the built-in ones.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +13,59 @@ from typing import Any
 
 import torch
 
-from sdesam.algorithms import get_rule
+from sdesam import validation
+from sdesam.algorithms import RULE_KEYWORDS, Rule, check_keywords, get_rule, rule_names
 from sdesam.optim.base import RuleOptimizer
 from sdesam.optim.msam import MSAM, MUSAM
 from sdesam.optim.rwsam import RWSAM
 from sdesam.optim.sam import NSAM, NUSAM, SAM, USAM, SGDRule
 
-OPTIMIZERS: dict[str, type[RuleOptimizer]] = {
-    cls.rule_name: cls for cls in (SGDRule, SAM, USAM, NSAM, NUSAM, MSAM, MUSAM, RWSAM)
-}
+IMPLEMENTATIONS: tuple[type[RuleOptimizer], ...] = (SGDRule, SAM, USAM, NSAM, NUSAM, MSAM, MUSAM, RWSAM)
+"""The optimizer classes; each registered rule's facts match exactly one of them."""
 
 
-def create(name: str, params: Iterable[Any], base: Any = torch.optim.SGD, **kwargs: Any) -> RuleOptimizer:
-    """The optimizer of rule ``name`` (the names of :data:`sdesam.algorithms.RULES`) over ``params``.
+def optimizer_names() -> tuple[str, ...]:
+    """The names :func:`create` accepts: the registered rules with ``optimizer=True``."""
+    return rule_names(lambda rule: rule.optimizer)
 
-    ``kwargs`` are the rule's keywords (rho, micro, lam, delta, bn, autocast_dtype, ...) and
-    the base optimizer's (lr, momentum, weight_decay, ...).
+
+def implementation(rule: Rule | str) -> type[RuleOptimizer]:
+    """The class that implements ``rule``, chosen from its facts."""
+    rule = get_rule(rule)
+    matches = [cls for cls in IMPLEMENTATIONS if cls.supports(rule)]
+    if len(matches) != 1:
+        raise validation.InputError(
+            f"rule {rule.name!r} (ascent {rule.ascent!r}, normalized {rule.normalized}, micro "
+            f"{rule.micro}) matches {len(matches)} optimizer classes, not one")
+    return matches[0]
+
+
+def __getattr__(name: str) -> Any:
+    """``OPTIMIZERS``: the name -> class map of every optimizer rule, read at access time."""
+    if name == "OPTIMIZERS":
+        return {rule: implementation(rule) for rule in optimizer_names()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def create(rule: Rule | str, params: Iterable[Any], base: Any = torch.optim.SGD,
+           **kwargs: Any) -> RuleOptimizer:
+    """The optimizer of ``rule`` (a registered name or a :class:`~sdesam.algorithms.Rule` with
+    ``optimizer=True``) over ``params``, wrapping ``base``.
+
+    ``kwargs`` are the rule's keywords (``rho``, ``micro``, ``lam``, ``delta``: checked against
+    ``rule.keywords`` -- one the rule does not accept is an error naming it, and ``micro`` is
+    required by the m-rules; None means not given), the class's own (``bn``,
+    ``autocast_dtype``, ``accumulate``, ``vmap_budget_mb``, ...) and the base optimizer's
+    (``lr``, ``momentum``, ``weight_decay``, ...).
     """
-    return OPTIMIZERS[get_rule(name).name](params, base, **kwargs)
+    rule = get_rule(rule)
+    if not rule.optimizer:
+        raise validation.InputError(
+            f"rule {rule.name!r} has no optimizer (optimizer=False); optimizer rules: "
+            f"{', '.join(optimizer_names())}")
+    given = {word: kwargs.pop(word) for word in RULE_KEYWORDS if word in kwargs}
+    check_keywords(rule, **{"micro": None, **given})
+    if given.get("rho") is not None and "rho" not in rule.keywords:
+        raise validation.InputError(f"rho is not accepted by {rule.name!r} (it has no perturbation)")
+    kwargs.update({word: value for word, value in given.items() if value is not None})
+    return implementation(rule)(params, base, rule=rule, **kwargs)

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from sdesam import validation
 from sdesam.algorithms import gibbs_weights
 from sdesam.optim import passes
 from sdesam.optim.base import PerturbedOptimizer
@@ -69,7 +70,7 @@ def estimate_grad_norms(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
     one more forward computes them). A single draw is noisy: its square is unbiased for
     ``|grad f_i|^2`` up to the curvature term ``(delta/2) z^T H_i z``.
     """
-    _check_delta(delta)
+    validation.positive_number("delta", delta)
     passes.check_batch(model, loss_fn, inputs, targets)
     module = passes.unwrap(model)
     direction = rademacher(trainable_parameters(module).values(), generator)
@@ -90,13 +91,6 @@ def probe_scores(module: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targe
     return (passes.upcast(moved) - passes.upcast(losses)).abs() / delta
 
 
-def _check_delta(delta: float) -> float:
-    """Return ``delta`` if it is a positive number, else raise."""
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not delta > 0:
-        raise ValueError(f"delta must be a number > 0; got {delta!r}")
-    return float(delta)
-
-
 class RWSAM(PerturbedOptimizer):
     """Reweighted SAM (see the module docstring for the step and its DDP behaviour).
 
@@ -106,19 +100,19 @@ class RWSAM(PerturbedOptimizer):
     """
 
     rule_name: ClassVar[str] = "rw-sam"
+    handles: ClassVar[dict[str, tuple[Any, ...]]] = {"ascent": ("reweighted",)}
 
     def __init__(self, params: Iterable[Any], base: Any = torch.optim.SGD, *, rho: float = 0.05,
                  lam: float = 1.0, delta: float = DEFAULT_DELTA, local_perturbation: bool = False,
                  generator: torch.Generator | None = None, **kwargs: Any) -> None:
         """See the class docstring; the other keywords are those of every rule."""
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0:
-            raise ValueError(f"lam must be a number >= 0; got {lam!r}")
         if not isinstance(local_perturbation, bool):
-            raise ValueError(f"local_perturbation must be True or False; got {local_perturbation!r}")
+            raise validation.InputError(
+                f"local_perturbation must be True or False; got {local_perturbation!r}")
         if generator is not None and not isinstance(generator, torch.Generator):
-            raise ValueError(f"generator must be a torch.Generator or None; got {generator!r}")
-        self.lam = float(lam)
-        self.delta = _check_delta(delta)
+            raise validation.InputError(f"generator must be a torch.Generator or None; got {generator!r}")
+        self.lam = validation.non_negative_number("lam", lam)
+        self.delta = validation.positive_number("delta", delta)
         self.local_perturbation = local_perturbation
         self.generator = generator
         super().__init__(params, base, rho=rho, **kwargs)

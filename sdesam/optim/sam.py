@@ -20,6 +20,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from sdesam import validation
+from sdesam.algorithms import check_keywords, check_sizes
 from sdesam.optim import passes
 from sdesam.optim.base import PerturbedOptimizer, RuleOptimizer, StepResult
 from sdesam.optim.passes import LossFn
@@ -29,10 +31,35 @@ class SGDRule(RuleOptimizer):
     """Plain mini-batch SGD as a rule (one forward, one backward), so a trainer treats all alike.
 
     The base optimizer does the actual update; ``SGDRule(params, torch.optim.AdamW, lr=...)``
-    is AdamW with the same step interface as the SAM rules.
+    is AdamW with the same step interface as the SAM rules. It also implements a rule without
+    perturbation that averages over micro-batches (``micro``): the forward runs micro-batch
+    by micro-batch, so BatchNorm normalises each with its own statistics (and, under
+    ``bn="first-pass"``, each updates the running statistics, as accumulation chunks do).
     """
 
     rule_name: ClassVar[str] = "sgd"
+    handles: ClassVar[dict[str, tuple[Any, ...]]] = {"ascent": ("none",)}
+
+    def __init__(self, params: Iterable[Any], base: Any = torch.optim.SGD, *,
+                 micro: int | None = None, **kwargs: Any) -> None:
+        """``micro``: the micro-batch size m, required by (and only by) a rule with micro-batches."""
+        super().__init__(params, base, **kwargs)
+        check_keywords(self.rule, micro=micro)
+        self.micro = None if micro is None else validation.positive_int("micro", micro)
+
+    def _check_step(self, model: nn.Module, batch: int) -> None:
+        """micro (if any) must divide the batch and each accumulation chunk."""
+        if self.micro is not None:
+            check_sizes(self.rule, batch, self.micro)
+            passes.check_micro_chunks(batch, self.accumulate, self.micro)
+
+    def _gradient(self, model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
+                  targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass over the batch, in micro-batches when the rule has them."""
+        chunks = None if self.micro is None else inputs.shape[0] // self.micro
+        losses, outputs = self._pass(model, loss_fn, inputs, targets, sync=True, first=True,
+                                     chunks=chunks)
+        return losses.mean(), outputs
 
 
 class SAM(PerturbedOptimizer):
@@ -54,15 +81,21 @@ class SAM(PerturbedOptimizer):
     """
 
     rule_name: ClassVar[str] = "sam"
+    handles: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "ascent": ("part",), "micro": (False,), "normalized": (True,)}
 
     def __init__(self, params: Iterable[Any], base: Any = torch.optim.SGD, *, rho: float = 0.05,
                  adaptive: bool = False, **kwargs: Any) -> None:
         """``rho``: perturbation radius; ``adaptive``: ASAM's elementwise rescaling."""
         if not isinstance(adaptive, bool):
-            raise ValueError(f"adaptive must be True or False; got {adaptive!r}")
+            raise validation.InputError(f"adaptive must be True or False; got {adaptive!r}")
         self.adaptive = adaptive
         self._anchors: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         super().__init__(params, base, rho=rho, **kwargs)
+        if adaptive and self.rule.scale is not None:
+            raise validation.InputError(
+                f"adaptive: rule {self.rule.name!r} has its own elementwise scale; "
+                "leave adaptive=False")
 
     def _ascent(self, model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
                 targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,6 +142,8 @@ class USAM(SAM):
     """Unnormalised SAM: ascent ``x + rho g`` along the batch gradient."""
 
     rule_name: ClassVar[str] = "usam"
+    handles: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "ascent": ("part",), "micro": (False,), "normalized": (False,)}
 
 
 class NSAM(PerturbedOptimizer):
@@ -122,12 +157,13 @@ class NSAM(PerturbedOptimizer):
     """
 
     rule_name: ClassVar[str] = "n-sam"
+    handles: ClassVar[dict[str, tuple[Any, ...]]] = {"ascent": ("full",), "normalized": (True,)}
 
     def __init__(self, params: Iterable[Any], base: Any = torch.optim.SGD, *, rho: float = 0.05,
                  ascent_data: tuple[torch.Tensor, torch.Tensor] | None = None,
                  ascent_batch_size: int = 1024, **kwargs: Any) -> None:
         """``ascent_data``: the (inputs, targets) whose gradient gives the ascent direction."""
-        self.ascent_batch_size = passes.check_positive_int("ascent_batch_size", ascent_batch_size)
+        self.ascent_batch_size = validation.positive_int("ascent_batch_size", ascent_batch_size)
         if ascent_data is not None:
             _check_pair("ascent_data", ascent_data)
         self.ascent_data = ascent_data
@@ -144,7 +180,7 @@ class NSAM(PerturbedOptimizer):
         if ascent_inputs is not None:
             self._step_ascent = _check_pair("ascent_inputs", (ascent_inputs, ascent_targets))
         elif self.ascent_data is None:
-            raise ValueError("n-sam needs ascent_data=(inputs, targets) at construction or "
+            raise ValueError(f"{self.rule.name} needs ascent_data=(inputs, targets) at construction or "
                              "ascent_inputs/ascent_targets in step()")
         else:
             self._step_ascent = self.ascent_data
@@ -169,6 +205,7 @@ class NUSAM(NSAM):
     """n-USAM: unnormalised ascent ``x + rho g`` along the gradient of the ascent data."""
 
     rule_name: ClassVar[str] = "n-usam"
+    handles: ClassVar[dict[str, tuple[Any, ...]]] = {"ascent": ("full",), "normalized": (False,)}
 
 
 def _check_pair(name: str, pair: object) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,6 +214,6 @@ def _check_pair(name: str, pair: object) -> tuple[torch.Tensor, torch.Tensor]:
             or not all(isinstance(t, torch.Tensor) for t in pair)
             or pair[0].ndim == 0 or pair[1].ndim == 0 or pair[0].shape[0] != pair[1].shape[0]
             or pair[0].shape[0] == 0):
-        raise ValueError(f"{name} must be a pair (inputs, targets) of tensors with the same "
+        raise validation.InputError(f"{name} must be a pair (inputs, targets) of tensors with the same "
                          "non-zero number of samples")
     return pair
