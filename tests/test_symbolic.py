@@ -107,7 +107,7 @@ def test_gibbs_weights_are_softmax():
 
 
 @pytest.mark.parametrize("kwargs,name", [
-    (dict(algorithm="adam"), "algorithm"), (dict(algorithm="rw-sam"), "algorithm"),
+    (dict(algorithm="adam"), "algorithm"), (dict(algorithm="sam", micro=None, lam=2), "lam"),
     (dict(micro=3), "micro"), (dict(algorithm="usam", micro=2), "micro"),
     (dict(sampling="bootstrap"), "sampling"), (dict(order=0), "order"),
     (dict(losses="abstract"), "losses"),

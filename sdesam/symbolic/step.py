@@ -7,6 +7,7 @@ from typing import Sequence
 import sympy
 
 from .. import algorithms
+from .gibbs import gibbs_direction
 from .symbols import eta, rho
 from .taylor import gradient
 
@@ -40,10 +41,7 @@ def one_step_map(
         return sympy.sqrt(v.dot(v))
 
     def reweighted(point: sympy.Matrix, part: tuple[int, ...]) -> sympy.Matrix:
-        per_sample = [grad(point, (i,)) for i in part]
-        scores = [sympy.exp(lam * norm(g)) for g in per_sample]
-        return sum((s * g for s, g in zip(scores, per_sample)),
-                   sympy.zeros(len(variables), 1)) / sum(scores)
+        return gibbs_direction([grad(point, (i,)) for i in part], lam, norm)
 
     G = algorithms.direction(rule, x, parts, rho, grad, norm, reweighted)
     return x - eta * G
