@@ -117,6 +117,15 @@ class Derivation:
         return self.closed_form if self.closed_form is not None else self._pattern
 
     @property
+    def reference_name(self) -> str:
+        """What :attr:`reference` is, in words (empty when there is none)."""
+        if self.closed_form is not None:
+            return "closed form"
+        if self._pattern is None:
+            return ""
+        return references.FIRST_ORDER_NAMES[references.norm_potential(self.rule)]
+
+    @property
     def degenerate(self) -> str | None:
         """Why this derivation cannot be verified (a drift that is identically zero while the
         full gradient is not, or one with NaN/infinite entries), else None."""

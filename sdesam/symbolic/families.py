@@ -28,8 +28,8 @@ class ConcreteFamily:
     def tidy(self, expr: sympy.Expr) -> sympy.Expr:
         """Polynomials expanded; anything else (SAM's norms) left as the sum over index sets,
         which is far more readable than its expansion."""
-        expanded = sympy.expand(expr)
-        return expanded if expanded.is_polynomial(*self.variables) else expr
+        # test first: expanding SAM's and RW-SAM's norms and exponentials is the costly part
+        return sympy.expand(expr) if expr.is_polynomial(*self.variables) else expr
 
     def __init__(self, losses: Sequence[sympy.Expr], variables: Sequence[sympy.Symbol], sampling: str,
                  progress: bool = False):

@@ -75,7 +75,7 @@ def first_order_form(rule: Rule, family: Family, size: Any, order: int,
     if rule.has_closed_form or order != 1 or (family.generic and rule.normalized):
         return None
     variables = family.variables
-    if rule.normalized and not rule.weighted and rule.scale is None:
+    if norm_potential(rule):
         def grad_norm(part: Any) -> sympy.Matrix:
             return sympy.Matrix([norm(gradient(family.part_loss(part), variables))])
 
@@ -89,6 +89,16 @@ def first_order_form(rule: Rule, family: Family, size: Any, order: int,
 
     pushed = family.expect(curvature_times_ascent, size)
     return -gradient(family.full_loss, variables) - rho * pushed
+
+
+def norm_potential(rule: Rule) -> bool:
+    """Whether a rule's first-order drift is ``-grad(f + rho E|grad f_S|)`` (the plain SAM
+    variants: normalised, unscaled, unweighted) rather than ``-grad f - rho E[H_S u_S]``."""
+    return rule.normalized and not rule.weighted and rule.scale is None
+
+
+FIRST_ORDER_NAMES = {True: "-grad(f + rho E|grad f_S|)", False: "-grad f - rho E[H_S u_S]"}
+"""How :func:`first_order_form` reads, by :func:`norm_potential`."""
 
 
 def unit_perturbation(rule: Rule, family: Family, part: Any, lam: Any) -> sympy.Matrix:
