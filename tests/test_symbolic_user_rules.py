@@ -2,7 +2,7 @@
 checked against brute-force enumeration of its exact one-step map."""
 
 import pytest
-import sympy
+
 
 from sdesam.algorithms import Rule, registered
 from sdesam.symbolic import GENERIC, derive, example_losses, matrices_equal, rho
