@@ -7,11 +7,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import m_usam  # noqa: E402
 import n_usam  # noqa: E402
+import rw_sam  # noqa: E402
 import rw_sam_weights  # noqa: E402
 import sam_variants  # noqa: E402
 import usam  # noqa: E402
 
-SCRIPTS = (n_usam, usam, m_usam, sam_variants, rw_sam_weights)
+SCRIPTS = (n_usam, usam, m_usam, sam_variants, rw_sam_weights, rw_sam)
 
 
 def main() -> int:

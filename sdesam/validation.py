@@ -105,3 +105,54 @@ def device(name: str, value: str) -> str:
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"{name} {value!r} requested but CUDA is not available")
     return value
+
+
+NON_SMOOTH_FUNCTIONS: tuple[str, ...] = ("Abs", "sign", "Piecewise", "Heaviside", "DiracDelta",
+                                         "Min", "Max", "floor", "ceiling", "frac", "Mod")
+"""sympy functions a smooth loss may not contain (nor its gradient: DiracDelta from Heaviside)."""
+
+
+def sympy_variables(name: str, value: Any) -> list:
+    """``value`` as a list of distinct sympy Symbols (at least one)."""
+    import sympy
+
+    variables = [value] if isinstance(value, sympy.Symbol) else list(value or ())
+    if not variables or not all(isinstance(v, sympy.Symbol) for v in variables):
+        raise InputError(f"{name} must be a non-empty list of sympy Symbols; got {value!r}")
+    if len(set(variables)) != len(variables):
+        raise InputError(f"{name} must be distinct symbols; got {variables!r}")
+    return variables
+
+
+def smooth_losses(name: str, value: Any, variables: list, reserved: Iterable[Any] = ()) -> list:
+    """``value`` as a list of sympy expressions, smooth in ``variables`` (no Abs, sign,
+    Piecewise, Heaviside, Min/Max, floor... in a loss or its gradient), using none of the
+    ``reserved`` symbols, in which every variable occurs (a variable absent from every loss
+    would get a zero drift and verify vacuously)."""
+    import sympy
+
+    try:
+        losses = [sympy.sympify(loss) for loss in value]
+    except (TypeError, sympy.SympifyError):
+        raise InputError(f"{name} must be a list of sympy expressions; got {value!r}") from None
+    if not losses:
+        raise InputError(f"{name} must contain at least one per-sample loss")
+    kinds = tuple(getattr(sympy, kind) for kind in NON_SMOOTH_FUNCTIONS)
+    for i, loss in enumerate(losses):
+        clash = loss.free_symbols & set(reserved)
+        if clash:
+            raise InputError(f"{name}[{i}] uses the reserved symbol(s) "
+                             f"{', '.join(sorted(map(str, clash)))}; rename them")
+        for where in [loss] + [sympy.diff(loss, v) for v in variables]:
+            bad = where.atoms(*kinds)
+            if bad:
+                culprit = min(bad, key=lambda e: len(str(e)))
+                part = "" if where is loss else " (in its gradient)"
+                raise InputError(f"{name}[{i}] is not smooth{part}: it contains {culprit}; "
+                                 f"the expansion needs smooth losses (no {', '.join(NON_SMOOTH_FUNCTIONS)})")
+    used = set().union(*(loss.free_symbols for loss in losses))
+    missing = [str(v) for v in variables if v not in used]
+    if missing:
+        raise InputError(f"variables {', '.join(missing)} occur in none of the {name}: "
+                         "their drift would be 0 and nothing could verify it")
+    return losses

@@ -11,13 +11,16 @@ SGN-variance regulariser grows as m shrinks. The normalised rules (n-SAM, SAM, m
 the same pattern, ``-grad(f + rho E|grad f_S|)`` with S of size N (n-SAM: |grad f|), B or m,
 which has no closed form; ``derive`` returns their drift for concrete losses and
 :meth:`Derivation.verify` checks it against that pattern. At rho = 0 every rule's diffusion is
-SGD's ``c(B) V``, for every m.
+SGD's ``c(B) V``, for every m. RW-SAM (``lam=``) and user rules with an elementwise ``scale``
+derive on concrete losses (scaled unnormalised rules on generic losses too) and verify against
+``-grad f - rho E_S[H_S u_S]``.
 """
 
-from .derivation import GENERIC, Derivation, derive, matrices_equal, symbolic_support
+from .derivation import EXPECTATIONS, GENERIC, Derivation, derive, matrices_equal, symbolic_support
 from .examples import example_losses
-from .step import one_step_map
-from .symbols import eta, rho
+from .step import enumerated_moments, one_step_map
+from .symbols import eta, lam, rho
 
-__all__ = ["derive", "Derivation", "rho", "eta", "GENERIC", "symbolic_support",
-           "example_losses", "one_step_map", "matrices_equal"]
+__all__ = ["derive", "Derivation", "rho", "eta", "lam", "GENERIC", "EXPECTATIONS",
+           "symbolic_support", "example_losses", "one_step_map", "enumerated_moments",
+           "matrices_equal"]

@@ -12,7 +12,10 @@ the simulations and optimizers are tested against -- with sympy gradients expand
   J = B/m micro-batches, ``Cov(G) = (Var(G_1) + (J-1) Cov(G_1, G_2)) / J`` by exchangeability.
 
 Expectations use one micro-batch (linearity) or one pair of them (the covariance), never a
-whole enumeration of batches.
+whole enumeration of batches; on concrete losses, the rules polynomial in the batch noise take
+them from the generic SGN-moment result evaluated on the losses (exact, and its cost does not
+grow with N), the others by enumeration. The references :meth:`Derivation.verify` compares with
+are in :mod:`sdesam.symbolic.references`.
 """
 
 from __future__ import annotations
@@ -22,18 +25,43 @@ from typing import Any, Sequence
 
 import sympy
 
-from .. import algorithms
+from .. import algorithms, validation
 from ..algorithms import Rule
+from ..validation import InputError
+from . import references
 from .families import ConcreteFamily, GenericFamily
-from .symbols import eta, rho
+from .gibbs import gibbs_direction
+from .moments import UnsupportedMoment
+from .sampling import count_index_sets
+from .symbols import eta, lam as lam_symbol, rho
 from .taylor import TaylorGradient, gradient, truncate_matrix
 
 GENERIC = "generic"
 
+EXPECTATIONS: tuple[str, ...] = ("auto", "enumeration", "moments")
+"""How concrete expectations are taken: ``"enumeration"`` of the index sets; ``"moments"``, the
+generic SGN-moment result evaluated on the losses (exact; polynomial rules only, up to degree-3
+moments); ``"auto"``: moments where they apply and the enumeration would visit more than
+:data:`MOMENTS_ABOVE` index sets (the moments' cost hardly grows with N), else enumeration."""
+
+MOMENTS_ABOVE = 24
+"""Index sets beyond which ``"auto"`` takes the moments: below it enumeration is as fast
+(measured: 2-D, order 2, N = 3, 6 index sets: enumeration 0.75 s, moments 1.6 s; 1-D, order 1,
+N = 12, m = 2 without replacement, 3036 index sets: enumeration 1.5 s, moments 0.2 s)."""
+
+Family = ConcreteFamily | GenericFamily
+
 
 def symbolic_support(rule: Rule) -> bool:
-    """Whether :func:`derive` can derive ``rule`` (every registered rule but Gibbs-weighted ones)."""
-    return not rule.weighted
+    """Whether :func:`derive` can derive ``rule``: every registered rule (on concrete losses;
+    generic losses need a rule polynomial in the noise, see :func:`moments_apply`)."""
+    return isinstance(rule, Rule)
+
+
+def moments_apply(rule: Rule) -> bool:
+    """Whether ``rule``'s direction is polynomial in the batch noise, so that its expectations
+    have an expression in SGN moments (no normalisation, no Gibbs weights)."""
+    return not rule.normalized and not rule.weighted
 
 
 def __getattr__(name: str) -> Any:
@@ -43,28 +71,17 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _resolve_rule(algorithm: str | Rule) -> Rule:
-    rule = algorithms.get_rule(algorithm)
-    if not symbolic_support(rule):
-        raise ValueError(
-            f"algorithm must be one of {', '.join(algorithms.rule_names(symbolic_support))} or an "
-            f"sdesam.algorithms.Rule without Gibbs weights; got {rule.name!r}"
-        )
-    return rule
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-
-
-@dataclass
+@dataclass(repr=False)
 class Derivation:
-    """The derived SDE of one rule on one loss family; keep working with any field in sympy."""
+    """The derived SDE of one rule on one loss family; keep working with any field in sympy.
+
+    :attr:`notes` says why a part of the result is what it is -- in particular why the diffusion
+    is zero where it is (e.g. ``B = N`` without replacement: every batch is the whole data set).
+    """
 
     rule: Rule
     variables: list[sympy.Symbol]
-    family: ConcreteFamily | GenericFamily
+    family: Family
     batch: Any
     micro: Any
     sampling: str
@@ -76,6 +93,10 @@ class Derivation:
     closed_form: sympy.Matrix | None = None
     noise_factor: Any = None
     """c(s) in front of tr V in the drift: c(m) for m-rules, c(B) for mini-batch rules, 0 else."""
+    lam: Any = None
+    """RW-SAM's inverse temperature (None for rules without Gibbs weights)."""
+    expectations: str = "enumeration"
+    """How the expectations were taken: ``"enumeration"`` or ``"moments"``."""
     _pattern: sympy.Matrix | None = field(default=None, repr=False)
 
     @property
@@ -91,26 +112,80 @@ class Derivation:
 
     @property
     def reference(self) -> sympy.Matrix | None:
-        """What :meth:`verify` compares the drift with: the closed form, else (SAM variants,
-        order 1, concrete losses) ``-grad(f + rho E|grad f_S|)``, else None."""
+        """What :meth:`verify` compares the drift with: the closed form, else (order 1) the
+        first-order form of :func:`sdesam.symbolic.references.first_order_form`, else None."""
         return self.closed_form if self.closed_form is not None else self._pattern
 
+    @property
+    def reference_name(self) -> str:
+        """What :attr:`reference` is, in words (empty when there is none)."""
+        if self.closed_form is not None:
+            return "closed form"
+        if self._pattern is None:
+            return ""
+        return references.FIRST_ORDER_NAMES[references.norm_potential(self.rule)]
+
+    @property
+    def degenerate(self) -> str | None:
+        """Why this derivation cannot be verified (a drift that is identically zero while the
+        full gradient is not, or one with NaN/infinite entries), else None."""
+        if any(entry.has(sympy.nan, sympy.zoo, sympy.oo, -sympy.oo) for entry in self.drift):
+            return "the drift has NaN or infinite entries"
+        full = gradient(self.family.full_loss, self.variables)
+        if _vanishes(self.drift) and not _vanishes(full):
+            return "the drift is identically zero while the full gradient is not"
+        return None
+
     def verify(self) -> bool:
-        """True when the derived drift equals :attr:`reference` exactly (sympy simplification)."""
+        """True when the derived drift equals :attr:`reference` exactly (sympy simplification);
+        never True for a :attr:`degenerate` derivation; a ValueError without a reference."""
         if self.reference is None:
             raise ValueError(
                 f"no closed form to verify {self.algorithm} at order {self.order} against"
             )
+        if self.degenerate is not None:
+            return False
         return matrices_equal(self.drift, self.reference)
 
     def verify_diffusion(self) -> bool:
         """True when the diffusion at rho = 0 is exactly SGD's ``c(B) V``."""
         return matrices_equal(self.diffusion.subs(rho, 0), self.sgd_diffusion)
 
+    @property
+    def notes(self) -> list[str]:
+        """Plain-language remarks on the result: why the diffusion vanishes, where it does."""
+        notes = []
+        if self.diffusion.is_zero_matrix:
+            notes.append(self._zero_diffusion_reason())
+        return notes
+
+    def _zero_diffusion_reason(self) -> str:
+        what = f"Sigma = 0 to rho^{self.diffusion_order}"
+        c = algorithms.sampling_factor(self.batch, self.family.n, self.sampling)
+        if sympy.simplify(c) == 0:
+            reason = (f"{what}: B = N = {self.batch} without replacement, so every batch is the "
+                      "whole data set and G at rho = 0 is the full gradient, the same in every "
+                      "step (c(B) = (N-B)/(B(N-1)) = 0)")
+            if self.rule.micro:
+                reason += ("; the only randomness left is how the batch is split into "
+                           "micro-batches, which moves G at O(rho), so Cov(G) = O(rho^2)")
+            return reason
+        if self.family.covariance_V().is_zero_matrix:
+            return f"{what}: every sample has the same gradient (V = 0), so batches do not differ"
+        return f"{what}: G does not depend on the batch to this order"
+
+    def __repr__(self) -> str:
+        sizes = f"batch={self.batch}" + (f", micro={self.micro}" if self.rule.micro else "")
+        lam = f", lam={self.lam}" if self.rule.weighted else ""
+        notes = "".join(f"\n  # {note}" for note in self.notes)
+        return (f"Derivation({self.algorithm}, {sizes}, {self.sampling}, order={self.order}{lam},\n"
+                f"  drift={list(self.drift)},\n  diffusion={self.diffusion.tolist()}){notes}")
+
     def latex(self) -> str:
-        """The SDE as LaTeX: the closed (potential) form when there is one, then the entries."""
+        """The SDE as LaTeX: the closed (potential) form when there is one, then the entries,
+        then the :attr:`notes` as LaTeX comments."""
         lines = [r"dX_t = b(X_t)\,dt + \sqrt{\eta\,\Sigma(X_t)}\,dW_t"]
-        if self.closed_form is not None and self.rule.ascent != "none":
+        if self.closed_form is not None and self.rule.perturbed:
             c = sympy.latex(self.noise_factor) if self.noise_factor != 0 else None
             potential = r"f + \frac{\rho}{2}\|\nabla f\|^2"
             if c is not None:
@@ -118,19 +193,58 @@ class Derivation:
             lines.append(rf"b = -\nabla\left({potential}\right)")
         lines.append(r"b = " + sympy.latex(self.drift))
         lines.append(r"\Sigma = " + sympy.latex(self.diffusion))
-        return " \\\\\n".join(lines)
+        return " \\\\\n".join(lines) + "".join(f"\n% {note}" for note in self.notes)
+
+    def large_lam_drift(self, at: dict[sympy.Symbol, Any]) -> sympy.Matrix:
+        """The lam -> infinity limit of the order-1 drift of a Gibbs-weighted rule at the point
+        ``at`` (a dict variable -> number): each batch's weight goes to its largest-norm sample;
+        samples tied for the largest norm share it equally. See
+        :func:`sdesam.symbolic.references.large_lam_drift`."""
+        if self.family.generic or self.order != 1:
+            raise ValueError("the lam -> infinity drift is given for concrete losses at order 1")
+        size = self.micro if self.rule.micro else self.batch
+        return references.large_lam_drift(self.rule, self.family, size, at)
 
 
 def matrices_equal(a: sympy.Matrix, b: sympy.Matrix) -> bool:
-    """Exact equality of two matrices of expressions (expand first, simplify only if needed)."""
+    """Exact equality of two matrices of expressions: first as Laurent polynomials in shared
+    placeholders for their non-polynomial parts (norms, exponentials: cheap, and enough when
+    both sides are built from the same norms), else expand, and simplify only if needed."""
     if a.shape != b.shape:
         return False
-    for entry in (a - b):
+    table: dict[sympy.Expr, sympy.Dummy] = {}
+    for left, right in zip(a, b):
         # d|u|/dx gives sign(u) u'; u'/|u| * u is the same function wherever u != 0
-        entry = sympy.expand(entry.replace(sympy.sign, lambda u: u / sympy.Abs(u)))
+        left, right = (sympy.sympify(e).replace(sympy.sign, lambda u: u / sympy.Abs(u))
+                       for e in (left, right))
+        if sympy.expand(_opaque_parts(left, table) - _opaque_parts(right, table)) == 0:
+            continue
+        entry = sympy.expand(left - right)
         if entry != 0 and sympy.simplify(entry) != 0:
             return False
     return True
+
+
+def _vanishes(matrix: sympy.Matrix) -> bool:
+    """Whether every entry is zero as a Laurent polynomial in its opaque parts (cheap; a zero
+    in disguise is missed, and then :meth:`Derivation.verify` still compares with the reference)."""
+    return all(sympy.expand(_opaque_parts(sympy.sympify(e), {})) == 0 for e in matrix)
+
+
+def _opaque_parts(expr: sympy.Expr, table: dict[sympy.Expr, sympy.Dummy]) -> sympy.Expr:
+    """``expr`` with every function application and every power that is not a monomial (roots,
+    powers of sums) replaced, innermost first, by a placeholder shared through ``table``."""
+    if expr.is_Atom:
+        return expr
+    args = tuple(_opaque_parts(arg, table) for arg in expr.args)
+    rebuilt = expr.func(*args) if args != expr.args else expr
+    monomial = rebuilt.is_Pow and rebuilt.exp.is_Integer and rebuilt.base.is_Symbol
+    if isinstance(rebuilt, sympy.Function) or (rebuilt.is_Pow and not monomial
+                                               and not (rebuilt.exp.is_Integer and rebuilt.exp > 0)):
+        if rebuilt not in table:
+            table[rebuilt] = sympy.Dummy("opaque")
+        return table[rebuilt]
+    return rebuilt
 
 
 def derive(
@@ -144,52 +258,102 @@ def derive(
     order: int = 1,
     n: Any = None,
     diffusion_order: int | None = None,
+    lam: Any = None,
+    expectations: str = "auto",
+    progress: bool = False,
 ) -> Derivation:
     """Derive drift and diffusion of ``algorithm``'s SDE on ``losses``.
 
-    ``losses``: a list of concrete per-sample losses (sympy expressions in ``variables``), or
-    ``"generic"`` for arbitrary smooth losses, where the result is in terms of ``f``, its
-    derivatives and the SGN moments ``C[a|b]`` (``C`` at first derivatives is V), with ``n``
-    samples (default: the symbol N) and ``batch``/``micro`` integers or sympy symbols.
-    ``micro`` only for m-rules (it must divide ``batch``); ``order`` is the order in rho of
-    the drift (eta enters from order 2).
+    ``losses``: a list of concrete per-sample losses (smooth sympy expressions in which every
+    one of ``variables`` occurs), or ``"generic"`` for arbitrary smooth losses, where the result
+    is in terms of ``f``, its derivatives and the SGN moments ``C[a|b]`` (``C`` at first
+    derivatives is V), with ``n`` samples (default: the symbol N) and ``batch``/``micro``
+    integers or sympy symbols. ``micro`` only for m-rules (it must divide ``batch``); ``lam``
+    only for Gibbs-weighted rules (RW-SAM: a number >= 0 or a sympy symbol; default the symbol
+    lambda); ``order`` is the order in rho of the drift (eta enters from order 2).
+    ``expectations``: one of :data:`EXPECTATIONS`; ``progress``: a progress bar over the
+    enumerated index sets. Bad input raises :class:`sdesam.validation.InputError` before any work.
     """
-    rule = _resolve_rule(algorithm)
+    rule = algorithms.get_rule(algorithm)
+    algorithms.check_keywords(rule, lam=lam)
     algorithms.check_sampling(sampling)
-    _check_int("order", order, 1)
+    validation.int_at_least("order", order, 1)
     if diffusion_order is None:
         diffusion_order = order - 1
-    _check_int("diffusion_order", diffusion_order, 0)
+    validation.int_at_least("diffusion_order", diffusion_order, 0)
+    validation.one_of("expectations", expectations, EXPECTATIONS)
+    if rule.weighted:
+        lam = lam_symbol if lam is None else sympy.sympify(validation.non_negative_or_symbol("lam", lam))
+    if expectations == "moments" and not moments_apply(rule):
+        raise InputError(f"expectations='moments' needs a rule polynomial in the batch noise; "
+                         f"{rule.name} normalises or reweights its ascent (use 'enumeration')")
+    variables = validation.sympy_variables("variables", variables)
     if isinstance(losses, str):
         if losses != GENERIC:
-            raise ValueError(f"losses must be a list of sympy expressions or {GENERIC!r}; got {losses!r}")
-        if not variables:
-            raise ValueError("variables must name at least one sympy Symbol")
-        if rule.normalized:
-            raise ValueError(
-                f"{rule.name} normalises its ascent direction, so its drift involves "
-                "E|grad f_S|, which has no expression in SGN moments; give concrete losses"
-            )
-        family: ConcreteFamily | GenericFamily = GenericFamily(
+            raise InputError(f"losses must be a list of sympy expressions or {GENERIC!r}; got {losses!r}")
+        if not moments_apply(rule):
+            raise InputError(
+                f"losses={GENERIC!r}: {rule.name} normalises or reweights its ascent direction, "
+                "so its drift involves norms like E|grad f_S|, which have no expression in SGN "
+                "moments; give concrete losses")
+        family: Family = GenericFamily(
             variables, sympy.Symbol("N", positive=True, integer=True) if n is None else n, sampling)
         symbolic_sizes = any(isinstance(v, sympy.Basic) for v in (batch, micro))
     else:
-        if not variables:
-            raise ValueError("variables must name at least one sympy Symbol")
-        if len(losses) < 1:
-            raise ValueError("losses must contain at least one per-sample loss")
-        family = ConcreteFamily(losses, variables, sampling)
+        reserved = (rho, eta, lam_symbol) + ((lam,) if isinstance(lam, sympy.Symbol) else ())
+        losses = validation.smooth_losses("losses", losses, variables, reserved)
+        family = ConcreteFamily(losses, variables, sampling, progress=progress)
         symbolic_sizes = False
     if not symbolic_sizes:
         micro = algorithms.check_sizes(rule, batch, micro, None if family.generic else family.n,
                                        sampling)
     elif micro is None:
         micro = batch
-    return _derive(rule, family, batch, micro, sampling, order, diffusion_order)
+    return _derive(rule, family, batch, micro, sampling, order, diffusion_order, lam, expectations)
 
 
-def _derive(rule: Rule, family: ConcreteFamily | GenericFamily, batch: Any, micro: Any,
-            sampling: str, order: int, diffusion_order: int) -> Derivation:
+def _derive(rule: Rule, family: Family, batch: Any, micro: Any, sampling: str, order: int,
+            diffusion_order: int, lam: Any, expectations: str) -> Derivation:
+    mean, drift, diffusion, used = _expectations(rule, family, batch, micro, order,
+                                                 diffusion_order, lam, expectations)
+    size = micro if rule.micro else batch
+    return Derivation(rule, family.variables, family, batch, micro, sampling, order,
+                      diffusion_order, drift, diffusion, mean,
+                      references.closed_form(rule, family, batch, micro, sampling, order),
+                      references.noise_factor(rule, family, batch, micro, sampling), lam, used,
+                      references.first_order_form(rule, family, size, order, lam))
+
+
+def _expectations(rule: Rule, family: Family, batch: Any, micro: Any, order: int,
+                  diffusion_order: int, lam: Any, expectations: str) -> tuple[Any, Any, Any, str]:
+    """(E G, drift, diffusion, how): through the SGN moments where asked for or (auto) where
+    they apply, instantiated on the concrete losses; else by enumeration of the index sets."""
+    concrete = not family.generic
+    # the moment coefficients without replacement divide by N - 1 and N - 2
+    small = concrete and family.sampling == "without-replacement" and family.n < 3
+    wanted = expectations == "moments" or (expectations == "auto" and concrete and count_index_sets(
+        family.n, micro if rule.micro else batch, family.sampling,
+        pairs=rule.micro and micro != batch) > MOMENTS_ABOVE)
+    if concrete and wanted and moments_apply(rule) and not small:
+        generic = GenericFamily(family.variables, family.n, family.sampling)
+        try:
+            result = _expand(rule, generic, batch, micro, order, diffusion_order, lam)
+        except UnsupportedMoment:
+            if expectations == "moments":
+                raise
+        else:
+            return (*(generic.instantiate(m, family.losses).applyfunc(family.tidy) for m in result),
+                    "moments")
+    if expectations == "moments" and small:
+        raise InputError(f"expectations='moments' needs N >= 3 without replacement; got N={family.n}")
+    result = _expand(rule, family, batch, micro, order, diffusion_order, lam)
+    return (*(m.applyfunc(family.tidy) for m in result),
+            "moments" if family.generic else "enumeration")
+
+
+def _expand(rule: Rule, family: Family, batch: Any, micro: Any, order: int,
+            diffusion_order: int, lam: Any) -> tuple[sympy.Matrix, sympy.Matrix, sympy.Matrix]:
+    """(E G, drift, diffusion) of ``rule`` on ``family``, untidied (the caller tidies)."""
     x = sympy.Matrix(family.variables)
     size = micro if rule.micro else batch
     parts = sympy.simplify(sympy.sympify(batch) / micro) if rule.micro else 1
@@ -202,11 +366,12 @@ def _derive(rule: Rule, family: ConcreteFamily | GenericFamily, batch: Any, micr
         displacement = point - x
         return cache[part](None if displacement.is_zero_matrix else displacement)
 
-    def norm(v: sympy.Matrix) -> sympy.Expr:
-        return sympy.sqrt(v.dot(v))
+    def reweighted(point: sympy.Matrix, part: Any) -> sympy.Matrix:
+        return gibbs_direction([grad(point, (i,)) for i in part], lam, references.norm)
 
     def direction(part: Any, k: int) -> sympy.Matrix:
-        return truncate_matrix(algorithms.direction(rule, x, [part], rho, grad, norm), rho, k)
+        G = algorithms.direction(rule, x, [part], rho, grad, references.norm, reweighted)
+        return truncate_matrix(G, rho, k)
 
     mean = family.expect(lambda p: direction(p, order), size)
     drift = -mean
@@ -214,15 +379,8 @@ def _derive(rule: Rule, family: ConcreteFamily | GenericFamily, batch: Any, micr
         lower = truncate_matrix(mean, rho, order - 1)
         drift = drift - eta / 2 * lower.jacobian(family.variables) * lower
         drift = truncate_matrix(drift, rho, order)
-    drift = drift.applyfunc(family.tidy)
-
-    diffusion = _covariance(family, direction, size, parts, diffusion_order).applyfunc(family.tidy)
-    closed = _closed_form(rule, family, batch, micro, sampling, order)
-    pattern = _sam_pattern(rule, family, size, order)
-    factor = _noise_factor(rule, family, batch, micro, sampling)
-    return Derivation(rule, family.variables, family, batch, micro, sampling, order,
-                      diffusion_order, drift, diffusion, mean.applyfunc(family.tidy),
-                      closed, factor, pattern)
+    diffusion = _covariance(family, direction, size, parts, diffusion_order)
+    return mean, drift, diffusion
 
 
 def _covariance(family: ConcreteFamily | GenericFamily, direction: Any, size: Any, parts: Any,
@@ -246,53 +404,3 @@ def _covariance(family: ConcreteFamily | GenericFamily, direction: Any, size: An
                                        size) - outer_mean
         covariance = (covariance + (parts - 1) * cross) / parts
     return truncate_matrix(covariance, rho, order).applyfunc(sympy.expand)
-
-
-def _noise_factor(rule: Rule, family: ConcreteFamily | GenericFamily, batch: Any, micro: Any,
-                  sampling: str) -> Any:
-    """c(s) of the tr V term: the sample the ascent and descent share (m or B), else 0."""
-    if rule.ascent != "part":
-        return sympy.Integer(0)
-    return algorithms.sampling_factor(micro if rule.micro else batch, family.n, sampling)
-
-
-def _closed_form(rule: Rule, family: ConcreteFamily | GenericFamily, batch: Any, micro: Any,
-                 sampling: str, order: int) -> sympy.Matrix | None:
-    """The paper's closed-form drift where one exists (the USAM family and SGD), else None.
-
-    Order 1: ``-grad(f + rho/2 |grad f|^2 + c rho/2 tr V)`` (c from :func:`_noise_factor`);
-    SGD at order 2: ``-grad(f + eta/4 |grad f|^2)``.
-    """
-    if rule.normalized:
-        return None
-    f = family.full_loss
-    g = gradient(f, family.variables)
-    if rule.ascent == "none":
-        potential = {1: f, 2: f + eta / 4 * g.dot(g)}.get(order)
-    elif order == 1:
-        c = _noise_factor(rule, family, batch, micro, sampling)
-        potential = f + rho / 2 * g.dot(g) + c * rho / 2 * family.trace_V()
-    else:
-        potential = None
-    if potential is None:
-        return None
-    return -gradient(potential, family.variables).applyfunc(family.tidy)
-
-
-def _sam_pattern(rule: Rule, family: ConcreteFamily | GenericFamily, size: Any,
-                 order: int) -> sympy.Matrix | None:
-    """For SAM variants at order 1 on concrete losses: ``-grad(f + rho E|grad f_S|)``.
-
-    This is the pattern the paper describes (no closed form: E|grad f_S| is an expectation of
-    norms), computed here by enumeration; n-SAM uses ``|grad f|`` itself.
-    """
-    if not rule.normalized or family.generic or order != 1:
-        return None
-    variables = family.variables
-
-    def grad_norm(part: Any) -> sympy.Matrix:
-        g = gradient(family.part_loss(part), variables)
-        return sympy.Matrix([sympy.sqrt(g.dot(g))])
-
-    expected_norm = grad_norm(None)[0] if rule.ascent == "full" else family.expect(grad_norm, size)[0]
-    return -gradient(family.full_loss + rho * expected_norm, variables)

@@ -7,9 +7,10 @@ two disjoint parts over the sampling scheme, and the SGN covariance V.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import sympy
+from tqdm.auto import tqdm
 
 from ..algorithms import check_sampling
 from .moments import MomentCalculus
@@ -27,15 +28,18 @@ class ConcreteFamily:
     def tidy(self, expr: sympy.Expr) -> sympy.Expr:
         """Polynomials expanded; anything else (SAM's norms) left as the sum over index sets,
         which is far more readable than its expansion."""
-        expanded = sympy.expand(expr)
-        return expanded if expanded.is_polynomial(*self.variables) else expr
+        # test first: expanding SAM's and RW-SAM's norms and exponentials is the costly part
+        return sympy.expand(expr) if expr.is_polynomial(*self.variables) else expr
 
-    def __init__(self, losses: Sequence[sympy.Expr], variables: Sequence[sympy.Symbol], sampling: str):
+    def __init__(self, losses: Sequence[sympy.Expr], variables: Sequence[sympy.Symbol], sampling: str,
+                 progress: bool = False):
         self.losses = [sympy.sympify(loss) for loss in losses]
         self.variables = list(variables)
         self.sampling = check_sampling(sampling)
         self.n = len(self.losses)
         self.full_loss = sum(self.losses) / self.n
+        self.progress = progress
+        """Show a progress bar (with ETA) over the index sets of every expectation."""
 
     def part_loss(self, part: tuple[int, ...] | None) -> sympy.Expr:
         """Mean loss over the indices of ``part`` (with multiplicity); ``None``: all samples."""
@@ -45,11 +49,8 @@ class ConcreteFamily:
 
     def expect(self, fn: PartFn, size: int) -> sympy.Matrix:
         """E[fn(P)] for P a uniform sample of ``size``."""
-        total = None
-        for part, p in sample_distribution(self.n, size, self.sampling):
-            term = fn(part) * p
-            total = term if total is None else total + term
-        return total
+        dist = sample_distribution(self.n, size, self.sampling)
+        return self.weighted_sum((fn(part), p) for part, p in self._progress(dist, "E over batches"))
 
     def expect_pair(self, fn: PartFn, size: int) -> sympy.Matrix:
         """E[fn(P, Q)] for two distinct micro-batches P, Q of ``size`` drawn in one step."""
@@ -58,11 +59,28 @@ class ConcreteFamily:
                     for b, pb in sample_distribution(self.n, size, self.sampling)]
         else:
             dist = disjoint_pair_distribution(self.n, size)
-        total = None
-        for (first, second), p in dist:
-            term = fn(first, second) * p
-            total = term if total is None else total + term
-        return total
+        return self.weighted_sum((fn(first, second), p)
+                                 for (first, second), p in self._progress(dist, "E over pairs"))
+
+    @staticmethod
+    def weighted_sum(terms: Iterable[tuple[sympy.Matrix, sympy.Expr]]) -> sympy.Matrix:
+        """sum_k p_k M_k, entry by entry, with every entry's terms collected and added once:
+        adding to a growing sum re-flattens it every time (quadratic in the number of terms)."""
+        entries: list[list[sympy.Expr]] = []
+        shape = None
+        for matrix, p in terms:
+            if shape is None:
+                shape, entries = matrix.shape, [[] for _ in range(len(matrix))]
+            for bucket, entry in zip(entries, matrix):
+                bucket.append(entry * p)
+        if shape is None:
+            raise ValueError("an expectation needs at least one index set")
+        return sympy.Matrix(*shape, [sympy.Add(*bucket) for bucket in entries])
+
+    def _progress(self, dist: list, what: str) -> Iterable:
+        """``dist`` wrapped in a progress bar when asked for (shown after a second's delay)."""
+        return tqdm(dist, desc=what, unit="set", disable=not self.progress, delay=1.0,
+                    leave=False, dynamic_ncols=True)
 
     def covariance_V(self) -> sympy.Matrix:
         """V(x) = (1/N) sum_i (grad f_i - grad f)(grad f_i - grad f)^T."""

@@ -9,6 +9,7 @@ is ``diag(-1/(lambda p_i))``, negative definite, so this stationary point is the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import sympy
 
@@ -47,3 +48,12 @@ def derive_gibbs_weights(n: int) -> GibbsDerivation:
     latex = (r"\max_{P\in\Delta}\ \sum_i p_i a_i + \tfrac{1}{\lambda}H(P)\ \Rightarrow\ "
              + r",\ ".join(f"p_{{{i + 1}}} = {sympy.latex(w)}" for i, w in enumerate(weights)))
     return GibbsDerivation(weights, matches, concave, uniform, latex)
+
+
+def gibbs_direction(per_sample: Sequence[sympy.Matrix], lam: Any,
+                    norm: Callable[[sympy.Matrix], sympy.Expr]) -> sympy.Matrix:
+    """RW-SAM's ascent ``sum_i p_i g_i`` with ``p = softmax(lam |g_i|)`` over the batch's
+    per-sample gradients ``per_sample`` (a repeated index counts once per draw)."""
+    scores = [sympy.exp(lam * norm(g)) for g in per_sample]
+    weighted = sum((s * g for s, g in zip(scores, per_sample)), sympy.zeros(*per_sample[0].shape))
+    return weighted / sum(scores)

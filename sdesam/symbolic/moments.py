@@ -26,8 +26,13 @@ from typing import Any, Sequence
 import sympy
 
 from ..algorithms import check_sampling, sampling_factor
+from ..validation import InputError
 
 MultiIndex = tuple[int, ...]
+
+
+class UnsupportedMoment(InputError):
+    """The expansion needs a moment of a degree the generic form does not have (more than 3)."""
 
 
 def _index_label(alpha: MultiIndex, names: tuple[str, ...]) -> str:
@@ -68,7 +73,7 @@ def single_coefficient(degree: int, size: Any, n: Any, sampling: str) -> Any:
         if sampling == "with-replacement":
             return 1 / s**2
         return (1 - 3 * (s - 1) / (n - 1) + 2 * (s - 1) * (s - 2) / ((n - 1) * (n - 2))) / s**2
-    raise ValueError(
+    raise UnsupportedMoment(
         f"the generic form supports moments up to degree 3; this expansion needs degree "
         f"{degree} (lower the order, or give concrete losses)"
     )
@@ -84,7 +89,7 @@ def pair_coefficient(degrees: tuple[int, int], size: Any, n: Any, sampling: str)
         return -1 / (n - 1)
     if degrees in ((2, 1), (1, 2)):
         return (2 * m - n) / (m * (n - 1) * (n - 2))
-    raise ValueError(
+    raise UnsupportedMoment(
         f"the generic form supports cross moments of micro-batches up to degree 3; this "
         f"expansion needs degrees {degrees} (lower the order, or give concrete losses)"
     )

@@ -47,3 +47,12 @@ def disjoint_pair_distribution(n: int, size: int) -> list[tuple[tuple[IndexSet, 
         pairs.extend((first, second) for second in combinations(rest, size))
     p = sympy.Rational(1, len(pairs))
     return [(pair, p) for pair in pairs]
+
+
+def count_index_sets(n: int, size: int, sampling: str, pairs: bool) -> int:
+    """How many index sets the enumeration of one part (and, with ``pairs``, of the disjoint
+    pairs without replacement) visits: the cost of an enumerated derivation."""
+    check_sampling(sampling)
+    if sampling == "with-replacement":
+        return comb(n + size - 1, size)  # pairs of independent parts are not enumerated
+    return comb(n, size) * (1 + (comb(n - size, size) if pairs else 0))

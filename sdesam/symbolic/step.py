@@ -1,14 +1,17 @@
-"""The exact one-step map ``x - eta G`` of a rule for a given batch, without any expansion."""
+"""The exact one-step map ``x - eta G`` of a rule for a given batch, without any expansion, and
+the brute-force moments of G over every ordered batch (what :func:`derive` is tested against)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from itertools import permutations, product
+from typing import Any, Sequence
 
 import sympy
 
 from .. import algorithms
+from .gibbs import gibbs_direction
 from .symbols import eta, rho
-from .taylor import gradient
+from .taylor import gradient, truncate_matrix
 
 
 def one_step_map(
@@ -40,10 +43,36 @@ def one_step_map(
         return sympy.sqrt(v.dot(v))
 
     def reweighted(point: sympy.Matrix, part: tuple[int, ...]) -> sympy.Matrix:
-        per_sample = [grad(point, (i,)) for i in part]
-        scores = [sympy.exp(lam * norm(g)) for g in per_sample]
-        return sum((s * g for s, g in zip(scores, per_sample)),
-                   sympy.zeros(len(variables), 1)) / sum(scores)
+        return gibbs_direction([grad(point, (i,)) for i in part], lam, norm)
 
     G = algorithms.direction(rule, x, parts, rho, grad, norm, reweighted)
     return x - eta * G
+
+
+def ordered_batches(n: int, batch: int, sampling: str) -> list[tuple[int, ...]]:
+    """Every ordered batch of ``batch`` indices out of ``n``, each equally likely."""
+    algorithms.check_sampling(sampling)
+    if sampling == "with-replacement":
+        return list(product(range(n), repeat=batch))
+    return list(permutations(range(n), batch))
+
+
+def enumerated_moments(
+    algorithm: str | algorithms.Rule,
+    losses: Sequence[sympy.Expr],
+    variables: Sequence[sympy.Symbol],
+    batch: int,
+    micro: int | None,
+    sampling: str,
+    order: int,
+    lam: Any = 1,
+) -> tuple[sympy.Matrix, sympy.Matrix]:
+    """E[G] and Cov(G) to ``rho^order``, by expanding the exact map of every ordered batch in
+    rho and averaging: the brute-force reference (cost: N^B maps, each expanded)."""
+    x = sympy.Matrix(variables)
+    directions = [truncate_matrix((x - one_step_map(algorithm, losses, variables, b, micro, lam)) / eta,
+                                  rho, order)
+                  for b in ordered_batches(len(losses), batch, sampling)]
+    mean = sum(directions, sympy.zeros(len(variables), 1)) / len(directions)
+    second = sum((g * g.T for g in directions), sympy.zeros(len(variables))) / len(directions)
+    return mean, truncate_matrix(second - mean * mean.T, rho, order)

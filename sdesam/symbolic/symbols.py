@@ -1,4 +1,4 @@
-"""The two small parameters of the SDE expansion, shared by every derivation."""
+"""The two small parameters of the SDE expansion (and RW-SAM's temperature), shared by every derivation."""
 
 import sympy
 
@@ -7,3 +7,6 @@ rho = sympy.Symbol("rho", nonnegative=True)
 
 eta = sympy.Symbol("eta", positive=True)
 """Learning rate; also the time step of the SDE (step k of the algorithm is time k * eta)."""
+
+lam = sympy.Symbol("lambda", nonnegative=True)
+"""Inverse temperature of RW-SAM's Gibbs weights (the default when no number is given)."""

@@ -1,0 +1,145 @@
+"""What a derived drift is checked against: forms computed without the rho-expansion.
+
+- the closed (potential) form of the USAM family and SGD, ``-grad(f + rho/2 |grad f|^2 +
+  c rho/2 tr V)`` (SGD at order 2: ``-grad(f + eta/4 |grad f|^2)``);
+- for the plain SAM variants, ``-grad(f + rho E|grad f_S|)`` (no closed form: an expectation of
+  norms, computed by enumeration);
+- for every other rule at order 1 (RW-SAM, rules with an elementwise scale), the first-order
+  form ``-grad f - rho E_S[H_S u_S]``: ``H_S`` the Hessian of the part's loss and ``u_S`` the
+  rule's own perturbation direction at x (scaled, normalised, Gibbs-weighted, as the rule says),
+  taken from :func:`sdesam.algorithms.perturbed_point` with exact gradients -- no Taylor series;
+- RW-SAM's drift in the limit lam -> infinity, at a point.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sympy
+
+from .. import algorithms
+from ..algorithms import Rule
+from .families import ConcreteFamily, GenericFamily
+from .gibbs import gibbs_direction
+from .symbols import eta, rho
+from .taylor import gradient
+
+Family = ConcreteFamily | GenericFamily
+
+
+def norm(v: sympy.Matrix) -> sympy.Expr:
+    """Euclidean norm of a column vector."""
+    return sympy.sqrt(v.dot(v))
+
+
+def noise_factor(rule: Rule, family: Family, batch: Any, micro: Any, sampling: str) -> Any:
+    """c(s) of the tr V term: the sample the ascent and descent share (m or B), else 0."""
+    if not rule.noise_induced:
+        return sympy.Integer(0)
+    return algorithms.sampling_factor(micro if rule.micro else batch, family.n, sampling)
+
+
+def closed_form(rule: Rule, family: Family, batch: Any, micro: Any, sampling: str,
+                order: int) -> sympy.Matrix | None:
+    """The paper's closed-form drift where one exists (:attr:`Rule.has_closed_form`), else None.
+
+    Order 1: ``-grad(f + rho/2 |grad f|^2 + c rho/2 tr V)`` (c from :func:`noise_factor`);
+    SGD at order 2: ``-grad(f + eta/4 |grad f|^2)``.
+    """
+    if not rule.has_closed_form:
+        return None
+    f = family.full_loss
+    g = gradient(f, family.variables)
+    if not rule.perturbed:
+        potential = {1: f, 2: f + eta / 4 * g.dot(g)}.get(order)
+    elif order == 1:
+        c = noise_factor(rule, family, batch, micro, sampling)
+        potential = f + rho / 2 * g.dot(g) + c * rho / 2 * family.trace_V()
+    else:
+        potential = None
+    if potential is None:
+        return None
+    return -gradient(potential, family.variables).applyfunc(family.tidy)
+
+
+def first_order_form(rule: Rule, family: Family, size: Any, order: int,
+                     lam: Any) -> sympy.Matrix | None:
+    """The order-1 drift of a rule without a closed form, from exact gradients and Hessians.
+
+    Plain SAM variants (normalised, unscaled, unweighted), concrete losses:
+    ``-grad(f + rho E|grad f_S|)`` (n-SAM: ``|grad f|``). Any other rule:
+    ``-grad f - rho E_S[H_S u_S]`` over one part S of ``size`` (linearity), with ``u_S`` the
+    rule's unit-rho perturbation. None at higher order, or where it needs norms of generic
+    losses.
+    """
+    if rule.has_closed_form or order != 1 or (family.generic and rule.normalized):
+        return None
+    variables = family.variables
+    if norm_potential(rule):
+        def grad_norm(part: Any) -> sympy.Matrix:
+            return sympy.Matrix([norm(gradient(family.part_loss(part), variables))])
+
+        expected = grad_norm(None)[0] if rule.ascent == "full" else family.expect(grad_norm, size)[0]
+        return -gradient(family.full_loss + rho * expected, variables)
+    x = sympy.Matrix(variables)
+
+    def curvature_times_ascent(part: Any) -> sympy.Matrix:
+        hessian = sympy.hessian(family.part_loss(part), variables)
+        return hessian * unit_perturbation(rule, family, part, lam)
+
+    pushed = family.expect(curvature_times_ascent, size)
+    return -gradient(family.full_loss, variables) - rho * pushed
+
+
+def norm_potential(rule: Rule) -> bool:
+    """Whether a rule's first-order drift is ``-grad(f + rho E|grad f_S|)`` (the plain SAM
+    variants: normalised, unscaled, unweighted) rather than ``-grad f - rho E[H_S u_S]``."""
+    return rule.normalized and not rule.weighted and rule.scale is None
+
+
+FIRST_ORDER_NAMES = {True: "-grad(f + rho E|grad f_S|)", False: "-grad f - rho E[H_S u_S]"}
+"""How :func:`first_order_form` reads, by :func:`norm_potential`."""
+
+
+def unit_perturbation(rule: Rule, family: Family, part: Any, lam: Any) -> sympy.Matrix:
+    """The rule's perturbation at x for rho = 1 (``perturbed_point - x``), from exact gradients."""
+    x = sympy.Matrix(family.variables)
+
+    def exact_grad(point: sympy.Matrix, members: Any) -> sympy.Matrix:
+        return gradient(family.part_loss(members), family.variables)
+
+    def reweighted(point: sympy.Matrix, members: Any) -> sympy.Matrix:
+        return gibbs_direction([exact_grad(point, (i,)) for i in members], lam, norm)
+
+    return algorithms.perturbed_point(rule, x, part, 1, exact_grad, norm, reweighted) - x
+
+
+def large_lam_drift(rule: Rule, family: ConcreteFamily, size: int,
+                    at: dict[sympy.Symbol, Any]) -> sympy.Matrix:
+    """lim_{lam -> infinity} of a Gibbs-weighted rule's order-1 drift at the point ``at``.
+
+    The weights of each batch go to its largest-norm sample; samples tied for the largest norm
+    at ``at`` (including repeated draws of one index) share the weight equally, which is the
+    limit of the softmax of equal scores. The result is ``-grad f - rho E_S[H_S u_S]`` with
+    ``u_S`` the normalised mean gradient of the tied maximisers of batch S.
+    """
+    if not rule.weighted:
+        raise ValueError(f"{rule.name} has no Gibbs weights, so no lam -> infinity limit")
+    variables = family.variables
+
+    def at_point(expr: Any) -> Any:
+        return expr.xreplace(at) if hasattr(expr, "xreplace") else expr
+
+    def pushed(part: Any) -> sympy.Matrix:
+        grads = [at_point(gradient(family.part_loss((i,)), variables)) for i in part]
+        norms = [norm(g) for g in grads]
+        top = max(norms, key=lambda v: float(v))
+        tied = [g for g, v in zip(grads, norms) if sympy.simplify(v - top) == 0]
+        ascent = sum(tied, sympy.zeros(len(variables), 1)) / len(tied)
+        if rule.scale is not None:
+            ascent = algorithms.scaled(rule.scale, sympy.Matrix(variables).xreplace(at), ascent)
+        unit = ascent / norm(ascent) if rule.normalized else ascent
+        return at_point(sympy.hessian(family.part_loss(part), variables)) * unit
+
+    gradient_at = at_point(gradient(family.full_loss, variables))
+    return (-gradient_at - rho * family.expect(pushed, size)).applyfunc(sympy.simplify)

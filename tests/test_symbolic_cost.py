@@ -1,0 +1,80 @@
+"""The cheap ways of taking expectations give exactly what the plain enumeration gives."""
+
+from unittest import mock
+
+import pytest
+import sympy
+
+from sdesam.symbolic import derive
+from sdesam.symbolic import families
+from sdesam.symbolic.families import ConcreteFamily
+
+x = sympy.Symbol("x", real=True)
+
+
+def losses_of(n):
+    return [(x - (i % 5 - 2)) ** 2 / 2 + sympy.Rational(i % 3 - 1, 2) * x**3 / 3 + x**4 / 12
+            for i in range(n)]
+
+
+def running_sum(terms):
+    total = None
+    for matrix, p in terms:
+        total = matrix * p if total is None else total + matrix * p
+    return total
+
+
+@pytest.mark.parametrize("algorithm,micro", [("m-usam", 2), ("m-sam", 2)])
+def test_collected_sum_is_identical_to_the_running_sum(algorithm, micro):
+    args = dict(batch=4, micro=micro, sampling="without-replacement", expectations="enumeration")
+    new = derive(algorithm, losses_of(5), [x], **args)
+    with mock.patch.object(ConcreteFamily, "weighted_sum", staticmethod(running_sum)):
+        old = derive(algorithm, losses_of(5), [x], **args)
+    assert new.drift == old.drift and new.diffusion == old.diffusion
+
+
+@pytest.mark.parametrize("algorithm,batch,micro,order,sampling", [
+    ("m-usam", 4, 2, 1, "with-replacement"), ("m-usam", 4, 2, 1, "without-replacement"),
+    ("m-usam", 4, 2, 2, "without-replacement"),
+    pytest.param("usam", 2, None, 2, "with-replacement", marks=pytest.mark.slow),
+    pytest.param("m-usam", 4, 2, 2, "with-replacement", marks=pytest.mark.slow),
+])
+def test_moments_on_concrete_losses_are_identical_to_enumeration(algorithm, batch, micro, order,
+                                                                  sampling):
+    args = dict(batch=batch, micro=micro, sampling=sampling, order=order)
+    moments = derive(algorithm, losses_of(6), [x], expectations="moments", **args)
+    enumerated = derive(algorithm, losses_of(6), [x], expectations="enumeration", **args)
+    assert moments.expectations == "moments" and enumerated.expectations == "enumeration"
+    assert moments.drift == enumerated.drift and moments.diffusion == enumerated.diffusion
+    assert moments.expected_direction == enumerated.expected_direction
+
+
+def test_auto_takes_moments_only_where_enumeration_is_costlier():
+    args = dict(batch=4, micro=2, sampling="without-replacement")
+    assert derive("m-usam", losses_of(4), [x], **args).expectations == "enumeration"
+    big = derive("m-usam", losses_of(12), [x], **args)
+    assert big.expectations == "moments" and big.verify()
+
+
+@pytest.mark.slow
+def test_auto_falls_back_to_enumeration_beyond_third_moments():
+    from sdesam.symbolic.moments import UnsupportedMoment
+
+    args = dict(batch=1, sampling="with-replacement", order=3)
+    assert derive("usam", losses_of(26), [x], **args).expectations == "enumeration"
+    with pytest.raises(UnsupportedMoment, match="degree"):
+        derive("usam", losses_of(26), [x], expectations="moments", **args)
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_progress_bar_over_index_sets_is_switched_by_progress(progress):
+    seen = []
+
+    def recording(items, **kwargs):
+        seen.append(kwargs["disable"])
+        return items
+
+    with mock.patch.object(families, "tqdm", recording):
+        derive("m-usam", losses_of(4), [x], batch=4, micro=2, sampling="without-replacement",
+               progress=progress)
+    assert seen and all(disabled is not progress for disabled in seen)
