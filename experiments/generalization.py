@@ -40,6 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sdesam import per_sample, sgn, stats
+from sdesam.algorithms import get_rule
 from sdesam.experiment_args import check_device
 from sdesam.outputs import check_writable, resolve_out
 from sdesam.plotting import publish
@@ -166,7 +167,7 @@ class Runner:
         last = metrics[-1]
         summary: dict[str, Any] = {
             "dataset": cell.dataset, "label_noise": cell.label_noise,
-            "algorithm": method.algorithm, "micro": method.micro, "rho": rho, "seed": seed,
+            "rule": method.algorithm, "micro": method.micro, "rho": rho, "seed": seed,
             "lam_multiple": lam_multiple, "lam": config.lam if lam_multiple is not None else None,
             "mean_grad_norm": mean_norm, "epochs": len(metrics), "pruned_at_epoch": pruned_at,
             "val_acc": last["val_acc"], "test_acc": last["test_acc"], "train_acc": last["train_acc"],
@@ -209,9 +210,10 @@ def tune(runner: Runner, cell: Cell, method: Method) -> tuple[dict[str, Any], li
     grid (best final validation accuracy; the first in grid order on ties), then for RW-SAM
     the lam multiple at that rho. SGD has nothing to tune."""
     settings, seed = runner.settings, runner.settings["tune_seed"]
-    if method.algorithm == "sgd":
+    rule = get_rule(method.algorithm)
+    if not rule.perturbed:
         return {"rho": None, "lam_multiple": None}, []
-    reweighted = method.algorithm == "rw-sam"
+    reweighted = rule.weighted
     tried: list[dict[str, Any]] = []
 
     def best_of(candidates: list[tuple[float, float | None]]) -> dict[str, Any]:
@@ -239,7 +241,7 @@ def paired_rows(runs: list[dict[str, Any]], cell: Cell, settings: dict[str, Any]
     95% t-interval, p-value, std of the differences and the minimal detectable difference."""
     by_method: dict[Method, dict[int, float]] = {}
     for row in runs:
-        by_method.setdefault(Method(row["algorithm"], row["micro"]), {})[row["seed"]] = row["test_acc"]
+        by_method.setdefault(Method(row["rule"], row["micro"]), {})[row["seed"]] = row["test_acc"]
     rows = []
     for reference in (Method(name) for name in REFERENCES):
         for method, accuracies in by_method.items():
@@ -251,7 +253,7 @@ def paired_rows(runs: list[dict[str, Any]], cell: Cell, settings: dict[str, Any]
             mdd = (stats.minimal_detectable_difference(diff["std"], diff["n"])
                    if diff["n"] >= 2 else None)
             rows.append({"dataset": cell.dataset, "label_noise": cell.label_noise,
-                         "algorithm": method.algorithm, "micro": method.micro,
+                         "rule": method.algorithm, "micro": method.micro,
                          "reference": reference.algorithm, "seeds": diff["n"],
                          "difference_mean": diff["mean"], "difference_std": diff["std"],
                          "ci_low": diff["ci_low"], "ci_high": diff["ci_high"],
@@ -263,11 +265,11 @@ def summary_rows(runs: list[dict[str, Any]], cell: Cell) -> list[dict[str, Any]]
     """Mean and std over seeds of test accuracy, tr V and the top Hessian eigenvalue, per method."""
     groups: dict[Method, list[dict[str, Any]]] = {}
     for row in runs:
-        groups.setdefault(Method(row["algorithm"], row["micro"]), []).append(row)
+        groups.setdefault(Method(row["rule"], row["micro"]), []).append(row)
     rows = []
     for method, members in groups.items():
         row: dict[str, Any] = {"dataset": cell.dataset, "label_noise": cell.label_noise,
-                               "algorithm": method.algorithm, "micro": method.micro,
+                               "rule": method.algorithm, "micro": method.micro,
                                "seeds": len(members), "rho": members[0]["rho"],
                                "lam_multiple": members[0]["lam_multiple"]}
         for key in ("test_acc", "val_acc", "train_acc", "trace_V", "hessian_top"):
@@ -295,7 +297,7 @@ def measure(settings: dict[str, Any], runs_dir: Path, device: str, progress: boo
             choice, tried = tune(runner, cell, method)
             results["tuning"] += [_without_curve(t) for t in tried]
             results["choices"].append({"dataset": cell.dataset, "label_noise": cell.label_noise,
-                                       "algorithm": method.algorithm, "micro": method.micro,
+                                       "rule": method.algorithm, "micro": method.micro,
                                        "candidates": len(tried),
                                        "pruned": sum(t["pruned_at_epoch"] is not None for t in tried),
                                        **choice})
@@ -318,7 +320,8 @@ def readme_table(results: dict[str, list[dict[str, Any]]]) -> str:
     """Markdown tables for the README: test accuracy per method and the paired differences
     against SGD and SAM (95% CI, minimal detectable difference), beside the paper's numbers."""
     def name(row: dict[str, Any]) -> str:
-        return f"m-SAM m={row['micro']}" if row["micro"] is not None else row["algorithm"].upper()
+        return f"{get_rule(row['rule']).label} m={row['micro']}" if row["micro"] is not None \
+            else get_rule(row["rule"]).label
 
     cells: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for row in results["summary"]:
@@ -334,11 +337,11 @@ def readme_table(results: dict[str, list[dict[str, Any]]]) -> str:
     lines += ["", "| data | noise | method | vs | difference (points) | 95% CI | p | detectable (80% power) |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in results["paired"]:
-        if row["algorithm"] == "sgd":
+        if not get_rule(row["rule"]).perturbed:
             continue
         mdd = row["minimal_detectable_difference"]
         lines.append(f"| {row['dataset']} | {row['label_noise']:.0%} | {name(row)} | "
-                     f"{row['reference'].upper()} | {row['difference_mean']:+.2f} | "
+                     f"{get_rule(row['reference']).label} | {row['difference_mean']:+.2f} | "
                      f"[{row['ci_low']:+.2f}, {row['ci_high']:+.2f}] | {row['p_value']:.3f} | "
                      f"{'-' if mdd is None else f'{mdd:.2f}'} |")
     return "\n".join(lines) + "\n"

@@ -10,16 +10,26 @@ from typing import Any
 
 import matplotlib
 
+from ..algorithms import get_rule
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-BANDS = {"sgd": ("tab:gray", "SGD"), "rw-sam": ("tab:red", "RW-SAM")}
-REFERENCE_STYLE = {"sgd": ("o", "tab:blue", "vs SGD"), "sam": ("s", "tab:orange", "vs SAM")}
+BAND_COLOURS = ("tab:gray", "tab:red", "tab:green", "tab:brown")
+REFERENCE_STYLES = (("o", "tab:blue"), ("s", "tab:orange"), ("^", "tab:green"))
 
 
 def _label(row: dict[str, Any]) -> str:
-    """sgd / sam / rw-sam in capitals, m-SAM with its m."""
-    return f"m-SAM m={row['micro']}" if row["micro"] is not None else row["algorithm"].upper()
+    """The rule's display name, with its m for micro-batch rules."""
+    label = get_rule(row["rule"]).label
+    return f"{label} m={row['micro']}" if row["micro"] is not None else label
+
+
+def _on_m_curve(row: dict[str, Any]) -> bool:
+    """Whether a row belongs on the accuracy-against-m curve: normalised rules that perturb
+    along their own (micro-)batch gradient (m-SAM, and SAM at m = B)."""
+    rule = get_rule(row["rule"])
+    return rule.normalized and rule.ascent == "part"
 
 
 def _cells(data: dict[str, Any]) -> list[tuple[str, float]]:
@@ -34,7 +44,7 @@ def _cells(data: dict[str, Any]) -> list[tuple[str, float]]:
 
 def _accuracy_panel(ax, rows: list[dict[str, Any]], batch: int) -> None:
     """Test accuracy against m (m-SAM, SAM at m = B) with the SGD and RW-SAM bands."""
-    curve = sorted((r for r in rows if r["algorithm"] in ("m-sam", "sam")),
+    curve = sorted((r for r in rows if _on_m_curve(r)),
                    key=lambda r: r["micro"] if r["micro"] is not None else batch)
     m = [r["micro"] if r["micro"] is not None else batch for r in curve]
     ax.errorbar(m, [r["test_acc_mean"] for r in curve], yerr=[r["test_acc_std"] for r in curve],
@@ -42,13 +52,12 @@ def _accuracy_panel(ax, rows: list[dict[str, Any]], batch: int) -> None:
     for x, r in zip(m, curve):
         ax.annotate(f"rho={r['rho']:g}", (x, r["test_acc_mean"]), fontsize=6,
                     textcoords="offset points", xytext=(4, -10))
-    for row in rows:
-        if row["algorithm"] in BANDS:
-            shade, name = BANDS[row["algorithm"]]
-            extra = f", rho={row['rho']:g}, lam={row['lam_multiple']:g}/mean|g_i|" if row["rho"] else ""
-            ax.axhline(row["test_acc_mean"], color=shade, ls="--", label=f"{name}{extra}")
-            ax.axhspan(row["test_acc_mean"] - row["test_acc_std"],
-                       row["test_acc_mean"] + row["test_acc_std"], color=shade, alpha=0.12)
+    bands = [row for row in rows if not _on_m_curve(row)]
+    for row, shade in zip(bands, BAND_COLOURS):
+        extra = f", rho={row['rho']:g}, lam={row['lam_multiple']:g}/mean|g_i|" if row["rho"] else ""
+        ax.axhline(row["test_acc_mean"], color=shade, ls="--", label=f"{_label(row)}{extra}")
+        ax.axhspan(row["test_acc_mean"] - row["test_acc_std"],
+                   row["test_acc_mean"] + row["test_acc_std"], color=shade, alpha=0.12)
     ax.set_xscale("log", base=2)
     ax.set_xticks(m, [str(v) for v in m])
     ax.margins(x=0.2)
@@ -62,16 +71,19 @@ def _difference_panel(ax, rows: list[dict[str, Any]]) -> None:
 
     SGD's own row is left out: SGD - SAM is the negative of SAM - SGD, shown on SAM's row.
     """
-    rows = [r for r in rows if r["algorithm"] != "sgd"]
+    rows = [r for r in rows if get_rule(r["rule"]).perturbed]
     names: list[str] = []
     for row in rows:
         if _label(row) not in names:
             names.append(_label(row))
-    offsets = {"sgd": -0.15, "sam": 0.15}
+    references = list(dict.fromkeys(row["reference"] for row in rows))
+    spread = 0.3 / max(len(references) - 1, 1)
     labelled: set[str] = set()
     for row in rows:
-        marker, shade, text = REFERENCE_STYLE[row["reference"]]
-        y = names.index(_label(row)) + offsets[row["reference"]]
+        k = references.index(row["reference"])
+        marker, shade = REFERENCE_STYLES[k % len(REFERENCE_STYLES)]
+        text = f"vs {get_rule(row['reference']).label}"
+        y = names.index(_label(row)) - 0.15 + k * spread
         mdd = row["minimal_detectable_difference"]
         if mdd is not None:
             ax.plot([-mdd, mdd], [y, y], color="0.82", lw=6, solid_capstyle="butt", zorder=1,

@@ -48,7 +48,7 @@ def _size(text: str) -> int | sympy.Symbol:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``sdesam derive``."""
-    parser.add_argument("algorithm", choices=algorithms.rule_names(symbolic_support), help="rule to derive")
+    parser.add_argument("algorithm", metavar="RULE", choices=algorithms.rule_names(symbolic_support), help="rule to derive")
     parser.add_argument("--losses", choices=LOSS_CHOICES, default="example",
                         help="built-in 2-D or 1-D example with N=4 non-quadratic per-sample "
                              "losses, or 'generic' (any smooth losses; result in f and SGN "

@@ -19,15 +19,15 @@ follow the CIFAR set-up of the first author's previous SAM paper (Eigen-SAM, Neu
 the set-up of "Unveiling m-Sharpness" itself is not known. RW-SAM's lam and delta defaults are
 not from the paper either; tune them.
 
-Data-parallel: torchrun --nproc_per_node K -m sdesam.train ... (--batch-size is the global
+Data-parallel: torchrun --nproc_per_node K -m sdesam.train ... (--batch is the global
 batch, split equally over the K processes).
 
 examples:
-  sdesam train --dataset mnist1d --model cnn1d --optimizer sam --epochs 3 --out runs/m1d
-  sdesam train --dataset digits --optimizer m-sam --micro 4 --batch-size 32 --lr 0.05 \\
+  sdesam train --dataset mnist1d --model cnn1d --rule sam --epochs 3 --out runs/m1d
+  sdesam train --dataset digits --rule m-sam --micro 4 --batch 32 --lr 0.05 \\
       --label-noise 0.4 --val-fraction 0.2 --epochs 30 --out runs/digits-msam
-  sdesam train --dataset synthetic --model small --optimizer rw-sam --epochs 1 --out runs/demo
-  sdesam train --dataset cifar10 --data-dir ~/data --model resnet18 --optimizer m-sam \\
+  sdesam train --dataset synthetic --model small --rule rw-sam --epochs 1 --out runs/demo
+  sdesam train --dataset cifar10 --data-dir ~/data --model resnet18 --rule m-sam \\
       --micro 32 --device cuda --out runs/r18-msam
 """
 
@@ -38,7 +38,7 @@ import os
 import sys
 from dataclasses import fields
 
-from sdesam.algorithms import RULES
+from sdesam.algorithms import get_rule
 from sdesam.train.data import DATASETS, FILE_DATASETS, find_cifar_folder
 from sdesam.train.loop import BN_POLICIES, OPTIMIZERS, PRECISIONS, TrainConfig, train
 from sdesam.train.models import MODELS, NORMS
@@ -98,8 +98,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="local ViT weights file (required for --model vit)")
 
     opt = parser.add_argument_group("optimizer")
-    opt.add_argument("--optimizer", choices=OPTIMIZERS, default=d["optimizer"],
-                     help="; ".join(f"{r.name}: {r.description}" for r in RULES.values())
+    opt.add_argument("--rule", "--optimizer", dest="optimizer", choices=OPTIMIZERS,
+                     default=d["optimizer"], metavar="RULE",
+                     help="the update rule, one of the registry's: "
+                     + "; ".join(f"{name}: {get_rule(name).description}" for name in OPTIMIZERS)
                      .replace("%", "%%") + " (default %(default)s)")
     opt.add_argument("--rho", type=float, default=None,
                      help="perturbation radius (default 0.05; 0.1 for cifar100)")
@@ -125,7 +127,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     sched = parser.add_argument_group("schedule")
     sched.add_argument("--epochs", type=int, default=d["epochs"], help="default %(default)s")
-    sched.add_argument("--batch-size", type=int, default=d["batch_size"],
+    sched.add_argument("--batch", "--batch-size", dest="batch_size", type=int, default=d["batch_size"],
                        help="global batch size (default %(default)s)")
     sched.add_argument("--schedule", choices=SCHEDULES, default=d["schedule"],
                        help="learning-rate schedule (default %(default)s)")
@@ -139,7 +141,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="default %(default)s")
 
     measure = parser.add_argument_group("measurements")
-    measure.add_argument("--eval-batch-size", type=int, default=d["eval_batch_size"],
+    measure.add_argument("--eval-batch", "--eval-batch-size", dest="eval_batch_size", type=int, default=d["eval_batch_size"],
                          help="default %(default)s")
     measure.add_argument("--trace-every", type=int, default=d["trace_every"],
                          help="measure tr V on a fixed probe batch every N epochs (0: never)")

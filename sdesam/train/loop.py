@@ -32,8 +32,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sdesam import validation
-from sdesam.algorithms import RULES, Rule, check_sizes, get_rule
-from sdesam.optim import DEFAULT_DELTA, create
+from sdesam.algorithms import Rule, check_sizes, get_rule
+from sdesam.optim import DEFAULT_DELTA, create, optimizer_names
 from sdesam.outputs import check_writable
 from sdesam.records import atomic_write, run_metadata, write_json
 from sdesam.train import augment, checkpoint, distributed, splits
@@ -42,7 +42,7 @@ from sdesam.train.data import (DATASETS, FILE_DATASETS, ImageDataset, batch_indi
 from sdesam.train.models import MODELS, build_model, default_model
 from sdesam.train.schedule import SCHEDULES, lr_factor
 
-OPTIMIZERS: tuple[str, ...] = tuple(RULES)
+OPTIMIZERS: tuple[str, ...] = optimizer_names()
 BN_POLICIES: tuple[str, ...] = ("first-pass", "freeze")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 
