@@ -4,7 +4,7 @@ Two protocols (``--protocol landscape|network|all``):
 
 * landscape -- K chains start at the sharp, noisy minimum of
   :class:`sdesam.problems.SharpFlatLandscape`; discrete ensembles of SGD, USAM, m-USAM (m in
-  1, 2, 4, ..., B), SAM, m-SAM and RW-SAM, and the SDEs of SGD and the USAM family, all with the
+  ``micros``, default 1, 2, 4, ..., B), SAM, m-SAM and RW-SAM, and the SDEs of SGD and the USAM family, all with the
   same step size and batch (the SDEs, costlier per step, with fewer chains and a subset of m).
   Recorded: the fraction of chains past the saddle against steps
   (Wilson bands) and the restricted mean first-exit time E[min(tau, T)] with bootstrap bands.
@@ -38,13 +38,14 @@ from sdesam.problems import SharpFlatLandscape
 from sdesam.records import make_record, timed_metadata
 
 LANDSCAPE = {"n": 32, "eta": 0.02, "batch": 16, "rho": 0.005, "chains": 1000, "sde_chains": 500,
-             "sde_micros": [1, 2, 4], "steps": 3000, "log_every": 20,
+             "micros": [1, 2, 4, 8, 16], "sde_micros": [1, 2, 4], "steps": 3000, "log_every": 20,
              "sampling": "with-replacement"}
-LANDSCAPE_QUICK = {"chains": 200, "sde_chains": 50, "steps": 400}
+LANDSCAPE_QUICK = {"chains": 100, "sde_chains": 50, "steps": 100, "log_every": 10,
+                   "micros": [1, 16], "sde_micros": [1]}
 NETWORK = {"lr": 0.07, "batch": 20, "rho": 0.05, "delta": 1e-3, "micros": [1, 2, 5, 10],
            "steps": 600, "log_every": 25, "seeds": 6, "threshold": 0.02, "hidden": 128,
            "gd_lr": 0.5, "gd_steps": 4000, "n_train": 1000, "n_random": 200}
-NETWORK_QUICK = {"steps": 100, "seeds": 2, "micros": [1]}
+NETWORK_QUICK = {"steps": 50, "seeds": 2, "micros": [1], "log_every": 10}
 BASELINES = ("sgd", "sam")
 """The rules every other rule's network exit step is compared with, seed by seed."""
 
@@ -74,7 +75,7 @@ def landscape_protocol(settings: dict[str, Any], seed: int, device: str,
     # SAM's radius: the size of m = 1 USAM's perturbation at the poor minimum; RW-SAM's lam
     # makes lam |g_i| of order one there.
     rho_sam, lam = rho * noise_scale, 1.0 / noise_scale
-    micros = micro_sizes(batch)
+    micros = settings["micros"]
     runs = [("sgd", None, "discrete")]
     runs += [(*usam_member(m, batch), "discrete") for m in micros]
     runs += [(*sam_member(m, batch), "discrete") for m in micros]

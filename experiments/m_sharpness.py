@@ -28,7 +28,7 @@ from sdesam.records import make_record, timed_metadata
 SETTINGS = {"lr": 0.07, "batch": 20, "rho": 0.05, "delta": 1e-3, "micros": [1, 2, 4, 5, 10],
             "steps": 1500, "seeds": 4, "hidden": 128, "lanczos_iterations": 20,
             "n_train": 1000, "n_random": 200, "gd_lr": 0.5, "gd_steps": 4000}
-QUICK = {"steps": 150, "seeds": 2, "micros": [1, 5], "lanczos_iterations": 10}
+QUICK = {"steps": 100, "seeds": 2, "micros": [1, 5], "lanczos_iterations": 10}
 METRICS = ("test_accuracy", "trace_V", "hessian_top", "optimizer_seconds")
 PAIRED = ("test_accuracy", "trace_V", "hessian_top")
 BASELINES = ("sgd", "sam")

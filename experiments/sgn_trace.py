@@ -35,11 +35,11 @@ from sdesam.records import make_record, timed_metadata
 NETWORK = {"lr": 0.07, "batch": 20, "rho": 0.05, "delta": 1e-3, "micros": [1, 2, 5],
            "steps_poor": 600, "steps_init": 1500, "log_every": 50, "seeds": 4, "hidden": 128,
            "gd_lr": 0.5, "gd_steps": 4000, "n_train": 1000, "n_random": 200}
-NETWORK_QUICK = {"steps_poor": 100, "steps_init": 150, "seeds": 2, "micros": [1],
-                 "log_every": 50}
+NETWORK_QUICK = {"steps_poor": 50, "steps_init": 50, "seeds": 2, "micros": [1],
+                 "log_every": 25}
 LANDSCAPE = {"n": 32, "eta": 0.02, "batch": 16, "rho": 0.005, "chains": 1000, "steps": 3000,
              "log_every": 25, "micros": [1, 4], "sampling": "with-replacement"}
-LANDSCAPE_QUICK = {"chains": 200, "steps": 600}
+LANDSCAPE_QUICK = {"chains": 100, "steps": 100, "log_every": 10, "micros": [1]}
 BASELINES = ("sgd", "sam")
 """The rules every other rule's final tr V is compared with, seed by seed."""
 
