@@ -5,7 +5,9 @@ clean training set by m-SAM for every m dividing the batch (m = B is SAM), with 
 for comparison, several seeds each (this project's protocol). At the end: test accuracy, tr V
 (exact, full training set), the top Hessian eigenvalue of the training loss (Lanczos) and the
 wall time spent in optimizer steps relative to SAM's, which places RW-SAM on the cost axis.
-Writes ``OUT/m_sharpness.json`` and the figure.
+Every rule runs the same seeds (initialisation 1000 + s, batch order seed + s), so each
+quantity is also compared seed by seed against SGD and SAM (paired differences).
+Writes ``OUT/m_sharpness.json`` (the one record schema) and the figure.
 """
 
 from __future__ import annotations
@@ -17,84 +19,95 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from sdesam.experiment_args import check_device, experiment_parser
-from sdesam import digits, per_sample, sgn
+from sdesam import digits, sgn, stats
+from sdesam.cli import guarded
+from sdesam.experiment_args import experiment_parser, prepare_out
 from sdesam.plotting import publish
-from sdesam.records import run_metadata
+from sdesam.records import make_record, timed_metadata
 
 SETTINGS = {"lr": 0.07, "batch": 20, "rho": 0.05, "delta": 1e-3, "micros": [1, 2, 4, 5, 10],
             "steps": 1500, "seeds": 4, "hidden": 128, "lanczos_iterations": 20,
             "n_train": 1000, "n_random": 200, "gd_lr": 0.5, "gd_steps": 4000}
-QUICK = {"steps": 300, "seeds": 2, "micros": [1, 5]}
+QUICK = {"steps": 100, "seeds": 2, "micros": [1, 5], "lanczos_iterations": 10}
 METRICS = ("test_accuracy", "trace_V", "hessian_top", "optimizer_seconds")
+PAIRED = ("test_accuracy", "trace_V", "hessian_top")
+BASELINES = ("sgd", "sam")
+"""The rules every other rule is compared with, seed by seed."""
 
 
-def measure(settings: dict[str, Any], seed: int, device: str, progress: bool) -> list[dict[str, Any]]:
+def measure(settings: dict[str, Any], seed: int, device: str, cache: str | None,
+            progress: bool) -> dict[str, list[dict[str, Any]]]:
     """Train every optimizer from the standard initialisation and measure the end point."""
-    data = digits.load_digits_data(settings["n_train"], settings["n_random"], seed=0, device=device)
     # RW-SAM's lam follows the rule of the other theory figures: the inverse of the mean
     # per-sample gradient norm at the protocol's poor minimum.
-    poor, _ = digits.poor_minimum(data, hidden=settings["hidden"], lr=settings["gd_lr"],
-                                  steps=settings["gd_steps"], seed=0,
-                                  cache_dir=settings["cache_dir"], progress=progress)
-    norms = per_sample.per_sample_grad_norms(poor, digits.per_sample_loss, data.train_x, data.train_y)
-    settings["lam"] = 1.0 / float(norms.mean())
-    batch = settings["batch"]
-    runs = [("sgd", None), *[("m-sam", m) for m in settings["micros"]], ("sam", batch),
+    data, _, poor = digits.protocol_start(settings, cache_dir=cache, device=device,
+                                          progress=progress)
+    runs = [("sgd", None), *[("m-sam", m) for m in settings["micros"]], ("sam", None),
             ("rw-sam", None)]
-    points = []
+    per_seed = []
     bar = tqdm(total=len(runs) * settings["seeds"], desc="m-sharpness runs", disable=not progress)
-    for algorithm, micro in runs:
-        values: dict[str, list[float]] = {key: [] for key in METRICS}
+    for rule, micro in runs:
         for s in range(settings["seeds"]):
             start = digits.make_model(settings["hidden"], seed=1000 + s).to(device)
             log = digits.continue_training(
-                start, algorithm, data, lr=settings["lr"], batch=batch, steps=settings["steps"],
-                seed=seed + s, log_every=settings["steps"],
-                micro=micro if algorithm == "m-sam" else None, rho=settings["rho"],
-                lam=settings["lam"], delta=settings["delta"], return_model=True)
-            values["test_accuracy"].append(log["test_accuracy"][-1])
-            values["trace_V"].append(log["trace_V"][-1])
-            values["optimizer_seconds"].append(log["optimizer_seconds"])
-            values["hessian_top"].append(float(sgn.hessian_top_eigenvalues(
-                log["model"], digits.per_sample_loss, data.train_x, data.train_y, 1,
-                iterations=settings["lanczos_iterations"], seed=s)[0]))
+                start, rule, data, lr=settings["lr"], batch=settings["batch"],
+                steps=settings["steps"], seed=seed + s, log_every=settings["steps"], micro=micro,
+                rho=settings["rho"], lam=poor["lam"], delta=settings["delta"], return_model=True)
+            top = sgn.hessian_top_eigenvalues(log["model"], digits.per_sample_loss, data.train_x,
+                                              data.train_y, 1,
+                                              iterations=settings["lanczos_iterations"], seed=s)
+            per_seed.append({"rule": rule, "micro": micro, "seed": seed + s, "init_seed": 1000 + s,
+                             "test_accuracy": log["test_accuracy"][-1],
+                             "trace_V": log["trace_V"][-1], "hessian_top": float(top[0]),
+                             "optimizer_seconds": log["optimizer_seconds"]})
             bar.update()
-        point: dict[str, Any] = {"algorithm": algorithm, "micro": micro if micro else batch,
-                                 "seeds": settings["seeds"], "per_seed": values}
-        for key, series in values.items():
-            point[f"{key}_mean"] = float(np.mean(series))
-            point[f"{key}_std"] = float(np.std(series, ddof=1)) if len(series) > 1 else 0.0
-        points.append(point)
     bar.close()
-    sam_cost = next(p for p in points if p["algorithm"] == "sam")["optimizer_seconds_mean"]
+    return {"points": summarize(per_seed), "per_seed": per_seed, "poor_minimum": [poor],
+            "paired": [row for key in PAIRED for row in stats.paired_table(per_seed, key, BASELINES)]}
+
+
+def summarize(per_seed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One point per (rule, micro): mean and sample std of each metric over seeds, the count of
+    seeds and of diverged ones, and the optimizer time relative to SAM's."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in per_seed:
+        groups.setdefault((row["rule"], row["micro"]), []).append(row)
+    points = []
+    for (rule, micro), rows in groups.items():
+        values = np.array([[row[key] for key in METRICS] for row in rows])      # [seeds, metrics]
+        point: dict[str, Any] = {"rule": rule, "micro": micro, "chains": len(rows),
+                                 "diverged": stats.non_finite_chains(values, chain_axis=0)}
+        for k, key in enumerate(METRICS):
+            point[key] = float(values[:, k].mean())
+            point[f"{key}_std"] = float(values[:, k].std(ddof=1)) if len(rows) > 1 else 0.0
+        points.append(point)
+    sam_cost = next(p for p in points if (p["rule"], p["micro"]) == ("sam", None))["optimizer_seconds"]
     for point in points:
-        point["relative_cost"] = point["optimizer_seconds_mean"] / sam_cost
+        point["relative_cost"] = point["optimizer_seconds"] / sam_cost
     return points
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
-    parser = experiment_parser(__doc__, "fewer seeds, steps and m values (the same experiment, < 2 minutes)")
+    parser = experiment_parser(__doc__, "fewer seeds, steps and m values (the same experiment, "
+                                        "under a minute of CPU time)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the protocol and write the data file and figure."""
     args = parse_args(argv)
-    check_device(args.device)
-    began = time.perf_counter()
+    out = prepare_out(args, "m_sharpness")
+    wall, cpu = time.perf_counter(), time.process_time()
     settings: dict[str, Any] = {"experiment": "m_sharpness", "quick": args.quick,
                                 "seed": args.seed, "device": args.device,
-                                **SETTINGS, **(QUICK if args.quick else {}),
-                                "cache_dir": args.cache or f"{args.out}/cache"}
-    points = measure(settings, args.seed, args.device, not args.no_progress)
-    settings["wall_time_s"] = time.perf_counter() - began
-    settings.update(run_metadata(args.device))
-    for written in publish({"settings": settings, "points": points}, args.out):
+                                **SETTINGS, **(QUICK if args.quick else {})}
+    results = measure(settings, args.seed, args.device, args.cache, not args.no_progress)
+    record = make_record(settings, results, timed_metadata(args.device, wall, cpu))
+    for written in publish(record, out):
         print(written)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(guarded("m_sharpness", main))

@@ -9,7 +9,9 @@
   standard error).
 
 Also a table in the style of the paper's Table 6: tr V at the end of training per optimizer,
-mean and standard deviation over seeds. Writes ``OUT/sgn_trace.json`` and the figure.
+mean and standard deviation over seeds, and -- since every rule runs the same seeds (same
+start, same batch order) -- the paired per-seed differences against SGD and SAM with t-based
+95% intervals. Writes ``OUT/sgn_trace.json`` (the one record schema) and the figure.
 """
 
 from __future__ import annotations
@@ -22,94 +24,98 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from sdesam.experiment_args import check_device, experiment_parser
-from sdesam import digits, ensemble, per_sample, sgn, stats
+from sdesam import digits, ensemble, sgn, stats
+from sdesam.algorithms import get_rule
+from sdesam.cli import guarded
+from sdesam.experiment_args import experiment_parser, prepare_out
 from sdesam.plotting import publish
 from sdesam.problems import SharpFlatLandscape
-from sdesam.records import run_metadata
+from sdesam.records import make_record, timed_metadata
 
 NETWORK = {"lr": 0.07, "batch": 20, "rho": 0.05, "delta": 1e-3, "micros": [1, 2, 5],
            "steps_poor": 600, "steps_init": 1500, "log_every": 50, "seeds": 4, "hidden": 128,
            "gd_lr": 0.5, "gd_steps": 4000, "n_train": 1000, "n_random": 200}
-NETWORK_QUICK = {"steps_poor": 200, "steps_init": 300, "seeds": 2, "micros": [1],
-                 "log_every": 50}
+NETWORK_QUICK = {"steps_poor": 50, "steps_init": 50, "seeds": 2, "micros": [1],
+                 "log_every": 25}
 LANDSCAPE = {"n": 32, "eta": 0.02, "batch": 16, "rho": 0.005, "chains": 1000, "steps": 3000,
              "log_every": 25, "micros": [1, 4], "sampling": "with-replacement"}
-LANDSCAPE_QUICK = {"chains": 200, "steps": 800}
+LANDSCAPE_QUICK = {"chains": 100, "steps": 100, "log_every": 10, "micros": [1]}
+BASELINES = ("sgd", "sam")
+"""The rules every other rule's final tr V is compared with, seed by seed."""
 
 
-def network_runs(settings: dict[str, Any], seed: int, device: str, progress: bool,
-                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def network_runs(settings: dict[str, Any], seed: int, device: str, cache: str | None,
+                 progress: bool) -> dict[str, list[dict[str, Any]]]:
     """tr V curves and end-of-training values for every optimizer, from both starts."""
-    data = digits.load_digits_data(settings["n_train"], settings["n_random"], seed=0, device=device)
-    poor, summary = digits.poor_minimum(data, hidden=settings["hidden"], lr=settings["gd_lr"],
-                                        steps=settings["gd_steps"], seed=0,
-                                        cache_dir=settings["cache_dir"], progress=progress)
-    settings["poor_minimum"] = summary
-    norms = per_sample.per_sample_grad_norms(poor, digits.per_sample_loss, data.train_x, data.train_y)
-    settings["lam"] = 1.0 / float(norms.mean())
-    runs = [("sgd", None), *[("m-sam", m) for m in settings["micros"]],
-            ("sam", settings["batch"]), ("rw-sam", None)]
-    curves, final = [], []
+    data, poor, start_record = digits.protocol_start(settings, cache_dir=cache, device=device,
+                                                     progress=progress)
+    runs = [("sgd", None), *[("m-sam", m) for m in settings["micros"]], ("sam", None),
+            ("rw-sam", None)]
+    curves, final, per_seed = [], [], []
     bar = tqdm(total=2 * len(runs) * settings["seeds"], desc="network runs", disable=not progress)
     for protocol, steps in (("network-poor", settings["steps_poor"]),
                             ("network-init", settings["steps_init"])):
-        for algorithm, micro in runs:
+        for rule, micro in runs:
             traces = []
             for s in range(settings["seeds"]):
+                # the same start and batch order (seed + s) for every rule: paired by seed
                 start = poor if protocol == "network-poor" else \
                     digits.make_model(settings["hidden"], seed=1000 + s).to(device)
                 log = digits.continue_training(
-                    start, algorithm, data, lr=settings["lr"], batch=settings["batch"],
-                    steps=steps, seed=seed + s, log_every=settings["log_every"],
-                    micro=micro if algorithm == "m-sam" else None, rho=settings["rho"],
-                    lam=settings["lam"], delta=settings["delta"])
+                    start, rule, data, lr=settings["lr"], batch=settings["batch"],
+                    steps=steps, seed=seed + s, log_every=settings["log_every"], micro=micro,
+                    rho=settings["rho"], lam=start_record["lam"], delta=settings["delta"])
                 traces.append(log["trace_V"])
                 bar.update()
-            label = {"protocol": protocol, "algorithm": algorithm,
-                     "micro": micro if micro is not None else settings["batch"]}
-            mean, stderr = stats.mean_and_stderr(np.array(traces), axis=0)
-            curves.append({**label, "step": log["step"], "trace": mean.tolist(),
-                           "stderr": stderr.tolist()})
-            ends = np.array([t[-1] for t in traces])
-            final.append({**label, "trace_mean": float(ends.mean()),
-                          "trace_std": float(ends.std(ddof=1)) if len(ends) > 1 else 0.0,
-                          "seeds": len(ends)})
+            label = {"protocol": protocol, "rule": rule, "micro": micro}
+            traces = np.array(traces)                                        # [seeds, T]
+            diverged = stats.non_finite_chains(traces, chain_axis=0)
+            mean, stderr = stats.mean_and_stderr(traces, axis=0)
+            curves.append({**label, "step": log["step"], "trace_V": mean.tolist(),
+                           "trace_V_stderr": stderr.tolist(), "chains": len(traces),
+                           "diverged": diverged})
+            ends = traces[:, -1]
+            final.append({**label, "trace_V": float(ends.mean()),
+                          "trace_V_std": float(ends.std(ddof=1)) if len(ends) > 1 else 0.0,
+                          "chains": len(ends), "diverged": diverged})
+            per_seed += [{**label, "seed": seed + s, "trace_V": float(value)}
+                         for s, value in enumerate(ends)]
     bar.close()
-    return curves, final
+    return {"curves": curves, "final": final, "final_seed": per_seed,
+            "final_paired": stats.paired_table(per_seed, "trace_V", BASELINES, group=("protocol",)),
+            "poor_minimum": [start_record]}
 
 
 def landscape_runs(settings: dict[str, Any], seed: int, device: str,
-                   progress: bool) -> list[dict[str, Any]]:
+                   progress: bool) -> dict[str, list[dict[str, Any]]]:
     """Mean tr V over chains along ensembles started at the landscape's poor minimum."""
     problem = SharpFlatLandscape(n=settings["n"])
     noise_scale = math.sqrt(problem.trace_V(problem.poor_minimum).item())
-    settings.update(rho_sam=settings["rho"] * noise_scale, lam=1.0 / noise_scale)
-    batch = settings["batch"]
-    runs = [("sgd", None), *[("m-usam", m) for m in settings["micros"]], ("usam", batch),
-            *[("m-sam", m) for m in settings["micros"]], ("sam", batch), ("rw-sam", None)]
+    rho_sam, lam = settings["rho"] * noise_scale, 1.0 / noise_scale
+    runs = [("sgd", None), *[("m-usam", m) for m in settings["micros"]], ("usam", None),
+            *[("m-sam", m) for m in settings["micros"]], ("sam", None), ("rw-sam", None)]
     curves = []
-    for index, (algorithm, micro) in enumerate(tqdm(runs, desc="landscape runs",
-                                                    disable=not progress)):
-        sam_like = algorithm in ("sam", "m-sam", "rw-sam")
-        path = ensemble.run(problem, algorithm, eta=settings["eta"],
-                            rho=settings["rho_sam"] if sam_like else settings["rho"], batch=batch,
-                            micro=micro if algorithm.startswith("m-") else None,
+    for index, (rule, micro) in enumerate(tqdm(runs, desc="landscape runs", disable=not progress)):
+        path = ensemble.run(problem, rule, eta=settings["eta"],
+                            rho=rho_sam if get_rule(rule).normalized else settings["rho"],
+                            batch=settings["batch"], micro=micro,
                             x0=problem.poor_minimum.to(device), steps=settings["steps"],
                             chains=settings["chains"], seed=seed + index,
-                            sampling=settings["sampling"], device=device, lam=settings["lam"])
+                            sampling=settings["sampling"], device=device, lam=lam)
         logged = path[:: settings["log_every"]]
         mean, stderr = sgn.trace_along_path(problem, logged)
-        curves.append({"protocol": "landscape", "algorithm": algorithm,
-                       "micro": micro if micro is not None else batch,
+        curves.append({"protocol": "landscape", "rule": rule, "micro": micro,
                        "step": list(range(0, settings["steps"] + 1, settings["log_every"])),
-                       "trace": mean.tolist(), "stderr": stderr.tolist()})
-    return curves
+                       "trace_V": mean.tolist(), "trace_V_stderr": stderr.tolist(),
+                       "chains": settings["chains"],
+                       "diverged": stats.non_finite_chains(path.cpu().numpy(), chain_axis=1)})
+    return {"curves": curves, "landscape_parameters": [{"rho_sam": rho_sam, "lam": lam}]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
-    parser = experiment_parser(__doc__, "fewer chains, seeds and steps (the same experiment, in < 2 minutes)")
+    parser = experiment_parser(__doc__, "fewer chains, seeds and steps (the same experiment, "
+                                        "under a minute of CPU time)")
     parser.add_argument("--protocol", choices=("landscape", "network", "all"), default="all")
     return parser.parse_args(argv)
 
@@ -117,27 +123,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen protocols and write the data file and figure."""
     args = parse_args(argv)
-    check_device(args.device)
-    began = time.perf_counter()
+    out = prepare_out(args, "sgn_trace")
+    wall, cpu = time.perf_counter(), time.process_time()
     settings: dict[str, Any] = {"experiment": "sgn_trace", "protocol": args.protocol,
                                 "quick": args.quick, "seed": args.seed, "device": args.device}
-    curves: list[dict[str, Any]] = []
-    final: list[dict[str, Any]] = []
     progress = not args.no_progress
+    parts = []
     if args.protocol in ("landscape", "all"):
         settings["landscape"] = {**LANDSCAPE, **(LANDSCAPE_QUICK if args.quick else {})}
-        curves += landscape_runs(settings["landscape"], args.seed, args.device, progress)
+        parts.append(landscape_runs(settings["landscape"], args.seed, args.device, progress))
     if args.protocol in ("network", "all"):
-        settings["network"] = {**NETWORK, **(NETWORK_QUICK if args.quick else {}),
-                               "cache_dir": args.cache or f"{args.out}/cache"}
-        net_curves, final = network_runs(settings["network"], args.seed, args.device, progress)
-        curves += net_curves
-    settings["wall_time_s"] = time.perf_counter() - began
-    settings.update(run_metadata(args.device))
-    for written in publish({"settings": settings, "curves": curves, "final": final}, args.out):
+        settings["network"] = {**NETWORK, **(NETWORK_QUICK if args.quick else {})}
+        parts.append(network_runs(settings["network"], args.seed, args.device, args.cache,
+                                  progress))
+    results: dict[str, list[dict[str, Any]]] = {}
+    for part in parts:
+        for table, rows in part.items():
+            results.setdefault(table, []).extend(rows)
+    record = make_record(settings, results, timed_metadata(args.device, wall, cpu))
+    for written in publish(record, out):
         print(written)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(guarded("sgn_trace", main))

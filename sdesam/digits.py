@@ -142,12 +142,12 @@ def protocol_summary(model: nn.Module, data: DigitsData) -> dict[str, float]:
             "random_label_accuracy": random_acc, "test_loss": test_loss, "test_accuracy": test_acc}
 
 
-def continue_training(start: nn.Module, algorithm: str, data: DigitsData, *, lr: float,
+def continue_training(start: nn.Module, rule: str, data: DigitsData, *, lr: float,
                       batch: int, steps: int, seed: int, log_every: int,
                       micro: int | None = None, rho: float = 0.05, lam: float = 1.0,
                       delta: float = 1e-3, trace: bool = True,
                       return_model: bool = False) -> dict[str, Any]:
-    """Run ``algorithm`` (an :func:`sdesam.optim.create` name) from a copy of ``start`` on the
+    """Run ``rule`` (an :func:`sdesam.optim.create` name) from a copy of ``start`` on the
     clean training set and log, every ``log_every`` steps (and at step 0): test accuracy,
     clean training loss, tr V on the full clean training set and the distance from ``start``.
 
@@ -155,6 +155,7 @@ def continue_training(start: nn.Module, algorithm: str, data: DigitsData, *, lr:
     holds ``optimizer_seconds``, the wall time spent in the optimizer's steps (for cost
     comparisons), and with ``return_model`` the trained ``model``.
     """
+    from .algorithms import get_rule
     from .optim import create
 
     if not isinstance(log_every, int) or log_every < 1 or not isinstance(steps, int) or steps < 1:
@@ -165,14 +166,15 @@ def continue_training(start: nn.Module, algorithm: str, data: DigitsData, *, lr:
     model = make_model(start[0].out_features).to(data.train_x.device)
     model.load_state_dict(start.state_dict())
     origin = flat_parameters(model)
+    facts = get_rule(rule)
     options: dict[str, Any] = {"lr": lr}
-    if algorithm != "sgd":
+    if facts.perturbed:
         options["rho"] = rho
-    if micro is not None:
+    if facts.micro:
         options["micro"] = micro
-    if algorithm == "rw-sam":
+    if facts.weighted:
         options.update(lam=lam, delta=delta)
-    optimizer = create(algorithm, model.parameters(), base=torch.optim.SGD, **options)
+    optimizer = create(rule, model.parameters(), base=torch.optim.SGD, **options)
     generator = torch.Generator(device=data.train_x.device).manual_seed(seed)
     log: dict[str, Any] = {"step": [], "test_accuracy": [], "clean_train_loss": [],
                            "trace_V": [], "distance": [], "optimizer_seconds": 0.0}
@@ -201,6 +203,33 @@ def continue_training(start: nn.Module, algorithm: str, data: DigitsData, *, lr:
     if return_model:
         log["model"] = model
     return log
+
+
+def default_cache_dir() -> Path:
+    """Where the poor-minimum weights are cached unless ``--cache`` says otherwise:
+    ``runs/cache`` (git-ignored, shared by every run, so the minimum is computed once)."""
+    from .outputs import RUNS_DIR
+
+    return Path(RUNS_DIR) / "cache"
+
+
+def protocol_start(settings: dict[str, Any], *, cache_dir: str | Path | None = None,
+                   device: str | torch.device = "cpu", progress: bool = True,
+                   ) -> tuple[DigitsData, nn.Sequential, dict[str, float]]:
+    """The data, the poor minimum and its record (summary plus RW-SAM's ``lam``) of a theory
+    experiment whose ``settings`` hold n_train, n_random, hidden, gd_lr and gd_steps.
+
+    The minimum is cached in ``cache_dir`` (default :func:`default_cache_dir`). ``lam`` is the
+    inverse of the mean exact per-sample gradient norm at the poor minimum, so that
+    ``lam |g_i|`` is of order one there (the rule every theory figure uses).
+    """
+    data = load_digits_data(settings["n_train"], settings["n_random"], seed=0, device=device)
+    poor, summary = poor_minimum(data, hidden=settings["hidden"], lr=settings["gd_lr"],
+                                 steps=settings["gd_steps"], seed=0,
+                                 cache_dir=cache_dir if cache_dir is not None else default_cache_dir(),
+                                 progress=progress)
+    norms = per_sample.per_sample_grad_norms(poor, per_sample_loss, data.train_x, data.train_y)
+    return data, poor, {"lam": 1.0 / float(norms.mean()), **summary}
 
 
 def _fingerprint(data: DigitsData) -> str:

@@ -32,7 +32,7 @@ def experiment_parser(description: str | None, quick_help: str) -> argparse.Argu
                              "runs/<experiment>-<time>/; --out figures regenerates the committed ones)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--cache", default=None,
-                        help="folder for the cached poor-minimum weights (default: OUT/cache)")
+                        help="folder for the cached poor-minimum weights (default: runs/cache)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 

@@ -169,3 +169,12 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
                          f"(line {error.lineno}, column {error.colno}: {error.msg}); "
                          "it may be truncated") from None
     return validate_record(data, path)
+
+
+def timed_metadata(device: str | None, wall_start: float, cpu_start: float) -> dict[str, Any]:
+    """:func:`run_metadata` plus the wall and process CPU seconds since ``wall_start``
+    (``time.perf_counter()``) and ``cpu_start`` (``time.process_time()``): a record's metadata."""
+    import time
+
+    return {**run_metadata(device), "wall_time_s": time.perf_counter() - wall_start,
+            "cpu_time_s": time.process_time() - cpu_start}

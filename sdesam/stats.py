@@ -169,33 +169,79 @@ def mean_and_stderr(values, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return mean, data.std(axis=axis, ddof=1) / np.sqrt(count)
 
 
-def paired_difference(a, b, confidence: float = 0.95) -> dict[str, float | int]:
-    """The mean of the paired differences ``a - b`` with its t-interval and two-sided p-value.
+def non_finite_chains(values, chain_axis: int = -1) -> int:
+    """How many chains (indices along ``chain_axis``) hold any non-finite value: the
+    ``diverged`` count reported beside every statistic taken over chains or seeds."""
+    data = np.asarray(values, dtype=float)
+    if data.ndim == 0:
+        return int(not np.isfinite(data))
+    finite = np.isfinite(np.moveaxis(data, chain_axis, -1)).reshape(-1, data.shape[chain_axis])
+    return int((~finite.all(axis=0)).sum())
 
-    ``a[i]`` and ``b[i]`` are measured on the same unit (e.g. the same seed: same
-    initialisation and batch order), so the interval is that of the per-unit differences:
-    ``mean +- t_{(1+confidence)/2, n-1} * sd / sqrt(n)``. Returns ``mean``, ``std`` (of the
-    differences, ddof 1), ``ci_low``, ``ci_high``, ``p_value`` and ``n``; with n = 1 the
-    interval is infinite and the p-value 1.
+
+def paired_difference(a, b, confidence: float = 0.95) -> dict[str, object]:
+    """Summary of the paired differences ``a[i] - b[i]`` (e.g. two optimizers run on the same
+    seeds): the per-pair differences, their mean, standard deviation and error, Student-t interval and
+    two-sided p-value (null: mean difference 0), and ``n`` pairs used.
+
+    Pairs where either value is not finite are left out and counted in ``diverged``. With fewer
+    than two pairs the interval and p-value are None; with identical differences the interval
+    is the single point and the p-value is None (the t statistic is undefined).
     """
     _check_confidence(confidence)
     first, second = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
-    if first.shape != second.shape or first.size == 0:
-        raise ValueError(f"a and b must be non-empty and paired (same length); got "
-                         f"{first.size} and {second.size} values")
-    diff = first - second
-    n, mean = diff.size, float(diff.mean())
+    if first.shape != second.shape:
+        raise ValueError(f"a and b must hold the same number of paired values; got "
+                         f"{first.size} and {second.size}")
+    keep = np.isfinite(first) & np.isfinite(second)
+    differences = first[keep] - second[keep]
+    n = int(differences.size)
+    record: dict[str, object] = {"n": n, "diverged": int((~keep).sum()),
+                                 "differences": differences.tolist(),
+                                 "mean": float(differences.mean()) if n else None,
+                                 "std": None, "stderr": None, "ci_low": None, "ci_high": None,
+                                 "p_value": None, "confidence": confidence}
     if n < 2:
-        return {"mean": mean, "std": 0.0, "ci_low": -np.inf, "ci_high": np.inf,
-                "p_value": 1.0, "n": n}
-    std = float(diff.std(ddof=1))
-    half = float(_scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / np.sqrt(n)
-    if std > 0:
-        p_value = float(2 * _scipy_stats.t.sf(abs(mean) / (std / np.sqrt(n)), n - 1))
-    else:
-        p_value = 1.0 if mean == 0 else 0.0
-    return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half,
-            "p_value": p_value, "n": n}
+        return record
+    record["std"] = float(differences.std(ddof=1))
+    stderr = record["std"] / float(np.sqrt(n))
+    half = float(_scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * stderr
+    record.update(stderr=stderr, ci_low=record["mean"] - half, ci_high=record["mean"] + half)
+    if stderr > 0:
+        t = record["mean"] / stderr
+        record["p_value"] = float(2 * _scipy_stats.t.sf(abs(t), n - 1))
+    return record
+
+
+def paired_table(rows: list[dict], quantity: str, baselines: tuple[str, ...],
+                 group: tuple[str, ...] = (), confidence: float = 0.95) -> list[dict]:
+    """Paired differences of ``quantity`` between every (rule, micro) of ``rows`` and each
+    baseline rule (micro null), matched by ``seed`` within each ``group`` (e.g. protocol).
+
+    ``rows`` are per-seed records with ``rule``, ``micro``, ``seed``, ``quantity`` and the
+    ``group`` keys. Each result is ``{**group, rule, micro, baseline, quantity, **summary}``
+    with the summary of :func:`paired_difference` of (rule - baseline) over the shared seeds.
+    """
+    tables: dict[tuple, dict[tuple, dict[int, float]]] = {}
+    for row in rows:
+        where = tuple(row[key] for key in group)
+        values = tables.setdefault(where, {}).setdefault((row["rule"], row["micro"]), {})
+        values[row["seed"]] = row[quantity]
+    out = []
+    for where, runs in tables.items():
+        for baseline in baselines:
+            reference = runs.get((baseline, None))
+            if reference is None:
+                continue
+            for (rule, micro), values in runs.items():
+                if (rule, micro) == (baseline, None):
+                    continue
+                seeds = sorted(set(values) & set(reference))
+                summary = paired_difference([values[s] for s in seeds],
+                                            [reference[s] for s in seeds], confidence)
+                out.append({**dict(zip(group, where)), "rule": rule, "micro": micro,
+                            "baseline": baseline, "quantity": quantity, "seeds": seeds, **summary})
+    return out
 
 
 def minimal_detectable_difference(std_of_differences: float, n: int, alpha: float = 0.05,

@@ -1,12 +1,12 @@
-"""experiments/m_sharpness.py end to end: the JSON shape, the cost axis and a redraw."""
+"""experiments/m_sharpness.py end to end: the record schema, the cost axis, pairs and a redraw."""
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
 
 from sdesam import plotting
+from sdesam.records import read_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,29 +20,42 @@ def load_script():
 
 
 def check_shape(data, micros):
-    assert data["settings"]["experiment"] == "m_sharpness"
-    points = data["points"]
-    assert sorted(p["micro"] for p in points if p["algorithm"] == "m-sam") == micros
-    assert {p["algorithm"] for p in points} == {"sgd", "m-sam", "sam", "rw-sam"}
+    settings, results = data["settings"], data["results"]
+    assert settings["experiment"] == "m_sharpness" and "lam" not in settings
+    assert "cache_dir" not in settings and "wall_time_s" in data["metadata"]
+    points = results["points"]
+    assert sorted(p["micro"] for p in points if p["rule"] == "m-sam") == micros
+    assert {p["rule"] for p in points} == {"sgd", "m-sam", "sam", "rw-sam"}
+    assert all(p["micro"] is None for p in points if p["rule"] != "m-sam")
     for p in points:
-        assert 0 <= p["test_accuracy_mean"] <= 1 and p["trace_V_mean"] > 0
-        assert p["hessian_top_mean"] > 0 and p["relative_cost"] > 0
-        assert len(p["per_seed"]["test_accuracy"]) == p["seeds"]
-    assert next(p for p in points if p["algorithm"] == "sam")["relative_cost"] == pytest.approx(1.0)
+        assert 0 <= p["test_accuracy"] <= 1 and p["trace_V"] > 0
+        assert p["hessian_top"] > 0 and p["relative_cost"] > 0
+        assert p["chains"] == settings["seeds"] and p["diverged"] == 0
+    assert next(p for p in points if p["rule"] == "sam")["relative_cost"] == pytest.approx(1.0)
+    assert len(results["per_seed"]) == len(points) * settings["seeds"]
 
 
 def test_tiny_run_and_redraw(tmp_path, monkeypatch):
     script = load_script()
-    monkeypatch.setattr(script, "SETTINGS", {**script.SETTINGS, "steps": 10, "seeds": 2,
-                                             "micros": [1, 5], "gd_steps": 30,
-                                             "lanczos_iterations": 5})
-    assert script.main(["--out", str(tmp_path), "--no-progress"]) == 0
-    data = json.loads((tmp_path / "m_sharpness.json").read_text())
+    monkeypatch.setattr(script, "SETTINGS", {**script.SETTINGS, "steps": 5, "seeds": 2,
+                                             "micros": [1, 5], "gd_steps": 10,
+                                             "lanczos_iterations": 3})
+    assert script.main(["--out", str(tmp_path), "--no-progress",
+                        "--cache", str(tmp_path / "cache")]) == 0
+    data = read_record(tmp_path / "m_sharpness.json")
     check_shape(data, [1, 5])
+    results = data["results"]
+    per_seed = {(r["rule"], r["micro"], r["seed"]): r for r in results["per_seed"]}
+    paired = {(r["rule"], r["micro"], r["baseline"], r["quantity"]): r for r in results["paired"]}
+    row = paired[("m-sam", 1, "sam", "trace_V")]
+    assert row["differences"] == pytest.approx(
+        [per_seed[("m-sam", 1, s)]["trace_V"] - per_seed[("sam", None, s)]["trace_V"] for s in (0, 1)])
+    assert len(paired) == 3 * 2 * 4                     # quantities x baselines x other rules
     assert plotting.redraw(tmp_path / "m_sharpness.json", tmp_path / "r")[0].is_file()
 
 
 @pytest.mark.slow
 def test_quick_mode_end_to_end(tmp_path):
-    assert load_script().main(["--quick", "--out", str(tmp_path), "--no-progress"]) == 0
-    check_shape(json.loads((tmp_path / "m_sharpness.json").read_text()), [1, 5])
+    assert load_script().main(["--quick", "--out", str(tmp_path), "--no-progress",
+                               "--cache", str(tmp_path / "cache")]) == 0
+    check_shape(read_record(tmp_path / "m_sharpness.json"), [1, 5])

@@ -8,20 +8,21 @@ import pytest
 
 from sdesam import plotting
 from sdesam.cli import main as cli_main
+from sdesam.records import make_record
 
 
 def sgn_trace_data():
-    """A hand-made data file of the documented sgn_trace shape."""
-    curves = [{"protocol": p, "algorithm": a, "micro": m, "step": [0, 10, 20],
-               "trace": [3.0, 2.0, 1.0 + k], "stderr": [0.1, 0.1, 0.1]}
-              for p in ("landscape", "network-poor")
-              for k, (a, m) in enumerate((("sgd", 4), ("m-sam", 1), ("rw-sam", 4)))]
-    final = [{"protocol": "network-poor", "algorithm": a, "micro": m, "trace_mean": 1.0 + k,
-              "trace_std": 0.1, "seeds": 2}
-             for k, (a, m) in enumerate((("sgd", 4), ("m-sam", 1), ("rw-sam", 4)))]
+    """A hand-made record of the sgn_trace schema."""
+    rules = (("sgd", None), ("m-sam", 1), ("sam", None), ("rw-sam", None))
+    curves = [{"protocol": p, "rule": r, "micro": m, "step": [0, 10, 20],
+               "trace_V": [3.0, 2.0, 1.0 + k], "trace_V_stderr": [0.1, 0.1, 0.1],
+               "chains": 2, "diverged": 0}
+              for p in ("landscape", "network-poor") for k, (r, m) in enumerate(rules)]
+    final = [{"protocol": "network-poor", "rule": r, "micro": m, "trace_V": 1.0 + k,
+              "trace_V_std": 0.1, "chains": 2, "diverged": 0} for k, (r, m) in enumerate(rules)]
     settings = {"experiment": "sgn_trace", "quick": True, "landscape": {"batch": 4},
                 "network": {"batch": 4}}
-    return {"settings": settings, "curves": curves, "final": final}
+    return make_record(settings, {"curves": curves, "final": final}, {"wall_time_s": 1.0})
 
 
 def test_publish_then_redraw_from_the_data_file_alone(tmp_path):
@@ -45,16 +46,29 @@ def test_cli_and_module_entry_points(tmp_path):
     assert (tmp_path / "module" / "sgn_trace.pdf").is_file()
 
 
+def record_of(experiment):
+    return {"settings": {"experiment": experiment}, "metadata": {}, "results": {}}
+
+
 @pytest.mark.parametrize("data, word", [
-    ({"settings": {"experiment": "no_such_figure"}}, "no figure"),
-    ({"settings": {"experiment": "../evil"}}, "experiment"),
-    ({"curves": []}, "settings.experiment"),
+    (record_of("no_such_figure"), "no figure"),
+    (record_of("../evil"), "experiment"),
+    ({"curves": []}, "exactly the keys"),
+    ({"settings": {"experiment": "sgn_trace"}, "curves": [], "final": []}, "exactly the keys"),
+    ({**record_of("sgn_trace"), "results": {"curves": [{"micro": "4"}]}}, "micro"),
+    ({**record_of("sgn_trace"), "results": {"final": []}}, "does not hold what"),
 ])
 def test_bad_data_files(tmp_path, data, word):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=word):
         plotting.redraw(path)
+
+
+def test_publish_refuses_a_record_outside_the_schema(tmp_path):
+    with pytest.raises(ValueError, match="exactly the keys"):
+        plotting.publish({"settings": {"experiment": "sgn_trace"}, "curves": []}, tmp_path)
+    assert not list(tmp_path.iterdir())
 
 
 def test_missing_data_file(tmp_path):

@@ -1,12 +1,14 @@
-"""experiments/sgn_trace.py end to end: the documented JSON shape and a redraw."""
+"""experiments/sgn_trace.py end to end: the record schema, paired final tr V and a redraw."""
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from sdesam import plotting
+from sdesam import digits, plotting
+from sdesam.algorithms import get_rule
+from sdesam.records import read_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,35 +22,78 @@ def load_script():
 
 
 def check_shape(data):
-    assert data["settings"]["experiment"] == "sgn_trace" and "git_commit" in data["settings"]
-    assert {c["protocol"] for c in data["curves"]} == {"landscape", "network-poor", "network-init"}
-    for curve in data["curves"]:
-        assert {"protocol", "algorithm", "micro", "step", "trace", "stderr"} <= curve.keys()
-        assert len(curve["step"]) == len(curve["trace"]) == len(curve["stderr"])
-        assert all(t > 0 for t in curve["trace"]) and all(s >= 0 for s in curve["stderr"])
-    for row in data["final"]:
-        assert {"algorithm", "micro", "trace_mean", "trace_std", "seeds"} <= row.keys()
-        assert row["trace_mean"] > 0 and row["trace_std"] >= 0
-    algorithms = {row["algorithm"] for row in data["final"]}
-    assert {"sgd", "sam", "m-sam", "rw-sam"} <= algorithms
+    settings, results = data["settings"], data["results"]
+    assert set(settings) == {"experiment", "protocol", "quick", "seed", "device", "landscape", "network"}
+    assert "git_commit" in data["metadata"] and data["metadata"]["cpu_time_s"] > 0
+    assert {c["protocol"] for c in results["curves"]} == {"landscape", "network-poor", "network-init"}
+    for curve in results["curves"]:
+        assert {"protocol", "rule", "micro", "step", "trace_V", "trace_V_stderr", "chains",
+                "diverged"} <= curve.keys()
+        assert (curve["micro"] is None) == (not get_rule(curve["rule"]).micro)
+        assert len(curve["step"]) == len(curve["trace_V"]) == len(curve["trace_V_stderr"])
+        assert all(t > 0 for t in curve["trace_V"]) and all(s >= 0 for s in curve["trace_V_stderr"])
+        assert curve["diverged"] == 0
+    for row in results["final"]:
+        assert {"rule", "micro", "trace_V", "trace_V_std", "chains", "diverged"} <= row.keys()
+        assert row["trace_V"] > 0 and row["trace_V_std"] >= 0
+    assert {"sgd", "sam", "m-sam", "rw-sam"} <= {row["rule"] for row in results["final"]}
 
 
-def test_tiny_run_and_redraw(tmp_path, monkeypatch):
+def test_tiny_run_paired_table_and_redraw(tmp_path, monkeypatch):
     script = load_script()
-    monkeypatch.setattr(script, "LANDSCAPE", {**script.LANDSCAPE, "chains": 16, "steps": 20,
-                                              "log_every": 10, "micros": [1]})
-    monkeypatch.setattr(script, "NETWORK", {**script.NETWORK, "steps_poor": 10, "steps_init": 10,
-                                            "seeds": 2, "micros": [1], "log_every": 10,
-                                            "gd_steps": 30})
-    assert script.main(["--out", str(tmp_path), "--no-progress"]) == 0
-    data = json.loads((tmp_path / "sgn_trace.json").read_text())
+    monkeypatch.setattr(script, "LANDSCAPE", {**script.LANDSCAPE, "chains": 8, "steps": 10,
+                                              "log_every": 5, "micros": [1]})
+    monkeypatch.setattr(script, "NETWORK", {**script.NETWORK, "steps_poor": 5, "steps_init": 5,
+                                            "seeds": 2, "micros": [1], "log_every": 5,
+                                            "gd_steps": 10})
+    assert script.main(["--out", str(tmp_path), "--no-progress",
+                        "--cache", str(tmp_path / "cache")]) == 0
+    data = read_record(tmp_path / "sgn_trace.json")
     check_shape(data)
+    results = data["results"]
     # the landscape starts every chain at the poor minimum: zero spread at step 0
-    assert all(c["stderr"][0] == 0 for c in data["curves"] if c["protocol"] == "landscape")
+    assert all(c["trace_V_stderr"][0] == 0 for c in results["curves"] if c["protocol"] == "landscape")
+    # the Table-6 rows summarise the per-seed values; the paired rows difference them by seed
+    ends = {(r["protocol"], r["rule"], r["micro"], r["seed"]): r["trace_V"] for r in results["final_seed"]}
+    final = {(r["protocol"], r["rule"], r["micro"]): r for r in results["final"]}
+    key = ("network-init", "rw-sam", None)
+    assert final[key]["trace_V"] == pytest.approx((ends[(*key, 0)] + ends[(*key, 1)]) / 2)
+    paired = {(r["protocol"], r["rule"], r["micro"], r["baseline"]): r for r in results["final_paired"]}
+    assert len(paired) == 2 * 2 * 3                       # 2 starts x 2 baselines x 3 others
+    row = paired[("network-init", "rw-sam", None, "sam")]
+    assert row["differences"] == pytest.approx([ends[(*key, s)] - ends[("network-init", "sam", None, s)]
+                                                for s in (0, 1)])
     assert plotting.redraw(tmp_path / "sgn_trace.json", tmp_path / "r")[0].is_file()
+
+
+def test_every_rule_gets_the_same_start_and_batches_for_a_seed(monkeypatch):
+    """What makes the per-seed differences paired: for a seed, every rule starts from the same
+    initialisation and sees the same sequence of mini-batches."""
+    data = digits.load_digits_data(200, 0, seed=0)
+    seen: dict[str, list[torch.Tensor]] = {}
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def step(self, model, loss_fn, inputs, targets):
+            seen.setdefault(self.name, []).append(targets.clone())
+
+    monkeypatch.setattr("sdesam.optim.create", lambda name, *a, **k: Recorder(name))
+    for rule, micro in (("sgd", None), ("m-sam", 2), ("rw-sam", None)):
+        start = digits.make_model(16, seed=1001)
+        log = digits.continue_training(start, rule, data, lr=0.1, batch=20, steps=15, seed=3,
+                                       log_every=15, micro=micro, trace=False)
+        assert log["distance"] == [0.0, 0.0]               # the recorder never moves the model
+    assert len(seen) == 3
+    assert all(torch.equal(a, b) for a, b in zip(seen["sgd"], seen["m-sam"]))
+    assert all(torch.equal(a, b) for a, b in zip(seen["sgd"], seen["rw-sam"]))
+    first, again = digits.make_model(16, seed=1001), digits.make_model(16, seed=1001)
+    assert all(torch.equal(p, q) for p, q in zip(first.parameters(), again.parameters()))
 
 
 @pytest.mark.slow
 def test_quick_mode_end_to_end(tmp_path):
-    assert load_script().main(["--quick", "--out", str(tmp_path), "--no-progress"]) == 0
-    check_shape(json.loads((tmp_path / "sgn_trace.json").read_text()))
+    assert load_script().main(["--quick", "--out", str(tmp_path), "--no-progress",
+                               "--cache", str(tmp_path / "cache")]) == 0
+    check_shape(read_record(tmp_path / "sgn_trace.json"))

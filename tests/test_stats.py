@@ -87,3 +87,59 @@ def test_mean_and_stderr_by_hand():
     mean, se = stats.mean_and_stderr(np.array([[1.0, 2.0], [3.0, 6.0]]))
     assert mean.tolist() == [2.0, 4.0]
     assert se.tolist() == pytest.approx([np.sqrt(2) / np.sqrt(2), np.sqrt(8) / np.sqrt(2)])
+
+
+def test_paired_difference_matches_scipy_ttest_rel():
+    from scipy import stats as scipy_stats
+
+    rng = np.random.default_rng(4)
+    a = rng.normal(1.0, 1.0, size=7)
+    b = a - 0.3 + rng.normal(0.0, 0.2, size=7)
+    summary = stats.paired_difference(a, b, confidence=0.9)
+    reference = scipy_stats.ttest_rel(a, b)
+    interval = reference.confidence_interval(confidence_level=0.9)
+    assert summary["n"] == 7 and summary["diverged"] == 0
+    assert summary["differences"] == pytest.approx((a - b).tolist())
+    assert summary["mean"] == pytest.approx(np.mean(a - b))
+    assert summary["mean"] / summary["stderr"] == pytest.approx(reference.statistic)
+    assert summary["p_value"] == pytest.approx(reference.pvalue)
+    assert (summary["ci_low"], summary["ci_high"]) == pytest.approx((interval.low, interval.high))
+
+
+def test_paired_difference_edge_cases():
+    # a non-finite pair is left out and counted; a single pair has no interval
+    summary = stats.paired_difference([1.0, np.nan, 3.0], [0.5, 1.0, np.inf])
+    assert summary["n"] == 1 and summary["diverged"] == 2 and summary["mean"] == 0.5
+    assert summary["ci_low"] is None and summary["p_value"] is None
+    # identical differences: a point interval, no t statistic
+    same = stats.paired_difference([2.0, 3.0, 4.0], [1.0, 2.0, 3.0])
+    assert (same["ci_low"], same["mean"], same["ci_high"]) == (1.0, 1.0, 1.0)
+    assert same["p_value"] is None
+    with pytest.raises(ValueError, match="same number"):
+        stats.paired_difference([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="confidence"):
+        stats.paired_difference([1.0, 2.0], [1.0, 2.0], confidence=1.0)
+
+
+def test_paired_table_matches_rules_by_seed_within_groups():
+    rows = [{"protocol": p, "rule": r, "micro": m, "seed": s, "v": base + s * 0.1 + shift}
+            for p, shift in (("a", 0.0), ("b", 5.0))
+            for r, m, base in (("sgd", None, 1.0), ("m-sam", 2, 3.0), ("sam", None, 2.0))
+            for s in (2, 0, 1)]                               # seeds out of order
+    table = stats.paired_table(rows, "v", ("sgd", "sam"), group=("protocol",))
+    pairs = {(t["protocol"], t["rule"], t["micro"], t["baseline"]): t for t in table}
+    assert len(table) == 2 * 4                               # 2 groups x (2 vs sgd + 2 vs sam)
+    assert pairs[("a", "m-sam", 2, "sgd")]["differences"] == pytest.approx([2.0, 2.0, 2.0])
+    assert pairs[("b", "sgd", None, "sam")]["mean"] == pytest.approx(-1.0)
+    assert pairs[("a", "sam", None, "sgd")]["seeds"] == [0, 1, 2]
+    assert all(t["quantity"] == "v" and t["n"] == 3 for t in table)
+
+
+def test_non_finite_chains_counts_chains_not_values():
+    values = np.array([[1.0, np.nan, 3.0], [np.inf, np.nan, 3.0]])      # [T, chains]
+    assert stats.non_finite_chains(values, chain_axis=1) == 2
+    assert stats.non_finite_chains(values, chain_axis=0) == 2
+    assert stats.non_finite_chains(np.ones((4, 5, 2)), chain_axis=1) == 0
+    path = np.zeros((3, 4, 2))
+    path[2, 3, 1] = np.nan
+    assert stats.non_finite_chains(path, chain_axis=1) == 1
