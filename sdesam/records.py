@@ -62,26 +62,6 @@ def git_commit() -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
-class RunClock:
-    """Wall and process CPU time since construction: ``RunClock().metadata(device)`` gives the
-    ``metadata`` of a record with ``wall_time_s`` and ``cpu_time_s`` beside :func:`run_metadata`."""
-
-    def __init__(self) -> None:
-        import time
-
-        self._time = time
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-
-    def elapsed(self) -> dict[str, float]:
-        """``wall_time_s`` and ``cpu_time_s`` (this process) so far."""
-        return {"wall_time_s": self._time.perf_counter() - self.wall,
-                "cpu_time_s": self._time.process_time() - self.cpu}
-
-    def metadata(self, device: str | None = None) -> dict[str, Any]:
-        """:func:`run_metadata` plus the elapsed times."""
-        return {**run_metadata(device), **self.elapsed()}
-
-
 def run_metadata(device: str | None = None) -> dict[str, Any]:
     """Versions, git commit, machine, load and UTC time, for the ``metadata`` of a data file."""
     import numpy
