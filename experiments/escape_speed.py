@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from sdesam.experiment_args import check_device, experiment_parser
 from sdesam import digits, ensemble, per_sample, sde, stats
-from sdesam.algorithms import sampling_factor
+from sdesam.algorithms import get_rule, sampling_factor
 from sdesam.plotting import publish
 from sdesam.problems import SharpFlatLandscape
 from sdesam.records import run_metadata
@@ -72,10 +72,12 @@ def landscape_protocol(settings: dict[str, Any], seed: int, device: str,
                        seed=seed + index,
                        sampling=settings["sampling"], device=device)
         if kind == "discrete":
-            path = ensemble.run(problem, algorithm, steps=steps, lam=settings["lam"], **options)
+            lam = settings["lam"] if "lam" in get_rule(algorithm).keywords else None
+            path = ensemble.run(problem, algorithm, steps=steps, lam=lam, **options).states
             step_of = np.arange(steps + 1)
         else:
-            times, path = sde.simulate(problem, algorithm, horizon=steps * eta, dt=eta, **options)
+            result = sde.simulate(problem, algorithm, horizon=steps * eta, dt=eta, **options)
+            times, path = result.times, result.states
             step_of = np.rint(np.asarray(times.cpu()) / eta).astype(int)   # time -> step
         exit_index = stats.first_exit(path.cpu().numpy(), problem.escaped)
         exit_steps = np.where(exit_index == stats.NEVER, stats.NEVER, step_of[exit_index])

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from sdesam.experiment_args import check_device, experiment_parser
 from sdesam import digits, ensemble, per_sample, sgn, stats
+from sdesam.algorithms import get_rule
 from sdesam.plotting import publish
 from sdesam.problems import SharpFlatLandscape
 from sdesam.records import run_metadata
@@ -97,7 +98,9 @@ def landscape_runs(settings: dict[str, Any], seed: int, device: str,
                             micro=micro if algorithm.startswith("m-") else None,
                             x0=problem.poor_minimum.to(device), steps=settings["steps"],
                             chains=settings["chains"], seed=seed + index,
-                            sampling=settings["sampling"], device=device, lam=settings["lam"])
+                            sampling=settings["sampling"], device=device,
+                            lam=settings["lam"] if "lam" in get_rule(algorithm).keywords else None
+                            ).states
         logged = path[:: settings["log_every"]]
         mean, stderr = sgn.trace_along_path(problem, logged)
         curves.append({"protocol": "landscape", "algorithm": algorithm,

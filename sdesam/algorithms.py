@@ -137,7 +137,7 @@ RULES: dict[str, Rule] = {
              "G = mean_j grad f_Ij(x + rho g_j/|g_j|), g_j = grad f_Ij(x)", label="m-SAM"),
         Rule("rw-sam", "reweighted", True, False,
              "G = grad f_B(x + rho g/|g|), g = sum_i p_i grad f_i, p = softmax(lam |grad f_i|)",
-             label="RW-SAM", sde=False),
+             label="RW-SAM"),
     )
 }
 """The registry: every layer looks rules up here (built-in ones and those a user registers)."""
