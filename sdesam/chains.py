@@ -151,6 +151,9 @@ class Recorder:
                  diverge_at: float, chunk: int) -> None:
         validation.finite_tensor("x0", x0)
         self.diverge_at = validation.positive_number("diverge_at", diverge_at)
+        if bool(is_diverged(x0, self.diverge_at).any()):
+            raise validation.InputError(f"x0 must lie within diverge_at={self.diverge_at:g} in norm; "
+                                        f"got a start of norm {float(x0.norm(dim=-1).max()):g}")
         self.chunk = validation.positive_int("chunk", chunk)
         self.steps = recorded_steps(steps, every)
         self._index = {k: r for r, k in enumerate(self.steps)}

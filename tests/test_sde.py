@@ -202,3 +202,54 @@ def test_m_usam_sde_matches_the_symbolic_derivation(sampling):
 @pytest.mark.parametrize("sampling", ["with-replacement", "without-replacement"])
 def test_every_sde_matches_the_symbolic_derivation(algorithm, micro, sampling):
     check_against_derivation(algorithm, micro, sampling)
+
+
+def test_rw_sam_drift_at_zero_temperature_is_sams():
+    problem = TeacherStudent(n=5, inputs=1, hidden=2, noise=0.3, seed=1)
+    x = torch.randn(4, problem.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for sampling in ("with-replacement", "without-replacement"):
+        kwargs = dict(eta=0.1, rho=0.2, batch=3, sampling=sampling)
+        rw = sde.AlgorithmSDE(problem, "rw-sam", lam=0.0, **kwargs)
+        assert torch.allclose(rw.f(0.0, x), sde.AlgorithmSDE(problem, "sam", **kwargs).f(0.0, x),
+                              atol=1e-13)
+        assert not torch.allclose(sde.AlgorithmSDE(problem, "rw-sam", lam=3.0, **kwargs).f(0.0, x),
+                                  rw.f(0.0, x), atol=1e-6)
+
+
+@pytest.mark.parametrize("sampling", ["with-replacement", "without-replacement"])
+def test_rw_sam_drift_is_the_batch_average_of_its_exact_first_order_term(sampling):
+    """Brute force over every ordered batch: -grad f - rho mean_S (1/B) sum_j H_j u_S, with
+    per-sample Hessians from autograd and u_S the normalised Gibbs-weighted batch gradient."""
+    import itertools
+    from torch.func import hessian
+    problem = TeacherStudent(n=4, inputs=1, hidden=2, noise=0.3, seed=2)
+    lam, rho, batch = 2.5, 0.3, 3
+    batches = list(itertools.product(range(4), repeat=batch) if sampling == "with-replacement"
+                   else itertools.permutations(range(4), batch))
+    model = sde.AlgorithmSDE(problem, "rw-sam", eta=0.1, rho=rho, batch=batch, lam=lam, sampling=sampling)
+    for point in ([0.7, -0.4, 0.9, 0.5], [-0.2, 1.1, 0.3, -0.8]):
+        x = torch.tensor(point, dtype=torch.float64)
+        grads = problem.sample_grads(x)
+        hessians = torch.stack([hessian(lambda p, i=i: problem.sample_losses(p)[i])(x) for i in range(4)])
+        total = torch.zeros(4, dtype=torch.float64)
+        for idx in batches:
+            g = grads[list(idx)]
+            p = torch.softmax(lam * g.norm(dim=-1), dim=0)
+            u = (p.unsqueeze(-1) * g).sum(0)
+            u = u / u.norm()
+            total += hessians[list(idx)].mean(0) @ u
+        expected = -grads.mean(0) - rho * total / len(batches)
+        assert torch.allclose(model.f(0.0, x.unsqueeze(0))[0], expected, atol=1e-12)
+
+
+def test_rw_sam_drift_is_the_first_order_mean_of_the_discrete_update():
+    import itertools
+    problem = TeacherStudent(n=4, inputs=1, hidden=2, noise=0.3, seed=2)
+    x = torch.tensor([[0.7, -0.4, 0.9, 0.5]], dtype=torch.float64)
+    idx = torch.tensor(list(itertools.product(range(4), repeat=3)))
+    rho = 1e-5
+    new = ensemble.step(problem, "rw-sam", x.expand(len(idx), 4), idx, eta=1.0, rho=rho, lam=2.0)
+    model = sde.AlgorithmSDE(problem, "rw-sam", eta=0.1, rho=rho, batch=3, lam=2.0)
+    g = problem.grad(x)[0]
+    assert torch.allclose(((x - new).mean(0) - g) / rho, (-model.f(0.0, x)[0] - g) / rho,
+                          atol=1e-3, rtol=1e-3)
