@@ -76,7 +76,7 @@ def chunks(count: int, size: int) -> Iterator[slice]:
 
 def is_diverged(x: torch.Tensor, diverge_at: float) -> torch.Tensor:
     """``[...]`` booleans: a state ``x [..., d]`` with a non-finite entry or norm > ``diverge_at``."""
-    return ~torch.isfinite(x).all(dim=-1) | (x.norm(dim=-1) > diverge_at)
+    return ~(x.norm(dim=-1) <= diverge_at)     # a NaN norm fails the comparison too
 
 
 def recorded_steps(steps: int, every: int | None) -> list[int]:
@@ -159,6 +159,7 @@ class Recorder:
         self._index = {k: r for r, k in enumerate(self.steps)}
         chains, dim = x0.shape
         self.alive = torch.ones(chains, dtype=torch.bool, device=x0.device)
+        self.all_alive = True
         self.diverged_step = torch.full((chains,), -1, dtype=torch.long, device=x0.device)
         self.states = (torch.empty(len(self.steps), chains, dim, dtype=x0.dtype, device=x0.device)
                        if keep_states else None)
@@ -197,8 +198,8 @@ class Recorder:
         if bool(failed.any()):
             self.diverged_step[part][failed] = k + 1
             alive &= ~failed
-            self.alive[part] = alive
-        return torch.where(alive.unsqueeze(-1), new, old)
+            self.all_alive = False
+        return new if self.all_alive else torch.where(alive.unsqueeze(-1), new, old)
 
     def result(self, final: torch.Tensor, eta: float, times: torch.Tensor | None = None) -> ChainRun:
         """The :class:`ChainRun` of this run (``times`` default: step times ``k * eta``)."""

@@ -284,6 +284,7 @@ def _torchsde_run(sde: AlgorithmSDE, y0: torch.Tensor, bm: FixedGridBrownian, ti
         failed = recorder.alive & is_diverged(path[k + 1], diverge_at)
         recorder.diverged_step[failed] = k + 1
         recorder.alive &= ~failed
+        recorder.all_alive = bool(recorder.alive.all())
         recorder.record(k + 1, path[k + 1])
     return recorder.result(path[-1], 0.0, times[torch.tensor(recorder.steps)])
 
