@@ -8,7 +8,7 @@ from a seeded generator and iterates, keeping only what the caller asks for and 
 chains that diverge (see :mod:`sdesam.chains`).
 
 Gradients over a batch or micro-batch are taken, for problems with closed-form per-sample
-gradients, by evaluating them once per point and gathering the chosen samples' rows (no VJP
+gradients, from the chosen samples' gradient rows only (:meth:`Problem.subset_grads`, no VJP
 through all N samples); problems defined only by their losses use one VJP per point.
 """
 
@@ -77,25 +77,20 @@ def step(problem: Problem, algorithm: str, x: torch.Tensor, batch_idx: torch.Ten
 
 
 def has_closed_form_grads(problem: Problem) -> bool:
-    """Whether ``problem`` overrides :meth:`Problem.sample_grads` (closed-form per-sample
-    gradients, so gathering rows beats a VJP through all N samples)."""
-    return type(problem).sample_grads is not Problem.sample_grads
+    """Whether ``problem`` overrides :meth:`Problem.sample_grads` or
+    :meth:`Problem.subset_grads` (closed-form per-sample gradients, so evaluating the chosen
+    samples' rows beats a VJP through all N samples)."""
+    cls = type(problem)
+    return cls.sample_grads is not Problem.sample_grads or cls.subset_grads is not Problem.subset_grads
 
 
-def part_grads(problem: Problem, points: torch.Tensor, parts: torch.Tensor,
-               grads: torch.Tensor | None = None) -> torch.Tensor:
+def part_grads(problem: Problem, points: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
     """Mean gradient of each part at its point: ``points [..., J, d]``, ``parts [..., J, m]``
-    -> ``[..., J, d]``. ``grads [..., N, d]``: the per-sample gradients when every part's
-    point is the same (they are then reused for all J parts)."""
-    if grads is None and not has_closed_form_grads(problem):
+    -> ``[..., J, d]``: the chosen samples' gradient rows where the problem has them in closed
+    form, one VJP through all N samples otherwise."""
+    if not has_closed_form_grads(problem):
         return problem.grad(points, parts)
-    if grads is None:
-        grads = problem.sample_grads(points)                  # [..., J, N, d]
-    else:
-        grads = grads.unsqueeze(-3)                           # [..., 1, N, d]
-    index = parts.unsqueeze(-1).expand(*parts.shape, points.shape[-1])
-    rows = grads.expand(*parts.shape[:-1], *grads.shape[-2:]).gather(-2, index)
-    return rows.mean(dim=-2)
+    return problem.subset_grads(points, parts).mean(dim=-2)
 
 
 def update_direction(problem: Problem, algorithm: str, x: torch.Tensor, batch_idx: torch.Tensor,
@@ -109,20 +104,16 @@ def update_direction(problem: Problem, algorithm: str, x: torch.Tensor, batch_id
         if rule.ascent == "full":
             ascent = problem.grad(x).unsqueeze(-2)
         elif rule.ascent == "part":
-            grads = problem.sample_grads(x) if has_closed_form_grads(problem) else None
-            ascent = part_grads(problem, points, parts, grads)
+            ascent = part_grads(problem, points, parts)
         else:
-            batch_grads = problem.sample_grads(x).gather(
-                -2, batch_idx.unsqueeze(-1).expand(*batch_idx.shape, x.shape[-1]))
+            batch_grads = problem.subset_grads(x, batch_idx)
             ascent = reweighted_gradient(batch_grads, lam).unsqueeze(-2)
         if rule.scale is not None:
             ascent = scaled(rule.scale, points, ascent)
         if rule.normalized:
             ascent = ascent / ascent.norm(dim=-1, keepdim=True)
         points = points + rho * ascent
-        return part_grads(problem, points, parts).mean(dim=-2)
-    grads = problem.sample_grads(x) if has_closed_form_grads(problem) else None
-    return part_grads(problem, points, parts, grads).mean(dim=-2)
+    return part_grads(problem, points, parts).mean(dim=-2)
 
 
 def draw_batches(generator: torch.Generator, chains: int, n: int, batch: int,
@@ -165,8 +156,7 @@ def run(problem: Problem, algorithm: str, *, eta: float, rho: float, batch: int,
     validation.positive_int("chains", chains)
     statistics = bound_test_functions(problem, test_fns)
     x = start_points(x0, chains, problem.dim, device)
-    parts = batch // micro if rule.micro else 1
-    chunk = chunk_size(chains, (parts + 1) * problem.n * problem.dim) if chunk is None else chunk
+    chunk = chunk_size(chains, (3 * batch + problem.n) * problem.dim) if chunk is None else chunk
     recorder = Recorder(x, steps=steps, every=every, keep_states=keep_states,
                         statistics=statistics, diverge_at=diverge_at, chunk=chunk)
     generator = torch.Generator(device=x.device).manual_seed(seed)
