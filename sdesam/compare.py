@@ -42,7 +42,7 @@ def sample_moments(sample: Callable[[int, int], ChainRun], *, chains: int, chunk
     validation.positive_int("chunk", chunk)
     parts: dict[str, list[Moments]] = {}
     diverged = 0
-    with tqdm(total=chains, desc=desc, disable=not progress, leave=False) as bar:
+    with tqdm(total=chains, desc=desc, disable=not progress or chunk >= chains, leave=False) as bar:
         for done in range(0, chains, chunk):
             size = min(chunk, chains - done)
             run = sample(seed * 100_003 + done, size)
@@ -91,7 +91,8 @@ def compare_algorithm(problem: Problem, algorithm: str, *, eta: float, rho: floa
         variants = [v for v in variants if not VARIANTS[v]]
     steps = round(horizon / ensemble.check_eta(eta))
     common = dict(eta=eta, rho=rho, batch=batch, micro=micro, lam=lam, x0=x0, sampling=sampling,
-                  device=device, every=every, keep_states=False, test_fns=test_fns)
+                  device=device, every=every, keep_states=False, test_fns=test_fns,
+                  progress=progress)
 
     def discrete(chunk_seed: int, size: int) -> ChainRun:
         return ensemble.run(problem, algorithm, steps=steps, chains=size, seed=chunk_seed, **common)

@@ -256,7 +256,7 @@ def euler_maruyama(sde: Any, y0: torch.Tensor, bm: FixedGridBrownian, *,
                         statistics=statistics or {}, diverge_at=diverge_at, chunk=chunk)
     times = bm.times
     with torch.no_grad():
-        for cell in tqdm(range(cells), desc="SDE", disable=not progress):
+        for cell in tqdm(range(cells), desc="SDE", disable=not progress, leave=False):
             dt = float(times[cell + 1] - times[cell])
             increment = bm.increment(cell)
             k = cell // record_every
