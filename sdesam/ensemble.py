@@ -161,7 +161,8 @@ def run(problem: Problem, algorithm: str, *, eta: float, rho: float, batch: int,
                         statistics=statistics, diverge_at=diverge_at, chunk=chunk)
     generator = torch.Generator(device=x.device).manual_seed(seed)
     with torch.no_grad():
-        for k in tqdm(range(steps), desc=f"{rule.name} ensemble", disable=not progress, leave=False):
+        for k in tqdm(range(steps), desc=f"{rule.name} ensemble", disable=not progress,
+                      leave=False):
             idx = draw_batches(generator, chains, problem.n, batch, sampling)
             for part in chunks(chains, recorder.chunk):
                 old = x[part]
