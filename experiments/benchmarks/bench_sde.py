@@ -15,7 +15,8 @@ Three measurements (m-USAM, B = 4, m = 2, on least squares; float64; ``--threads
    (both whole paths ``[steps+1, chains, d]`` kept, the SDE's as a list then stacked, the test
    functions evaluated on all of them) against the new (:func:`sdesam.compare.compare_algorithm`
    with ``every=None``: running moments only), at a size the old way survives; with
-   ``--memory-full`` also the new way at 1e5 chains, d = 20, 1000 steps (minutes).
+   ``--memory-full`` also the new way at 1e5 chains, d = 20, 1000 steps (``--full-steps``;
+   about an hour of CPU on a small machine: the new way's peak does not depend on the steps).
 
 The old code paths are kept, faithfully copied, in this file only, as the baselines
 (:func:`old_ensemble_run`, :func:`old_euler_maruyama`, :func:`old_comparison`).
@@ -184,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-size", default="20000x200",
                         help="CHAINSxSTEPS of the old-vs-new memory comparison")
     parser.add_argument("--memory-full", action="store_true",
-                        help="also run the new comparison at 1e5 chains, d = 20, 1000 steps")
+                        help="also run the new comparison at 1e5 chains, d = 20, --full-steps steps")
+    parser.add_argument("--full-steps", default="1000",
+                        help="comma-separated step counts of the --memory-full runs (the new "
+                             "way keeps no per-step state, so its peak does not grow with them)")
     parser.add_argument("--out", default=None, help="folder for bench_sde.txt "
                         "(default: a fresh runs/bench_sde-* folder; the committed table: "
                         "--out experiments/benchmarks)")
@@ -226,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
          "dt = eta: peak RSS of a fresh process (target at 1e5 chains x 1000 steps: <= 4096 MiB)")
     emit(f"{'way':>4} {'chains':>7} {'steps':>6} {'peak MiB':>9} {'wall s':>8} {'CPU s':>8}")
     runs = [("old", memory_chains, memory_steps), ("new", memory_chains, memory_steps)]
-    runs += [("new", 100_000, 1000)] if args.memory_full else []
+    runs += [("new", 100_000, int(steps)) for steps in args.full_steps.split(",")] \
+        if args.memory_full else []
     peaks = {}
     for way, chains, steps in runs:
         r = peak_rss_of(way, chains, steps, args.threads)
