@@ -90,10 +90,12 @@ def landscape_protocol(settings: dict[str, Any], seed: int, device: str,
                        chains=settings["chains" if kind == "discrete" else "sde_chains"],
                        seed=seed + index, sampling=settings["sampling"], device=device)
         if kind == "discrete":
-            path = ensemble.run(problem, rule, steps=steps, lam=lam, **options)
+            rule_lam = lam if "lam" in get_rule(rule).keywords else None
+            path = ensemble.run(problem, rule, steps=steps, lam=rule_lam, **options).states
             step_of = np.arange(steps + 1)
         else:
-            times, path = sde.simulate(problem, rule, horizon=steps * eta, dt=eta, **options)
+            result = sde.simulate(problem, rule, horizon=steps * eta, dt=eta, **options)
+            times, path = result.times, result.states
             step_of = np.rint(np.asarray(times.cpu()) / eta).astype(int)   # time -> step
         path = path.cpu().numpy()
         exit_index = stats.first_exit(path, problem.escaped)

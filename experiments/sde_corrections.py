@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from sdesam import algorithms, compare, ensemble, problems
 from sdesam.algorithms import Rule
 from sdesam.brownian import FixedGridBrownian
+from sdesam.chains import ChainRun
 from sdesam.derived_sde import DerivedSDE, integration_grid, noise_factor
 from sdesam.ensemble import start_points
 from sdesam.sde import euler_maruyama
@@ -122,10 +123,20 @@ def richardson_final(sde: DerivedSDE, x0: torch.Tensor, horizon: float, chains: 
     grid, _ = integration_grid(sde.eta, horizon, sde.eta / (2 * substeps))
     y0 = start_points(x0, chains, sde.dim, device)
     fine = FixedGridBrownian(grid, (chains, sde.dim), seed, dtype=y0.dtype, device=y0.device)
-    fine_end = euler_maruyama(sde, y0, fine, record_every=grid.numel() - 1)[-1]
-    coarse_end = euler_maruyama(sde, y0, CoarsenedBrownian(fine),
-                                record_every=(grid.numel() - 1) // 2)[-1]
+    fine_end = live_final(euler_maruyama(sde, y0, fine, record_every=grid.numel() - 1,
+                                         every=None, keep_states=False))
+    coarse_end = live_final(euler_maruyama(sde, y0, CoarsenedBrownian(fine),
+                                           record_every=(grid.numel() - 1) // 2, every=None,
+                                           keep_states=False))
     return torch.stack([fine_end, coarse_end]), torch.tensor([2.0, -1.0])
+
+
+def live_final(run: ChainRun) -> torch.Tensor:
+    """The end states of a run with its diverged chains set to NaN, so that every statistic
+    (taken over finite values) leaves them out and counts them."""
+    final = run.final.clone()
+    final[run.diverged] = math.nan
+    return final
 
 
 def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
@@ -144,9 +155,10 @@ def measure_run(problem, losses, variables, algorithm: str, micro: int | None, e
     horizon, test_fns = settings["horizon"], settings["test_fns"]
 
     def discrete(chunk_seed: int, size: int) -> torch.Tensor:
-        final = ensemble.run(problem, algorithm, eta=eta, rho=rho, x0=x0,
-                             steps=round(horizon / eta), chains=size, seed=chunk_seed,
-                             device=device, **common)[-1]
+        final = live_final(ensemble.run(problem, algorithm, eta=eta, rho=rho, x0=x0,
+                                        steps=round(horizon / eta), chains=size,
+                                        seed=chunk_seed, device=device, every=None,
+                                        keep_states=False, **common))
         return final.unsqueeze(0), torch.ones(1)
 
     reference = chunked_final_values(discrete, problem, test_fns, settings["chains"],

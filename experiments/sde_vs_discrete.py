@@ -1,37 +1,51 @@
-"""SDE against discrete trajectories: weak error of the first-order SDEs of USAM and m-USAM.
+"""SDE against discrete trajectories: weak error of the first-order SDEs of the SAM family.
 
 Problem: ridge-regularised logistic regression on 8 Gaussian examples in 2-D (non-quadratic,
-so tr V varies with x). For each algorithm the discrete ensemble and its SDE (with and without
-the noise-induced tr V drift term) are simulated from the same start to the horizon T, and the
-weak error ``max_k |E g(x_k) - E g(X_{k eta})|`` is measured for the test functions loss,
-|x|^2, x_0 and tr V, with Monte-Carlo standard errors. Sweeps: eta with rho = kappa sqrt(eta)
-(orders fitted on the loss), eta at fixed rho, and rho at fixed eta.
-Writes ``OUT/sde_vs_discrete.json`` and the figure ``OUT/sde_vs_discrete.{png,pdf}``.
+so tr V varies with x). For each run (USAM, m-USAM at two m, SAM, m-SAM at two m, RW-SAM at two
+lam) the discrete ensemble and its SDE -- the full first-order SDE and the same SDE without
+its noise-induced drift term -- are simulated from the same start to the horizon T with
+dt = eta/4 (Euler with dt = eta would add an O(eta) error of the size being measured). For the
+test functions loss, |x|^2, x_0 and tr V the weak error is measured both as the max over steps
+``max_k |E g(x_k) - E g(X_{k eta})|`` and at the horizon ``|E g(x_K) - E g(X_T)|``, with
+Monte-Carlo standard errors and the number of chains (and of diverged chains) behind each.
+Sweeps: eta with rho = kappa sqrt(eta) (orders fitted on the loss, with 95% intervals), eta
+at fixed rho, and rho at fixed eta (both for the ablation run m-USAM, m = 1).
+Writes ``OUT/sde_vs_discrete.json`` (the one record schema) and ``OUT/sde_vs_discrete.{png,pdf}``;
+without ``--out``, OUT is a fresh ``runs/sde_vs_discrete-*`` folder. An interrupted run resumes
+from ``OUT/.sde_vs_discrete.partial.json`` when started again with the same settings.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from sdesam import compare
+from sdesam import compare, sde, validation
+from sdesam.outputs import check_writable, resolve_out
 from sdesam.plotting import publish
 from sdesam.problems import LogisticRegression
-from sdesam.records import run_metadata
+from sdesam.records import make_record, run_metadata, write_json
 
-DEFAULT = {"n": 8, "dim": 2, "l2": 0.1, "data_seed": 0, "x0": [1.0, -1.0], "horizon": 2.0,
-           "batch": 4, "kappa": 0.3, "etas": [0.2, 0.1, 0.05, 0.025],
-           "runs": [["usam", None], ["m-usam", 2], ["m-usam", 1]],
-           "fixed_rho": 0.1, "fixed_eta": 0.05, "rhos": [0.4, 0.2, 0.1, 0.05],
-           "ablation_run": ["m-usam", 1], "chains": 60000, "chunk": 30000,
-           "test_fns": ["loss", "sq_norm", "coord0", "trace_V"], "sampling": "with-replacement",
-           "seed": 0}
-QUICK = {"etas": [0.2, 0.1, 0.05], "runs": [["usam", None], ["m-usam", 1]],
-         "rhos": [0.4, 0.2, 0.1], "chains": 3000, "chunk": 3000, "horizon": 1.0}
+DEFAULT: dict[str, Any] = {
+    "n": 8, "dim": 2, "l2": 0.1, "data_seed": 0, "x0": [1.0, -1.0], "horizon": 1.6,
+    "batch": 4, "kappa": 0.5, "etas": [0.4, 0.2, 0.1, 0.05], "substeps": sde.SUBSTEPS,
+    "runs": [["usam", None, None], ["m-usam", 2, None], ["m-usam", 1, None],
+             ["sam", None, None], ["m-sam", 2, None], ["m-sam", 1, None],
+             ["rw-sam", None, 1.0], ["rw-sam", None, 4.0]],
+    "fixed_rho": 0.1, "fixed_eta": 0.05, "rhos": [0.4, 0.2, 0.1, 0.05],
+    "ablation_run": ["m-usam", 1, None], "chains": 24000, "chunk": 24000,
+    "test_fns": ["loss", "sq_norm", "coord0", "trace_V"], "order_test_fn": "loss",
+    "sampling": "with-replacement", "seed": 0}
+QUICK: dict[str, Any] = {
+    "etas": [0.4, 0.2, 0.1], "rhos": [0.4, 0.2, 0.1], "horizon": 0.8, "chains": 1500,
+    "chunk": 1500, "runs": [["usam", None, None], ["m-usam", 1, None], ["sam", None, None],
+                            ["rw-sam", None, 4.0]]}
 
 
 def make_problem(settings: dict[str, Any]) -> LogisticRegression:
@@ -42,75 +56,104 @@ def make_problem(settings: dict[str, Any]) -> LogisticRegression:
     return LogisticRegression(features, labels, l2=settings["l2"])
 
 
-def sweep_points(settings: dict[str, Any]) -> list[tuple[str, str, int | None, float, float]]:
-    """(sweep, algorithm, micro, eta, rho) for every setting of the three sweeps."""
-    points = [("coupled", algorithm, micro, eta, settings["kappa"] * eta ** 0.5)
-              for algorithm, micro in settings["runs"] for eta in settings["etas"]]
-    algorithm, micro = settings["ablation_run"]
-    points += [("fixed_rho", algorithm, micro, eta, settings["fixed_rho"]) for eta in settings["etas"]]
-    points += [("fixed_eta", algorithm, micro, settings["fixed_eta"], rho) for rho in settings["rhos"]]
+def sweep_points(settings: dict[str, Any]) -> list[tuple[str, str, int | None, float | None, float, float]]:
+    """(sweep, algorithm, micro, lam, eta, rho) for every setting of the three sweeps."""
+    points = [("coupled", algorithm, micro, lam, eta, settings["kappa"] * eta ** 0.5)
+              for algorithm, micro, lam in settings["runs"] for eta in settings["etas"]]
+    algorithm, micro, lam = settings["ablation_run"]
+    points += [("fixed_rho", algorithm, micro, lam, eta, settings["fixed_rho"])
+               for eta in settings["etas"]]
+    points += [("fixed_eta", algorithm, micro, lam, settings["fixed_eta"], rho)
+               for rho in settings["rhos"]]
     return points
 
 
-def run_key(row: dict[str, Any]) -> str:
-    """``"<algorithm>[m=<micro>]"``, with m = B for the rules without micro-batches."""
-    micro = row["micro"] if row["micro"] is not None else row["batch"]
-    return f"{row['algorithm']}[m={micro}]"
-
-
-def fitted_orders(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Order in eta of the loss's weak error along the rho = kappa sqrt(eta) sweep, per run,
-    for the SDE with and without the tr V term."""
-    orders: dict[str, Any] = {}
-    coupled = [r for r in results if r["sweep"] == "coupled" and r["test_fn"] == "loss"]
-    for key in dict.fromkeys(run_key(r) for r in coupled):
-        rows = [r for r in coupled if run_key(r) == key]
-        etas = [r["eta"] for r in rows]
-        orders[key] = compare.fit_order(etas, [r["weak_error"] for r in rows])["order"]
-        orders[key + " details"] = {
-            "with_variance_term": compare.fit_order(etas, [r["weak_error"] for r in rows]),
-            "without_variance_term": compare.fit_order(
-                etas, [r["weak_error_without_variance_term"] for r in rows])}
+def fitted_orders(rows: list[dict[str, Any]], test_fn: str) -> list[dict[str, Any]]:
+    """Order in eta of ``test_fn``'s weak error along the rho = kappa sqrt(eta) sweep with its
+    95% interval: one record per run, SDE variant and measure (max over steps, at T)."""
+    coupled = [r for r in rows if r["sweep"] == "coupled" and r["test_fn"] == test_fn]
+    orders = []
+    keys = dict.fromkeys((r["algorithm"], r["micro"], r["lam"], r["variant"]) for r in coupled)
+    for algorithm, micro, lam, variant in keys:
+        group = sorted((r for r in coupled if (r["algorithm"], r["micro"], r["lam"], r["variant"])
+                        == (algorithm, micro, lam, variant)), key=lambda r: r["eta"])
+        for measure, field in (("max_over_steps", "weak_error"), ("at_horizon", "weak_error_T")):
+            fit = compare.fit_order([r["eta"] for r in group], [r[field] for r in group])
+            orders.append({"algorithm": algorithm, "micro": micro, "lam": lam, "variant": variant,
+                           "measure": measure, "test_fn": test_fn, "order": fit["order"],
+                           "order_ci_low": fit["ci_low"], "order_ci_high": fit["ci_high"],
+                           "intercept": fit["intercept"], "points": len(group),
+                           "chains": group[0]["chains"],
+                           "diverged": sum(r["diverged"] for r in group)})
     return orders
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line of the experiment."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small settings (under a minute)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: a fresh runs/sde_vs_discrete-* folder; "
+                             "the committed figure: --out figures)")
+    parser.add_argument("--chains", type=int, default=None, help="override the chain count")
+    parser.add_argument("--seed", type=int, default=None, help="override the seed")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the sweeps, write the data file and draw the figure."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small settings (under a minute)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--chains", type=int, default=None, help="override the chain count")
-    args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda needs CUDA, which is not available here")
+    args = parse_args(argv)
+    validation.device("--device", args.device)
     settings = {**DEFAULT, **(QUICK if args.quick else {}), "experiment": "sde_vs_discrete",
                 "quick": args.quick, "device": args.device}
     if args.chains is not None:
-        settings["chains"] = compare.check_positive_int("chains", args.chains)
+        settings["chains"] = validation.positive_int("--chains", args.chains)
         settings["chunk"] = min(settings["chunk"], settings["chains"])
+    if args.seed is not None:
+        settings["seed"] = args.seed
+    out = check_writable(resolve_out(args.out, "sde_vs_discrete"))
+    print(f"writing to {out}", flush=True)
+    partial = Path(out) / ".sde_vs_discrete.partial.json"
+    done: dict[str, list[dict[str, Any]]] = {}
+    if partial.exists():
+        saved = json.loads(partial.read_text())
+        if saved.get("settings") == settings:
+            done = saved["rows"]
+            print(f"resuming: {len(done)} settings already done", flush=True)
     problem = make_problem(settings)
     x0 = torch.tensor(settings["x0"], dtype=torch.float64)
-    start = time.time()
-    results = []
-    for sweep, algorithm, micro, eta, rho in tqdm(sweep_points(settings), desc="settings"):
-        rows = compare.compare_algorithm(
-            problem, algorithm, eta=eta, rho=rho, batch=settings["batch"], micro=micro, x0=x0,
-            horizon=settings["horizon"], chains=settings["chains"], seed=settings["seed"],
-            test_fns=settings["test_fns"], chunk=settings["chunk"],
-            sampling=settings["sampling"], device=args.device)
-        results += [{**row, "sweep": sweep} for row in rows]
-    settings["wall_time_s"] = time.time() - start
-    settings.update(run_metadata(args.device))
-    data = {"settings": settings, "results": results, "orders": fitted_orders(results)}
-    for path in publish(data, args.out):
+    start, cpu = time.time(), time.process_time()
+    rows = []
+    for point in tqdm(sweep_points(settings), desc="settings", disable=args.no_progress):
+        sweep, algorithm, micro, lam, eta, rho = point
+        key = json.dumps(point)
+        if key not in done:
+            done[key] = [{**row, "sweep": sweep} for row in compare.compare_algorithm(
+                problem, algorithm, eta=eta, rho=rho, batch=settings["batch"], micro=micro,
+                lam=lam, x0=x0, horizon=settings["horizon"], chains=settings["chains"],
+                seed=settings["seed"], test_fns=settings["test_fns"], chunk=settings["chunk"],
+                sampling=settings["sampling"], device=args.device,
+                dt=eta / settings["substeps"], progress=not args.no_progress)]
+            write_json(partial, {"settings": settings, "rows": done})
+        rows += done[key]
+    metadata = {**run_metadata(args.device), "wall_time_s": time.time() - start,
+                "cpu_time_s": time.process_time() - cpu}
+    orders = fitted_orders(rows, settings["order_test_fn"])
+    record = make_record(settings, {"weak_errors": rows, "orders": orders}, metadata)
+    for path in publish(record, out):
         print(path)
-    for key, value in data["orders"].items():
-        if not key.endswith("details"):
-            details = data["orders"][key + " details"]
-            print(f"{key}: order {value:.2f} with the tr V term, "
-                  f"{details['without_variance_term']['order']:.2f} without")
+    partial.unlink()
+    print(f"{'run':<22} {'variant':<19} {'measure':<15} {'order':>6}  95% CI")
+    for row in orders:
+        name = row["algorithm"] + (f" m={row['micro']}" if row["micro"] is not None else "") + \
+            (f" lam={row['lam']:g}" if row["lam"] is not None else "")
+        print(f"{name:<22} {row['variant']:<19} {row['measure']:<15} {row['order']:>6.2f}  "
+              f"[{row['order_ci_low']:.2f}, {row['order_ci_high']:.2f}]")
+    print(f"chains per side: {settings['chains']}; diverged: {sum(r['diverged'] for r in rows)}; "
+          f"wall {metadata['wall_time_s']:.0f} s, CPU {metadata['cpu_time_s']:.0f} s")
     return 0
 
 

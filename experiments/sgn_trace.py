@@ -101,7 +101,8 @@ def landscape_runs(settings: dict[str, Any], seed: int, device: str,
                             batch=settings["batch"], micro=micro,
                             x0=problem.poor_minimum.to(device), steps=settings["steps"],
                             chains=settings["chains"], seed=seed + index,
-                            sampling=settings["sampling"], device=device, lam=lam)
+                            sampling=settings["sampling"], device=device,
+                            lam=lam if "lam" in get_rule(rule).keywords else None).states
         logged = path[:: settings["log_every"]]
         mean, stderr = sgn.trace_along_path(problem, logged)
         curves.append({"protocol": "landscape", "rule": rule, "micro": micro,

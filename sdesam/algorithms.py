@@ -163,7 +163,7 @@ RULES: dict[str, Rule] = {
              "G = mean_j grad f_Ij(x + rho g_j/|g_j|), g_j = grad f_Ij(x)", label="m-SAM"),
         Rule("rw-sam", "reweighted", True, False,
              "G = grad f_B(x + rho g/|g|), g = sum_i p_i grad f_i, p = softmax(lam |grad f_i|)",
-             label="RW-SAM", sde=False),
+             label="RW-SAM"),
         Rule("rw-sam-wd", "reweighted", True, False,
              "G = sum_i p_i grad f_i(x + rho g/|g|), g = sum_i p_i grad f_i (weights in the "
              "descent too)", label="RW-SAM, weighted descent", sde=False, optimizer=False,

@@ -1,125 +1,124 @@
 """Weak error between a discrete algorithm and its SDE, with Monte-Carlo error bars and fitted
 orders.
 
-The weak error up to the horizon T for a test function g is
-``max_k |E g(x_k) - E g(X_{k eta})|`` over the steps k <= T/eta. Both expectations are
-Monte-Carlo means over independent chains, accumulated chunk by chunk (sums and sums of
-squares), so the chain count is limited by time, not memory; the standard error reported is
-that of the difference of the two means at the maximising step.
+For a test function g the weak error is reported two ways: ``max_k |E g(x_k) - E g(X_{k eta})|``
+over the recorded steps k <= T/eta, and ``|E g(x_K) - E g(X_T)|`` at the horizon T = K eta.
+Both expectations are Monte-Carlo means over independent chains, simulated chunk by chunk with
+only the running moments kept (no path is stored), so the chain count is limited by time, not
+memory. Chains that diverge are frozen and left out (see :mod:`sdesam.chains`): every record
+says over how many chains its statistics were taken (``chains`` simulated per side,
+``diverged`` of them left out). The standard error reported is that of the difference of the
+two means at the step concerned.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from scipy import stats
+from tqdm.auto import tqdm
 
-from . import ensemble, sde
-from .ensemble import check_positive_int
+from . import ensemble, sde, validation
+from .algorithms import get_rule
+from .chains import TEST_FUNCTIONS, ChainRun, Moments, check_test_functions, recorded_steps
 from .problems.base import Problem
 
-TestFunction = Callable[[Problem, torch.Tensor], torch.Tensor]
+__all__ = ["TEST_FUNCTIONS", "Moments", "check_test_functions", "sample_moments", "weak_error",
+           "compare_algorithm", "fit_order", "VARIANTS"]
 
-TEST_FUNCTIONS: dict[str, TestFunction] = {
-    "loss": lambda problem, x: problem.loss(x),
-    "sq_norm": lambda problem, x: x.square().sum(dim=-1),
-    "coord0": lambda problem, x: x[..., 0],
-    "trace_V": lambda problem, x: problem.trace_V(x),
-}
+VARIANTS: dict[str, tuple[str, ...]] = {"full": (), "without_noise_term": ("trace_V",)}
+"""The SDE variants compared against the discrete rule: the full first-order SDE, and the
+same SDE without its noise-induced drift term (for rules that have one)."""
 
 
-def check_test_functions(names: Iterable[str]) -> list[str]:
-    """Return ``names`` as a list if each names a test function, else raise a ValueError."""
-    names = list(names)
-    unknown = [name for name in names if name not in TEST_FUNCTIONS]
-    if not names or unknown:
-        raise ValueError(f"test_fns must be a non-empty list drawn from {sorted(TEST_FUNCTIONS)}; "
-                         f"got {names!r}")
-    return names
+def sample_moments(sample: Callable[[int, int], ChainRun], *, chains: int, chunk: int,
+                   seed: int, progress: bool = False, desc: str = "chains"
+                   ) -> tuple[dict[str, Moments], int]:
+    """Moments of the test functions over ``chains`` chains drawn ``chunk`` at a time as
+    ``sample(seed_of_chunk, chunk_size) -> ChainRun``, pooled; and how many diverged."""
+    validation.positive_int("chains", chains)
+    validation.positive_int("chunk", chunk)
+    parts: dict[str, list[Moments]] = {}
+    diverged = 0
+    with tqdm(total=chains, desc=desc, disable=not progress or chunk >= chains, leave=False) as bar:
+        for done in range(0, chains, chunk):
+            size = min(chunk, chains - done)
+            run = sample(seed * 100_003 + done, size)
+            for name, moments in run.moments.items():
+                parts.setdefault(name, []).append(moments)
+            diverged += run.diverged_count
+            bar.update(size)
+    return {name: Moments.pooled(values) for name, values in parts.items()}, diverged
 
 
-@dataclass
-class Moments:
-    """Per-step Monte-Carlo mean and variance of one test function over ``count`` chains."""
-
-    mean: torch.Tensor
-    var: torch.Tensor
-    count: int
-
-
-def path_moments(problem: Problem, sample: Callable[[int, int], torch.Tensor], *, chains: int,
-                 chunk: int, test_fns: Sequence[str], seed: int) -> dict[str, Moments]:
-    """Means and variances of ``g(x_k)`` for every step k and test function, over ``chains``
-    paths drawn as ``sample(seed_of_chunk, chunk_size) -> [steps+1, chunk_size, d]``."""
-    check_positive_int("chains", chains)
-    check_positive_int("chunk", chunk)
-    sums: dict[str, torch.Tensor] = {}
-    squares: dict[str, torch.Tensor] = {}
-    done = 0
-    while done < chains:
-        size = min(chunk, chains - done)
-        paths = sample(seed * 100_003 + done, size)
-        with torch.no_grad():
-            for name in test_fns:
-                values = TEST_FUNCTIONS[name](problem, paths).to(torch.float64)
-                sums[name] = sums.get(name, 0) + values.sum(dim=1)
-                squares[name] = squares.get(name, 0) + values.square().sum(dim=1)
-        done += size
-    out = {}
-    for name in test_fns:
-        mean = sums[name] / chains
-        var = (squares[name] / chains - mean.square()).clamp_min(0) * chains / max(chains - 1, 1)
-        out[name] = Moments(mean.cpu(), var.cpu(), chains)
-    return out
-
-
-def weak_error(a: Moments, b: Moments) -> tuple[float, float, int]:
-    """``max_k |mean_a - mean_b|``, its Monte-Carlo standard error and the maximising step."""
-    gap = (a.mean - b.mean).abs()
+def weak_error(a: Moments, b: Moments) -> dict[str, Any]:
+    """``max_k |mean_a - mean_b|`` with its Monte-Carlo standard error and maximising record,
+    and the same gap at the last record (the horizon), with the live-chain counts there."""
+    gap = (a.mean - b.mean).abs().nan_to_num(nan=-1.0)
     k = int(gap.argmax())
-    stderr = math.sqrt(float(a.var[k]) / a.count + float(b.var[k]) / b.count)
-    return float(gap[k]), stderr, k
+
+    def stderr(r: int) -> float:
+        return math.sqrt(float(a.var[r]) / max(int(a.count[r]), 1)
+                         + float(b.var[r]) / max(int(b.count[r]), 1))
+
+    last = gap.numel() - 1
+    return {"weak_error": float(gap[k]), "weak_error_stderr": stderr(k), "argmax_record": k,
+            "weak_error_T": float((a.mean[last] - b.mean[last]).abs()),
+            "weak_error_T_stderr": stderr(last)}
 
 
 def compare_algorithm(problem: Problem, algorithm: str, *, eta: float, rho: float, batch: int,
-                      micro: int | None = None, x0: Any, horizon: float, chains: int, seed: int,
+                      micro: int | None = None, lam: float | None = None, x0: Any,
+                      horizon: float, chains: int, seed: int,
                       test_fns: Sequence[str] = ("loss", "sq_norm", "coord0", "trace_V"),
                       chunk: int = 50_000, sampling: str = "with-replacement",
-                      device: str | torch.device = "cpu", dt: float | None = None
-                      ) -> list[dict[str, Any]]:
-    """Weak errors of the SDE of ``algorithm``, with and without its noise-induced drift term,
-    against the discrete algorithm, one record per test function (the experiment's rows)."""
-    test_fns = check_test_functions(test_fns)
-    steps = round(horizon / ensemble.check_eta(eta))
-    common = dict(eta=eta, rho=rho, batch=batch, micro=micro, x0=x0, sampling=sampling,
-                  device=device)
+                      device: str | torch.device = "cpu", dt: float | None = None,
+                      every: int | None = 1, variants: Sequence[str] = tuple(VARIANTS),
+                      progress: bool = False) -> list[dict[str, Any]]:
+    """Weak errors of the SDE variants of ``algorithm`` (:data:`VARIANTS`; the variant
+    without the noise-induced term only for rules that have one) against the discrete
+    algorithm: one flat record per test function and variant, each with the chain counts.
 
-    def discrete(chunk_seed: int, size: int) -> torch.Tensor:
+    Moments are recorded at steps ``0, every, ..., T/eta`` (``every=None``: start and end).
+    """
+    test_fns = check_test_functions(test_fns)
+    rule = get_rule(algorithm)
+    for variant in variants:
+        validation.one_of("variants", variant, VARIANTS)
+    if not rule.noise_induced:
+        variants = [v for v in variants if not VARIANTS[v]]
+    steps = round(horizon / ensemble.check_eta(eta))
+    common = dict(eta=eta, rho=rho, batch=batch, micro=micro, lam=lam, x0=x0, sampling=sampling,
+                  device=device, every=every, keep_states=False, test_fns=test_fns,
+                  progress=progress)
+
+    def discrete(chunk_seed: int, size: int) -> ChainRun:
         return ensemble.run(problem, algorithm, steps=steps, chains=size, seed=chunk_seed, **common)
 
-    def continuous(drop: tuple[str, ...]) -> Callable[[int, int], torch.Tensor]:
-        def sample(chunk_seed: int, size: int) -> torch.Tensor:
+    def continuous(drop: tuple[str, ...]) -> Callable[[int, int], ChainRun]:
+        def sample(chunk_seed: int, size: int) -> ChainRun:
             return sde.simulate(problem, algorithm, horizon=horizon, chains=size,
-                                seed=chunk_seed, dt=dt, drop_terms=drop, **common)[1]
+                                seed=chunk_seed, dt=dt, drop_terms=drop, **common)
         return sample
 
-    moments = {key: path_moments(problem, fn, chains=chains, chunk=chunk, test_fns=test_fns,
-                                 seed=seed + offset)
-               for offset, (key, fn) in enumerate((("discrete", discrete),
-                                                   ("sde", continuous(())),
-                                                   ("sde_without", continuous(("trace_V",)))))}
+    options = dict(chains=chains, chunk=chunk, progress=progress)
+    reference, reference_diverged = sample_moments(discrete, seed=seed, desc=f"{rule.name} discrete",
+                                                   **options)
+    recorded = recorded_steps(steps, every)
     rows = []
-    for name in test_fns:
-        error, stderr, step = weak_error(moments["discrete"][name], moments["sde"][name])
-        error_without, stderr_without, _ = weak_error(moments["discrete"][name],
-                                                      moments["sde_without"][name])
-        rows.append({"algorithm": algorithm, "micro": micro, "batch": batch, "eta": eta,
-                     "rho": rho, "test_fn": name, "weak_error": error, "stderr": stderr,
-                     "argmax_step": step, "weak_error_without_variance_term": error_without,
-                     "stderr_without_variance_term": stderr_without, "chains": chains})
+    for offset, variant in enumerate(variants, start=1):
+        moments, diverged = sample_moments(continuous(VARIANTS[variant]), seed=seed + offset,
+                                           desc=f"{rule.name} SDE {variant}", **options)
+        for name in test_fns:
+            rows.append({"algorithm": rule.name, "micro": micro, "lam": lam, "batch": batch,
+                         "eta": eta, "rho": rho, "dt": dt if dt is not None else eta / sde.SUBSTEPS,
+                         "test_fn": name, "variant": variant,
+                         **weak_error(reference[name], moments[name]),
+                         "chains": chains, "diverged": reference_diverged + diverged,
+                         "discrete_diverged": reference_diverged, "sde_diverged": diverged})
+            rows[-1]["argmax_step"] = recorded[rows[-1].pop("argmax_record")]
     return rows
 
 
@@ -128,9 +127,9 @@ def fit_order(scales: Sequence[float], errors: Sequence[float],
     """Slope of ``log error`` against ``log scale`` by least squares, with its ``confidence``
     interval from the regression's t statistic: the fitted order of convergence."""
     if len(scales) != len(errors) or len(scales) < 3:
-        raise ValueError("scales and errors must have the same length, at least 3")
+        raise validation.InputError("scales and errors must have the same length, at least 3")
     if min(scales) <= 0 or min(errors) <= 0:
-        raise ValueError("scales and errors must be positive to fit on log-log axes")
+        raise validation.InputError("scales and errors must be positive to fit on log-log axes")
     fit = stats.linregress([math.log(s) for s in scales], [math.log(e) for e in errors])
     half = stats.t.ppf(0.5 + confidence / 2, len(scales) - 2) * fit.stderr
     return {"order": float(fit.slope), "ci_low": float(fit.slope - half),

@@ -33,6 +33,7 @@ import torch
 
 from . import algorithms, validation
 from .brownian import FixedGridBrownian, time_grid
+from .chains import ChainRun
 from .ensemble import start_points
 from .sde import euler_maruyama
 from .symbolic import Derivation, eta as ETA, rho as RHO
@@ -193,21 +194,24 @@ def integration_grid(eta: float, horizon: float, dt: float | None) -> tuple[torc
 def simulate_derivation(derivation: Derivation, *, eta: float, rho: float, x0: Any,
                         horizon: float, chains: int, seed: int, dt: float | None = None,
                         lam: float | None = None, device: str | torch.device = "cpu",
-                        progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                        progress: bool = False, **recording: Any) -> ChainRun:
     """Simulate ``chains`` Euler-Maruyama paths of the compiled SDE of ``derivation``.
 
-    Returns ``(times, path)`` like :func:`sdesam.sde.simulate`: times ``k eta`` for the
-    discrete steps k = 0..horizon/eta and the states ``[len(times), chains, d]``. ``dt``
-    (default eta) must divide eta; the Brownian motion (d channels) is fixed by ``seed``.
+    Returns a :class:`~sdesam.chains.ChainRun` like :func:`sdesam.sde.simulate`: ``times``
+    ``k eta`` for the discrete steps k = 0..horizon/eta, the ``states [len(times), chains, d]``
+    (or what ``recording`` -- ``every``, ``keep_states``, ``statistics``, ``diverge_at``,
+    ``chunk`` of :func:`sdesam.sde.euler_maruyama` -- asks for), ``final`` and the diverged
+    chains. ``dt`` (default eta) must divide eta; the Brownian motion (d channels) is fixed by
+    ``seed``.
     """
     sde = DerivedSDE(derivation, eta=eta, rho=rho, lam=lam)
     return integrate(sde, x0=x0, horizon=horizon, chains=chains, seed=seed, dt=dt,
-                     device=device, progress=progress)
+                     device=device, progress=progress, **recording)
 
 
 def integrate(sde: DerivedSDE, *, x0: Any, horizon: float, chains: int, seed: int,
               dt: float | None = None, device: str | torch.device = "cpu",
-              progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+              progress: bool = False, **recording: Any) -> ChainRun:
     """:func:`simulate_derivation` for an SDE already compiled (reused across calls; its
     :attr:`DerivedSDE.clipped` counter keeps counting)."""
     chains = validation.positive_int("chains", chains)
@@ -215,5 +219,4 @@ def integrate(sde: DerivedSDE, *, x0: Any, horizon: float, chains: int, seed: in
     grid, substeps = integration_grid(sde.eta, horizon, dt)
     y0 = start_points(x0, chains, sde.dim, device)
     bm = FixedGridBrownian(grid, (chains, sde.dim), seed, dtype=y0.dtype, device=y0.device)
-    path = euler_maruyama(sde, y0, bm, record_every=substeps, progress=progress)
-    return grid[::substeps], path
+    return euler_maruyama(sde, y0, bm, record_every=substeps, progress=progress, **recording)

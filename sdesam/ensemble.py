@@ -4,68 +4,93 @@ The update rules come from :mod:`sdesam.algorithms` (one definition for the whol
 this module evaluates them on torch tensors of shape ``[chains, d]`` with per-chain
 mini-batches ``[chains, B]``. :func:`step` performs one update for given batch indices (so
 tests and other code can drive it with their own batches) and :func:`run` draws the batches
-from a seeded generator and iterates.
+from a seeded generator and iterates, keeping only what the caller asks for and freezing
+chains that diverge (see :mod:`sdesam.chains`).
+
+Gradients over a batch or micro-batch are taken, for problems with closed-form per-sample
+gradients, from the chosen samples' gradient rows only (:meth:`Problem.subset_grads`, no VJP
+through all N samples); problems defined only by their losses use one VJP per point.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from tqdm.auto import tqdm
 
-from .algorithms import check_rho, check_sampling, check_sizes, get_rule, reweighted_gradient, scaled
+from . import validation
+from .algorithms import (check_keywords, check_rho, check_sampling, check_sizes, get_rule,
+                         reweighted_gradient, scaled)
+from .chains import DIVERGE_AT, ChainRun, Recorder, bound_test_functions, chunk_size, chunks
 from .problems.base import Problem
 
-
-def check_positive_int(name: str, value: Any) -> int:
-    """Return ``value`` if it is a positive integer, else raise a ValueError naming ``name``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    return value
+DEFAULT_LAM = 1.0
+"""RW-SAM's inverse temperature when a weighted rule is run without ``lam``."""
 
 
 def check_eta(eta: Any) -> float:
-    """Return the learning rate ``eta`` as a float if it is a positive number, else raise."""
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta > 0:
-        raise ValueError(f"eta must be a positive number; got {eta!r}")
-    return float(eta)
+    """The learning rate ``eta`` as a float if it is a positive number (see :mod:`sdesam.validation`)."""
+    return validation.positive_number("eta", eta)
 
 
-def check_lam(lam: Any) -> float:
-    """Return RW-SAM's inverse temperature ``lam`` if it is a non-negative number, else raise."""
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0:
-        raise ValueError(f"lam must be a non-negative number; got {lam!r}")
-    return float(lam)
+def rule_lam(rule: Any, lam: float | None) -> float:
+    """``lam`` checked against ``rule``: refused unless the rule takes it; a weighted rule
+    without it gets :data:`DEFAULT_LAM`; 0.0 (unused) for the others."""
+    check_keywords(rule, lam=lam)
+    if not rule.weighted:
+        return 0.0
+    return validation.non_negative_number("lam", DEFAULT_LAM if lam is None else lam)
 
 
 def start_points(x0: Any, chains: int, dim: int, device: str | torch.device) -> torch.Tensor:
     """The ``[chains, d]`` starting points from ``x0`` of shape ``[d]`` (shared) or
-    ``[chains, d]``; a floating tensor keeps its dtype, anything else becomes float64."""
+    ``[chains, d]``; a floating tensor keeps its dtype, anything else becomes float64.
+    Non-finite start points are refused."""
     if isinstance(x0, torch.Tensor) and x0.is_floating_point():
         x0 = x0.to(device)
     else:
         x0 = torch.as_tensor(x0, dtype=torch.float64, device=device)
     if x0.shape not in ((dim,), (chains, dim)):
-        raise ValueError(f"x0 must have shape [{dim}] or [{chains}, {dim}]; got {tuple(x0.shape)}")
+        raise validation.InputError(f"x0 must have shape [{dim}] or [{chains}, {dim}]; "
+                                    f"got {tuple(x0.shape)}")
+    validation.finite_tensor("x0", x0)
     return x0.expand(chains, dim).clone()
 
 
 def step(problem: Problem, algorithm: str, x: torch.Tensor, batch_idx: torch.Tensor, *,
-         eta: float, rho: float, micro: int | None = None, lam: float = 1.0) -> torch.Tensor:
+         eta: float, rho: float, micro: int | None = None, lam: float | None = None) -> torch.Tensor:
     """One update ``x - eta * G(x)`` of ``algorithm`` for every chain: ``x [..., d]`` with the
     batch indices ``batch_idx [..., B]`` of each chain. For the m-rules the micro-batches are
     the consecutive blocks of ``micro`` indices of the batch."""
     rule = get_rule(algorithm)
     check_eta(eta)
     check_rho(rho)
-    check_lam(lam)
+    lam = rule_lam(rule, lam)
     batch_idx = torch.as_tensor(batch_idx, device=x.device)
     if batch_idx.dim() == 0 or batch_idx.shape[:-1] != x.shape[:-1]:
-        raise ValueError(f"batch_idx must have shape [{', '.join(map(str, x.shape[:-1]))}, B] "
-                         f"to match x of shape {tuple(x.shape)}; got {tuple(batch_idx.shape)}")
-    micro = check_sizes(rule.name, int(batch_idx.shape[-1]), micro)
+        raise validation.InputError(
+            f"batch_idx must have shape [{', '.join(map(str, x.shape[:-1]))}, B] "
+            f"to match x of shape {tuple(x.shape)}; got {tuple(batch_idx.shape)}")
+    micro = check_sizes(rule, int(batch_idx.shape[-1]), micro)
     return x - eta * update_direction(problem, rule.name, x, batch_idx, rho=rho, micro=micro, lam=lam)
+
+
+def has_closed_form_grads(problem: Problem) -> bool:
+    """Whether ``problem`` overrides :meth:`Problem.sample_grads` or
+    :meth:`Problem.subset_grads` (closed-form per-sample gradients, so evaluating the chosen
+    samples' rows beats a VJP through all N samples)."""
+    cls = type(problem)
+    return cls.sample_grads is not Problem.sample_grads or cls.subset_grads is not Problem.subset_grads
+
+
+def part_grads(problem: Problem, points: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
+    """Mean gradient of each part at its point: ``points [..., J, d]``, ``parts [..., J, m]``
+    -> ``[..., J, d]``: the chosen samples' gradient rows where the problem has them in closed
+    form, one VJP through all N samples otherwise."""
+    if not has_closed_form_grads(problem):
+        return problem.grad(points, parts)
+    return problem.subset_grads(points, parts).mean(dim=-2)
 
 
 def update_direction(problem: Problem, algorithm: str, x: torch.Tensor, batch_idx: torch.Tensor,
@@ -79,17 +104,16 @@ def update_direction(problem: Problem, algorithm: str, x: torch.Tensor, batch_id
         if rule.ascent == "full":
             ascent = problem.grad(x).unsqueeze(-2)
         elif rule.ascent == "part":
-            ascent = problem.grad(points, parts)
+            ascent = part_grads(problem, points, parts)
         else:
-            batch_grads = problem.sample_grads(x).gather(
-                -2, batch_idx.unsqueeze(-1).expand(*batch_idx.shape, x.shape[-1]))
+            batch_grads = problem.subset_grads(x, batch_idx)
             ascent = reweighted_gradient(batch_grads, lam).unsqueeze(-2)
         if rule.scale is not None:
             ascent = scaled(rule.scale, points, ascent)
         if rule.normalized:
             ascent = ascent / ascent.norm(dim=-1, keepdim=True)
         points = points + rho * ascent
-    return problem.grad(points, parts).mean(dim=-2)
+    return part_grads(problem, points, parts).mean(dim=-2)
 
 
 def draw_batches(generator: torch.Generator, chains: int, n: int, batch: int,
@@ -106,28 +130,44 @@ def draw_batches(generator: torch.Generator, chains: int, n: int, batch: int,
 def run(problem: Problem, algorithm: str, *, eta: float, rho: float, batch: int,
         micro: int | None = None, x0: Any, steps: int, chains: int, seed: int,
         sampling: str = "with-replacement", device: str | torch.device = "cpu",
-        lam: float = 1.0, progress: bool = False) -> torch.Tensor:
+        lam: float | None = None, every: int | None = 1, keep_states: bool = True,
+        test_fns: Iterable[str] = (), diverge_at: float = DIVERGE_AT, chunk: int | None = None,
+        progress: bool = False) -> ChainRun:
     """Run ``chains`` independent chains of ``algorithm`` for ``steps`` steps, each chain with
-    its own mini-batches drawn from ``seed``; returns the iterates ``[steps+1, chains, d]``.
+    its own mini-batches drawn from ``seed``.
 
-    ``lam`` is RW-SAM's inverse temperature (ignored by the other rules); ``progress`` shows a
-    progress bar. The same seed, device and dtype of ``x0`` give the same iterates.
+    Returns a :class:`~sdesam.chains.ChainRun`: the end state, the diverged mask and count, and
+    at steps ``0, every, 2 every, ..., steps`` (``every=None``: start and end) the states
+    ``[records, chains, d]`` if ``keep_states`` and the mean / variance over live chains of
+    each of ``test_fns`` (names of :data:`sdesam.chains.TEST_FUNCTIONS`). A chain whose state
+    turns non-finite or exceeds ``diverge_at`` in norm is frozen and left out of statistics.
+    ``lam`` is RW-SAM's inverse temperature (refused by rules that do not take it);
+    ``chunk`` chains are updated at a time (default: temporaries of about
+    :data:`sdesam.chains.CHUNK_BYTES`). The same seed, device and dtype of ``x0`` give the
+    same iterates, whatever the chunk.
     """
     rule = get_rule(algorithm)
-    check_eta(eta)
+    eta = check_eta(eta)
     check_rho(rho)
-    check_lam(lam)
+    lam = rule_lam(rule, lam)
     check_sampling(sampling)
-    micro = check_sizes(rule.name, batch, micro, problem.n, sampling)
-    check_positive_int("steps", steps)
-    check_positive_int("chains", chains)
+    micro = check_sizes(rule, batch, micro, problem.n, sampling)
+    validation.positive_int("steps", steps)
+    validation.positive_int("chains", chains)
+    statistics = bound_test_functions(problem, test_fns)
     x = start_points(x0, chains, problem.dim, device)
+    chunk = chunk_size(chains, (3 * batch + problem.n) * problem.dim) if chunk is None else chunk
+    recorder = Recorder(x, steps=steps, every=every, keep_states=keep_states,
+                        statistics=statistics, diverge_at=diverge_at, chunk=chunk)
     generator = torch.Generator(device=x.device).manual_seed(seed)
-    path = torch.empty(steps + 1, chains, problem.dim, dtype=x.dtype, device=x.device)
-    path[0] = x
     with torch.no_grad():
-        for k in tqdm(range(steps), desc=f"{rule.name} ensemble", disable=not progress):
+        for k in tqdm(range(steps), desc=f"{rule.name} ensemble", disable=not progress,
+                      leave=False):
             idx = draw_batches(generator, chains, problem.n, batch, sampling)
-            x = x - eta * update_direction(problem, rule.name, x, idx, rho=rho, micro=micro, lam=lam)
-            path[k + 1] = x
-    return path
+            for part in chunks(chains, recorder.chunk):
+                old = x[part]
+                new = old - eta * update_direction(problem, rule.name, old, idx[part], rho=rho,
+                                                   micro=micro, lam=lam)
+                x[part] = recorder.freeze(k, part, old, new)
+            recorder.record(k + 1, x)
+    return recorder.result(x, eta)

@@ -12,35 +12,55 @@ no matrix square root. The drifts, first order in rho, are
   sampling factor of :func:`sdesam.algorithms.sampling_factor`, m = B for usam and no tr V
   term for n-usam;
 * n-sam / sam / m-sam: ``-grad(f + rho E|grad f_S|)`` with S a uniform sample of size m
-  (m-sam) or B (sam), and ``|grad f|`` in place of the expectation for n-sam.
+  (m-sam) or B (sam), and ``|grad f|`` in place of the expectation for n-sam;
+* rw-sam: ``-grad f - rho E_S[H_S u_S]`` with ``H_S = (1/B) sum_{j in S} H_j``,
+  ``u_S = g~_S / |g~_S|`` and ``g~_S = sum_{i in S} p_i grad f_i`` for the Gibbs weights
+  ``p = softmax(lam |grad f_i|)`` over the batch S (a multiset's repeated samples count with
+  their multiplicity). It is not a potential gradient (the weights' own dependence on x does
+  not enter at first order), and at lam = 0 it is SAM's drift.
 
 Every drift needs one curvature product: with ``g_i = grad f_i`` the regulariser's gradient
 is ``sum_i H_i u_i`` for per-sample vectors ``u_i``, which
 :meth:`AlgorithmSDE.f_and_g_prod` builds from the same ``g_i`` that give the noise and hands
-to :meth:`Problem.sample_grads_with_hvp` (one VJP, or a closed form where the problem has one). RW-SAM has no SDE here.
+to :meth:`Problem.sample_grads_with_hvp` (one VJP, or a closed form where the problem has one).
+The expectations over batches S enumerate the distinct batches when there are few and use
+seeded samples of them otherwise (:func:`sample_sets`).
+
+:func:`euler_maruyama` integrates any torchsde-style SDE (an object with
+``f_and_g_prod(t, y, v)``) a cache-sized chunk of chains at a time, freezing chains that
+diverge and keeping only what the caller asks for (:mod:`sdesam.chains`); :func:`simulate`
+builds the SDE of a rule and integrates it.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import torchsde
 from tqdm.auto import tqdm
 
+from . import validation
 from .algorithms import check_rho, check_sampling, check_sizes, get_rule, rule_names, sampling_factor
 from .brownian import FixedGridBrownian, time_grid
-from .ensemble import check_eta, check_positive_int, draw_batches, start_points
+from .chains import (DIVERGE_AT, ChainRun, Recorder, bound_test_functions, chunk_size, chunks,
+                     is_diverged)
+from .ensemble import check_eta, draw_batches, rule_lam, start_points
 from .problems.base import Problem
 
 DROPPABLE_TERMS: dict[str, str] = {
     "trace_V": "the noise-induced drift term (c rho/2 tr V for the USAM rules; "
-               "E|grad f_S| -> |grad f| for the SAM rules)",
+               "E|grad f_S| -> |grad f| for the SAM rules; the batch-reweighted direction -> "
+               "g/|g| for RW-SAM)",
     "gradient_norm": "the rho/2 |grad f|^2 drift term (USAM rules only)",
     "noise": "the diffusion (the SDE becomes the ODE of its drift)",
 }
+
+SUBSTEPS = 4
+"""Default integration steps per learning-rate step (dt = eta/4): Euler with dt = eta adds
+an O(eta) error of the size of the weak error one wants to measure."""
 
 
 def sample_sets(n: int, size: int, sampling: str, *, limit: int = 20000, samples: int = 4096,
@@ -83,40 +103,54 @@ class AlgorithmSDE(torch.nn.Module):
     N Brownian channels), usable with ``torchsde.sdeint`` and :func:`euler_maruyama`.
 
     ``drop_terms`` removes terms for ablations (see :data:`DROPPABLE_TERMS`). The SAM rules'
-    expectation over samples is exact or sampled as described in :func:`sample_sets`.
+    and RW-SAM's expectation over batches is exact or sampled as in :func:`sample_sets`;
+    ``lam`` is RW-SAM's inverse temperature (refused by rules that do not take it).
     """
 
     noise_type = "general"
     sde_type = "ito"
 
     def __init__(self, problem: Problem, algorithm: str, *, eta: float, rho: float, batch: int,
-                 micro: int | None = None, sampling: str = "with-replacement",
-                 drop_terms: Iterable[str] = (), sam_samples: int = 4096, seed: int = 0) -> None:
+                 micro: int | None = None, lam: float | None = None,
+                 sampling: str = "with-replacement", drop_terms: Iterable[str] = (),
+                 sam_samples: int = 4096, seed: int = 0) -> None:
         super().__init__()
         rule = get_rule(algorithm)
         if not rule.sde:
-            raise ValueError(f"algorithm {rule.name!r} has no SDE in sdesam.sde (none hand-written); "
-                             "choose one of " + ", ".join(rule_names(lambda r: r.sde)))
+            raise validation.InputError(
+                f"algorithm {rule.name!r} has no SDE in sdesam.sde (none hand-written); "
+                "choose one of " + ", ".join(rule_names(lambda r: r.sde)))
         self.eta, self.rho = check_eta(eta), float(check_rho(rho))
-        self.micro = check_sizes(rule.name, batch, micro, problem.n, sampling)
+        self.lam = rule_lam(rule, lam)
+        self.micro = check_sizes(rule, batch, micro, problem.n, sampling)
         self.drop_terms = frozenset(drop_terms)
         unknown = self.drop_terms - set(DROPPABLE_TERMS)
         if unknown:
-            raise ValueError(f"drop_terms must be drawn from {sorted(DROPPABLE_TERMS)}; "
-                             f"got {sorted(unknown)}")
+            raise validation.InputError(f"drop_terms must be drawn from {sorted(DROPPABLE_TERMS)}; "
+                                        f"got {sorted(unknown)}")
         if rule.normalized and "gradient_norm" in self.drop_terms:
-            raise ValueError(f"drop_terms 'gradient_norm' applies to the USAM rules, not {rule.name!r}")
+            raise validation.InputError(
+                f"drop_terms 'gradient_norm' applies to the USAM rules, not {rule.name!r}")
         self.problem, self.rule, self.batch, self.sampling = problem, rule, batch, sampling
         self.noise_scale = math.sqrt(self.eta * float(sampling_factor(batch, problem.n, sampling))
                                      / problem.n)
         size = self.micro if rule.micro else batch
         self.variance_factor = float(sampling_factor(size, problem.n, sampling))
         self.sets_exact = True
-        if rule.normalized and rule.ascent == "part" and "trace_V" not in self.drop_terms:
+        self.set_count = 0
+        if rule.normalized and rule.noise_induced and "trace_V" not in self.drop_terms:
             weights, probs, self.sets_exact = sample_sets(problem.n, size, sampling,
                                                           samples=sam_samples, seed=seed)
             self.register_buffer("set_weights", weights)
             self.register_buffer("set_probs", probs)
+            self.set_count = int(weights.shape[0])
+
+    def footprint(self) -> int:
+        """Elements per chain of the largest temporaries of one drift evaluation (sizes the
+        integrator's chunks of chains)."""
+        n, d = self.problem.n, self.problem.dim
+        sets = self.set_count * (d + (n if self.rule.weighted else 0))
+        return 3 * n * d + sets
 
     # ------------------------------------------------------------------ torchsde interface
     def f(self, t: Any, y: torch.Tensor) -> torch.Tensor:
@@ -151,7 +185,7 @@ class AlgorithmSDE(torch.nn.Module):
 
     def _drift_and_centred(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The drift and the centred per-sample gradients ``g_i - g`` at ``y``."""
-        if self.rule.ascent == "none" or self.rho == 0:
+        if not self.rule.perturbed or self.rho == 0:
             grads = self.problem.sample_grads(y)
             mean = grads.mean(dim=-2)
             return -mean, grads - mean.unsqueeze(-2)
@@ -161,9 +195,9 @@ class AlgorithmSDE(torch.nn.Module):
         return -(mean + regulariser), grads - mean.unsqueeze(-2)
 
     def _cotangent(self, grads: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        """Per-sample vectors ``u_i`` with ``grad(regulariser) = sum_i H_i u_i``: ``[chains, N, d]``."""
+        """Per-sample vectors ``u_i`` with ``drift = -grad f - sum_i H_i u_i``: ``[chains, N, d]``."""
         n, rho = self.problem.n, self.rho
-        noise_induced = self.rule.ascent == "part" and "trace_V" not in self.drop_terms
+        noise_induced = self.rule.noise_induced and "trace_V" not in self.drop_terms
         if not self.rule.normalized:
             # grad(rho/2 a|g|^2 + rho/2 c tr V) = rho/N sum_i H_i ((a - c) g + c g_i)
             a = 0.0 if "gradient_norm" in self.drop_terms else 1.0
@@ -172,70 +206,130 @@ class AlgorithmSDE(torch.nn.Module):
         if not noise_induced:  # grad(rho |g|) = rho/N sum_i H_i g/|g|
             unit = mean / mean.norm(dim=-1, keepdim=True)
             return (rho / n * unit).unsqueeze(-2).expand_as(grads)
-        # grad(rho E|g_S|) = rho sum_S p_S sum_i W_Si H_i g_S/|g_S|
+        # rho E_S[H_S u_S] = rho sum_S p_S sum_i W_Si H_i u_S
         weights = self.set_weights.to(grads)
-        set_grads = weights @ grads  # [chains, S, d]
+        if self.rule.weighted:
+            set_grads = self._reweighted_set_grads(grads, weights)
+        else:
+            set_grads = weights @ grads  # [chains, S, d]
         units = set_grads / set_grads.norm(dim=-1, keepdim=True)
         return rho * weights.T @ (self.set_probs.to(grads).unsqueeze(-1) * units)
 
+    def _reweighted_set_grads(self, grads: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``g~_S = sum_i q_Si g_i`` with ``q_S = softmax(lam |g_i|)`` over the batch S, each
+        sample counted with its multiplicity ``B W_Si``: ``[chains, S, d]``."""
+        scores = self.lam * grads.norm(dim=-1)                        # [chains, N]
+        logits = scores.unsqueeze(-2) + weights.log()                 # -inf off the batch
+        return torch.softmax(logits, dim=-1) @ grads
+
 
 # ---------------------------------------------------------------------- simulation
-def euler_maruyama(sde: AlgorithmSDE, y0: torch.Tensor, bm: FixedGridBrownian, *,
-                   record_every: int = 1, progress: bool = False) -> torch.Tensor:
-    """The Euler-Maruyama path of ``sde`` on the grid of ``bm``, kept every ``record_every``
-    cells: the same update as torchsde's Euler solver, without its per-step machinery."""
+def euler_maruyama(sde: Any, y0: torch.Tensor, bm: FixedGridBrownian, *,
+                   record_every: int = 1, every: int | None = 1, keep_states: bool = True,
+                   statistics: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+                   diverge_at: float = DIVERGE_AT, chunk: int | None = None,
+                   progress: bool = False) -> ChainRun:
+    """The Euler-Maruyama solution of ``sde`` from ``y0 [chains, d]`` on the grid of ``bm``:
+    the update of torchsde's Euler solver, without its per-step machinery.
+
+    ``sde`` is any object with ``f_and_g_prod(t, y, v) -> (drift, diffusion @ v)`` acting on
+    a batch of chains (torchsde's interface). A *step* is ``record_every`` grid cells (the
+    substeps of one learning-rate step); the run records at steps ``0, every, 2 every, ...``
+    and the last (``every=None``: start and end), keeping the states if ``keep_states`` and
+    the mean / variance over live chains of each ``statistics`` function ``x -> [chains]``.
+    Chains are integrated ``chunk`` at a time (default: temporaries of about
+    :data:`sdesam.chains.CHUNK_BYTES`, from ``sde.footprint()`` when it exists); a chain that
+    turns non-finite or exceeds ``diverge_at`` in norm is frozen and counted in the result's
+    ``diverged``. The result's ``times`` are the grid times of the recorded steps.
+    """
+    validation.positive_int("record_every", record_every)
+    cells = bm.times.numel() - 1
+    if cells % record_every:
+        raise validation.InputError(f"record_every must divide the {cells} grid cells; "
+                                    f"got {record_every}")
+    chains = y0.shape[0]
+    if chunk is None:
+        footprint = sde.footprint() if hasattr(sde, "footprint") else 3 * bm.shape[1] * y0.shape[1]
+        chunk = chunk_size(chains, footprint, y0.element_size())
+    y = y0.clone()
+    recorder = Recorder(y, steps=cells // record_every, every=every, keep_states=keep_states,
+                        statistics=statistics or {}, diverge_at=diverge_at, chunk=chunk)
     times = bm.times
-    steps = times.numel() - 1
-    path = [y0]
-    y = y0
     with torch.no_grad():
-        for k in tqdm(range(steps), desc="SDE", disable=not progress):
-            dt = float(times[k + 1] - times[k])
-            drift, noise = sde.f_and_g_prod(times[k], y, bm.increment(k))
-            y = y + drift * dt + noise
-            if (k + 1) % record_every == 0:
-                path.append(y)
-    return torch.stack(path)
+        for cell in tqdm(range(cells), desc="SDE", disable=not progress, leave=False):
+            dt = float(times[cell + 1] - times[cell])
+            increment = bm.increment(cell)
+            k = cell // record_every
+            for part in chunks(chains, recorder.chunk):
+                old = y[part]
+                drift, noise = sde.f_and_g_prod(times[cell], old, increment[part])
+                y[part] = recorder.freeze(k, part, old, old + drift * dt + noise)
+            if (cell + 1) % record_every == 0:
+                recorder.record(k + 1, y)
+    return recorder.result(y, 0.0, times[torch.tensor(recorder.steps) * record_every])
+
+
+def _torchsde_run(sde: AlgorithmSDE, y0: torch.Tensor, bm: FixedGridBrownian, times: torch.Tensor,
+                  dt: float, *, every: int | None, keep_states: bool,
+                  statistics: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
+                  diverge_at: float, chunk: int) -> ChainRun:
+    """``torchsde.sdeint`` on the same grid and Brownian motion; torchsde has no hook to
+    freeze a chain, so divergence is detected on its path afterwards and diverged chains are
+    left out of the statistics from their first failure on."""
+    with torch.no_grad():
+        path = torchsde.sdeint(sde, y0, times.to(y0.device), bm=bm, dt=dt, method="euler")
+    recorder = Recorder(y0, steps=len(times) - 1, every=every, keep_states=keep_states,
+                        statistics=statistics, diverge_at=diverge_at, chunk=chunk)
+    for k in range(len(times) - 1):
+        failed = recorder.alive & is_diverged(path[k + 1], diverge_at)
+        recorder.diverged_step[failed] = k + 1
+        recorder.alive &= ~failed
+        recorder.all_alive = bool(recorder.alive.all())
+        recorder.record(k + 1, path[k + 1])
+    return recorder.result(path[-1], 0.0, times[torch.tensor(recorder.steps)])
 
 
 def simulate(problem: Problem, algorithm: str, *, eta: float, rho: float, batch: int,
-             micro: int | None = None, x0: Any, horizon: float, chains: int, seed: int,
-             dt: float | None = None, method: str = "euler", drop_terms: Iterable[str] = (),
-             sampling: str = "with-replacement", device: str | torch.device = "cpu",
-             solver: str = "fast", progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+             micro: int | None = None, lam: float | None = None, x0: Any, horizon: float,
+             chains: int, seed: int, dt: float | None = None, method: str = "euler",
+             drop_terms: Iterable[str] = (), sampling: str = "with-replacement",
+             device: str | torch.device = "cpu", solver: str = "fast", every: int | None = 1,
+             keep_states: bool = True, test_fns: Iterable[str] = (),
+             diverge_at: float = DIVERGE_AT, chunk: int | None = None,
+             progress: bool = False) -> ChainRun:
     """Simulate ``chains`` paths of the SDE of ``algorithm`` up to time ``horizon``.
 
-    Returns ``(times, path)``: float64 times ``k * eta`` for the discrete steps k = 0..T/eta
-    (accumulated as the integrator's clock, so no interpolation happens) and the states
-    ``[len(times), chains, d]``. ``dt`` (default ``eta``) is the integration step and must
-    divide ``eta``. ``solver="fast"`` uses :func:`euler_maruyama`, ``"torchsde"`` calls
-    ``torchsde.sdeint`` with the same :class:`FixedGridBrownian` (same seed, same paths).
+    Returns a :class:`~sdesam.chains.ChainRun` whose steps are the discrete steps k = 0..T/eta
+    at times ``k * eta`` (float64, accumulated as the integrator's clock, so no interpolation
+    happens); what it keeps (``every``, ``keep_states``, ``test_fns``), divergence
+    (``diverge_at``) and ``chunk`` are as in :func:`sdesam.ensemble.run`. ``dt`` (default
+    ``eta / SUBSTEPS``) is the integration step and must divide ``eta``. ``solver="fast"``
+    uses :func:`euler_maruyama`, ``"torchsde"`` calls ``torchsde.sdeint`` with the same
+    :class:`FixedGridBrownian` (same seed, same paths).
     """
     rule = get_rule(algorithm)
     eta = check_eta(eta)
-    if method != "euler":
-        raise ValueError(f"method must be 'euler' (the only solver torchsde offers for general "
-                         f"noise); got {method!r}")
-    if solver not in ("fast", "torchsde"):
-        raise ValueError(f"solver must be 'fast' or 'torchsde'; got {solver!r}")
-    check_positive_int("chains", chains)
-    dt = eta if dt is None else dt
-    if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not dt > 0:
-        raise ValueError(f"dt must be a positive number; got {dt!r}")
+    validation.one_of("method", method, ("euler",))
+    validation.one_of("solver", solver, ("fast", "torchsde"))
+    validation.positive_int("chains", chains)
+    dt = eta / SUBSTEPS if dt is None else validation.positive_number("dt", dt)
     substeps = round(eta / dt)
     if substeps < 1 or abs(substeps * dt - eta) > 1e-9 * eta:
-        raise ValueError(f"dt must divide eta into a whole number of steps; got dt={dt}, eta={eta}")
-    if not isinstance(horizon, (int, float)) or not horizon > 0 or \
-            abs(round(horizon / eta) * eta - horizon) > 1e-9 * horizon:
-        raise ValueError(f"horizon must be a positive multiple of eta={eta}; got {horizon!r}")
-    sde = AlgorithmSDE(problem, rule.name, eta=eta, rho=rho, batch=batch, micro=micro,
+        raise validation.InputError(f"dt must divide eta into a whole number of steps; "
+                                    f"got dt={dt}, eta={eta}")
+    horizon = validation.positive_number("horizon", horizon)
+    if abs(round(horizon / eta) * eta - horizon) > 1e-9 * horizon or round(horizon / eta) < 1:
+        raise validation.InputError(f"horizon must be a positive multiple of eta={eta}; got {horizon!r}")
+    statistics = bound_test_functions(problem, test_fns)
+    sde = AlgorithmSDE(problem, rule.name, eta=eta, rho=rho, batch=batch, micro=micro, lam=lam,
                        sampling=sampling, drop_terms=drop_terms, seed=seed).to(device)
     y0 = start_points(x0, chains, problem.dim, device)
     grid = time_grid(round(horizon / eta) * substeps * float(dt), float(dt))
     bm = FixedGridBrownian(grid, (chains, problem.n), seed, dtype=y0.dtype, device=y0.device)
-    times = grid[::substeps]
+    options = dict(every=every, keep_states=keep_states, statistics=statistics,
+                   diverge_at=diverge_at)
     if solver == "fast":
-        return times, euler_maruyama(sde, y0, bm, record_every=substeps, progress=progress)
-    with torch.no_grad():
-        path = torchsde.sdeint(sde, y0, times.to(y0.device), bm=bm, dt=float(dt), method="euler")
-    return times, path
+        return euler_maruyama(sde, y0, bm, record_every=substeps, chunk=chunk, progress=progress,
+                              **options)
+    chunk = chunk or chunk_size(chains, sde.footprint(), y0.element_size())
+    return _torchsde_run(sde, y0, bm, grid[::substeps], float(dt), chunk=chunk, **options)

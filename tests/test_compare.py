@@ -1,4 +1,5 @@
-"""Weak-error statistics against hand computation, and order fits on known power laws."""
+"""Weak-error statistics against hand computation, order fits on known power laws, and the
+chain counts every record carries."""
 
 import math
 
@@ -6,30 +7,31 @@ import pytest
 import torch
 
 from sdesam import compare
+from sdesam.chains import Moments
 from sdesam.problems import Quadratic
 
 
-def test_path_moments_match_hand_computed_means_and_variances():
-    problem = Quadratic(torch.eye(1, dtype=torch.float64).expand(2, 1, 1), torch.zeros(2, 1))
-    values = torch.tensor([[1.0, 2.0, 4.0, 7.0], [0.0, 1.0, 1.0, 2.0]], dtype=torch.float64)
-
-    def sample(seed, size):  # paths [2 steps, size chains, 1]; chunks cut the chains
-        start = sample.offset
-        sample.offset += size
-        return values[:, start:start + size, None]
-    sample.offset = 0
-    moments = compare.path_moments(problem, sample, chains=4, chunk=3, test_fns=["coord0", "sq_norm"], seed=0)
-    assert torch.allclose(moments["coord0"].mean, torch.tensor([3.5, 1.0], dtype=torch.float64))
-    assert torch.allclose(moments["coord0"].var, torch.tensor([7.0, 2.0 / 3.0], dtype=torch.float64))
-    assert torch.allclose(moments["sq_norm"].mean, torch.tensor([70 / 4, 6 / 4], dtype=torch.float64))
+def moments_of(values):
+    """Moments of a [records, chains] table, as one run would record them."""
+    return Moments(values.mean(dim=1), values.var(dim=1), torch.full((values.shape[0],), values.shape[1]))
 
 
-def test_weak_error_takes_the_max_gap_and_its_standard_error():
-    a = compare.Moments(torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, 4.0, 1.0]), 100)
-    b = compare.Moments(torch.tensor([0.0, 1.5, 2.1]), torch.tensor([1.0, 5.0, 1.0]), 25)
-    error, stderr, step = compare.weak_error(a, b)
-    assert step == 1 and error == pytest.approx(0.5)
-    assert stderr == pytest.approx(math.sqrt(4 / 100 + 5 / 25))
+def test_pooled_moments_equal_those_of_all_chains_at_once():
+    values = torch.tensor([[1.0, 2.0, 4.0, 7.0, 3.0], [0.0, 1.0, 1.0, 2.0, 5.0]], dtype=torch.float64)
+    pooled = Moments.pooled([moments_of(values[:, :2]), moments_of(values[:, 2:])])
+    assert torch.allclose(pooled.mean, values.mean(dim=1))
+    assert torch.allclose(pooled.var, values.var(dim=1))
+    assert pooled.count.tolist() == [5, 5]
+
+
+def test_weak_error_takes_the_max_gap_the_gap_at_the_horizon_and_their_standard_errors():
+    a = Moments(torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, 4.0, 1.0]), torch.tensor([100] * 3))
+    b = Moments(torch.tensor([0.0, 1.5, 2.1]), torch.tensor([1.0, 5.0, 1.0]), torch.tensor([25, 25, 20]))
+    result = compare.weak_error(a, b)
+    assert result["argmax_record"] == 1 and result["weak_error"] == pytest.approx(0.5)
+    assert result["weak_error_stderr"] == pytest.approx(math.sqrt(4 / 100 + 5 / 25))
+    assert result["weak_error_T"] == pytest.approx(0.1)
+    assert result["weak_error_T_stderr"] == pytest.approx(math.sqrt(1 / 100 + 1 / 20))
 
 
 def test_fit_order_recovers_a_power_law_and_its_interval_covers_it():
@@ -44,19 +46,36 @@ def test_fit_order_recovers_a_power_law_and_its_interval_covers_it():
         compare.fit_order([0.1, 0.2, 0.3], [1.0, 0.0, 2.0])
 
 
-def test_compare_algorithm_on_sgd_gives_small_errors_with_error_bars():
-    """At rho = 0 both SDEs are the SGD SDE; on an OU problem (exact linear mean) the weak
-    error of the mean is O(eta), here well below the starting distance."""
-    problem = Quadratic(torch.eye(2, dtype=torch.float64).expand(4, 2, 2),
-                        torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=torch.float64))
-    rows = compare.compare_algorithm(problem, "sgd", eta=0.1, rho=0.0, batch=2, x0=[2.0, 2.0],
-                                     horizon=1.0, chains=2000, seed=0, test_fns=["coord0", "sq_norm"])
-    assert [r["test_fn"] for r in rows] == ["coord0", "sq_norm"]
+def ou_problem():
+    return Quadratic(torch.eye(2, dtype=torch.float64).expand(4, 2, 2),
+                     torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=torch.float64))
+
+
+def test_compare_algorithm_on_sgd_gives_small_errors_with_error_bars_and_counts():
+    """At rho = 0 the SDE is SGD's; on an OU problem (exact linear mean) Euler with dt = eta is
+    exact in the mean, E x_k = 2 (1 - eta)^k for both, so the gap is Monte-Carlo noise."""
+    rows = compare.compare_algorithm(ou_problem(), "sgd", eta=0.1, rho=0.0, batch=2, x0=[2.0, 2.0],
+                                     horizon=1.0, chains=2000, chunk=700, seed=0, dt=0.1,
+                                     test_fns=["coord0", "sq_norm"])
+    assert [(r["test_fn"], r["variant"]) for r in rows] == [("coord0", "full"), ("sq_norm", "full")]
     coord = rows[0]
-    # Euler with dt = eta is exact in the mean here: E x_k = 2 (1 - eta)^k for both
-    assert coord["weak_error"] < 5 * coord["stderr"] + 1e-12
-    assert coord["weak_error_without_variance_term"] < 5 * coord["stderr_without_variance_term"]
-    assert 0 < coord["stderr"] < 0.05
+    assert coord["weak_error"] < 5 * coord["weak_error_stderr"] + 1e-12
+    assert coord["weak_error_T"] < 5 * coord["weak_error_T_stderr"] + 1e-12
+    assert 0 < coord["weak_error_stderr"] < 0.05
+    assert coord["chains"] == 2000 and coord["diverged"] == 0 and coord["micro"] is None
+    assert 0 <= coord["argmax_step"] <= 10
     with pytest.raises(ValueError, match="test_fns"):
-        compare.compare_algorithm(problem, "sgd", eta=0.1, rho=0.0, batch=2, x0=[0.0, 0.0],
+        compare.compare_algorithm(ou_problem(), "sgd", eta=0.1, rho=0.0, batch=2, x0=[0.0, 0.0],
                                   horizon=1.0, chains=10, seed=0, test_fns=["energy"])
+
+
+def test_diverging_chains_are_counted_in_the_records():
+    """f_i = -|x - c_i|^2/2: chains started far out blow past diverge_at... here the default
+    1e8 at x0 = 1e7 within 8 steps of eta = 0.5 (x grows by 1.5 a step)."""
+    problem = Quadratic(-torch.eye(1, dtype=torch.float64).expand(2, 1, 1),
+                        torch.tensor([[0.5], [-0.5]], dtype=torch.float64))
+    x0 = torch.tensor([[1e7]] * 3 + [[0.1]] * 5, dtype=torch.float64)
+    rows = compare.compare_algorithm(problem, "sgd", eta=0.5, rho=0.0, batch=1, x0=x0, horizon=4.0,
+                                     chains=8, chunk=8, seed=0, dt=0.5, test_fns=["coord0"])
+    assert rows[0]["discrete_diverged"] == 3 and rows[0]["sde_diverged"] == 3
+    assert rows[0]["diverged"] == 6 and math.isfinite(rows[0]["weak_error"])

@@ -119,8 +119,9 @@ def test_torchsde_and_the_fast_loop_give_the_same_paths(family):
     losses, variables, _ = family
     derivation = derive("m-usam", losses, variables, batch=BATCH, micro=1)
     eta, rho = 0.1, 0.2
-    times, path = simulate_derivation(derivation, eta=eta, rho=rho, x0=[1.0, -0.5],
-                                      horizon=0.5, chains=64, seed=5, dt=eta / 2)
+    run = simulate_derivation(derivation, eta=eta, rho=rho, x0=[1.0, -0.5],
+                              horizon=0.5, chains=64, seed=5, dt=eta / 2)
+    times, path = run.times, run.states
     grid = time_grid(0.5, eta / 2)
     bm = FixedGridBrownian(grid, (64, 2), 5)
     y0 = torch.tensor([1.0, -0.5], dtype=torch.float64).expand(64, 2).clone()
@@ -140,9 +141,9 @@ def weak_errors(problem, derivation, rule, *, etas, kappa, batch, x0, horizon, c
         rho = kappa * math.sqrt(eta)
         steps = round(horizon / eta)
         discrete = ensemble.run(problem, rule.name, eta=eta, rho=rho, batch=batch, x0=x0,
-                                steps=steps, chains=chains, seed=seed)[-1]
+                                steps=steps, chains=chains, seed=seed).final
         continuous = simulate_derivation(derivation, eta=eta, rho=rho, x0=x0, horizon=horizon,
-                                         chains=chains, seed=seed + 1, dt=eta / 4)[1][-1]
+                                         chains=chains, seed=seed + 1, dt=eta / 4).final
         assert bool(discrete.isfinite().all()) and bool(continuous.isfinite().all())
         gaps = []
         for test_fn in ("coord0", "sq_norm"):
@@ -219,7 +220,8 @@ def test_eta_correction_and_order_rho_diffusion_compile_run_and_are_right(family
     torch.testing.assert_close(compiled, slope, rtol=1e-6, atol=1e-6)
     assert float(compiled.abs().max()) > 1e-3
 
-    times, path = simulate_derivation(derivation, eta=eta, rho=0.2, x0=[1.0, -0.5], horizon=1.0,
-                                      chains=256, seed=0, dt=eta / 4)
+    run = simulate_derivation(derivation, eta=eta, rho=0.2, x0=[1.0, -0.5], horizon=1.0,
+                              chains=256, seed=0, dt=eta / 4)
+    times, path = run.times, run.states
     assert path.shape == (11, 256, 2) and bool(path.isfinite().all())
     torch.testing.assert_close(times, torch.arange(11, dtype=torch.float64) * eta)

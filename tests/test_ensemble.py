@@ -33,7 +33,8 @@ def test_vectorised_step_equals_reference_direction(algorithm):
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(CHAINS, problem.dim, generator=gen, dtype=torch.float64)
     idx = torch.randint(0, problem.n, (CHAINS, BATCH), generator=gen)
-    new = ensemble.step(problem, algorithm, x, idx, eta=0.1, rho=0.3, micro=micro_of(algorithm), lam=2.0)
+    lam = 2.0 if get_rule(algorithm).weighted else None
+    new = ensemble.step(problem, algorithm, x, idx, eta=0.1, rho=0.3, micro=micro_of(algorithm), lam=lam)
     assert torch.allclose(new, reference_step(problem, algorithm, x, idx, 0.1, 0.3, 2.0), atol=1e-12)
     assert not torch.allclose(new, x)
 
@@ -79,9 +80,9 @@ def test_run_is_reproducible_and_chains_are_independent():
     problem = LogisticRegression(torch.randn(8, 2, generator=gen, dtype=torch.float64),
                                  torch.tensor([0., 1.] * 4), l2=0.1)
     kwargs = dict(eta=0.1, rho=0.05, batch=4, micro=1, x0=[1.0, -1.0], steps=6, chains=50)
-    a = ensemble.run(problem, "m-usam", seed=3, **kwargs)
-    b = ensemble.run(problem, "m-usam", seed=3, **kwargs)
-    c = ensemble.run(problem, "m-usam", seed=4, **kwargs)
+    a = ensemble.run(problem, "m-usam", seed=3, **kwargs).states
+    b = ensemble.run(problem, "m-usam", seed=3, chunk=7, **kwargs).states
+    c = ensemble.run(problem, "m-usam", seed=4, **kwargs).states
     assert a.shape == (7, 50, 2) and a.dtype == torch.float64
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert torch.equal(a[0], torch.tensor([[1.0, -1.0]] * 50, dtype=torch.float64))
@@ -95,7 +96,7 @@ def test_sgd_ensemble_mean_on_quadratic_matches_the_exact_recursion():
     centers = torch.randn(6, 2, generator=gen, dtype=torch.float64)
     problem = Quadratic(hessian.expand(6, 2, 2), centers)
     path = ensemble.run(problem, "sgd", eta=0.1, rho=0.0, batch=2, x0=[1.0, 1.0], steps=10,
-                        chains=40000, seed=0)
+                        chains=40000, seed=0).states
     mean = torch.tensor([1.0, 1.0], dtype=torch.float64)
     for _ in range(10):
         mean = mean - 0.1 * hessian @ (mean - centers.mean(0))
@@ -120,6 +121,10 @@ def test_without_replacement_batches_hold_distinct_samples():
     (dict(batch=9, sampling="without-replacement"), "at most the number of samples"),
     (dict(x0=[0.0, 0.0, 0.0]), "x0 must have shape"),
     (dict(lam=-1.0, algorithm="rw-sam", micro=None), "lam must be"),
+    (dict(lam=1.0), "lam is not accepted"),
+    (dict(algorithm="m-sam", micro=None), "micro is required"),
+    (dict(x0=[float("inf"), 0.0]), "x0 must be finite"),
+    (dict(diverge_at=0.0), "diverge_at must be a positive number"),
 ])
 def test_bad_arguments_raise_before_any_work(kwargs, match):
     problem = LogisticRegression(torch.randn(8, 2, dtype=torch.float64), torch.tensor([0., 1.] * 4))

@@ -20,8 +20,9 @@ def ou_problem(h: float = 2.0):
 def test_ornstein_uhlenbeck_mean_and_variance():
     h, eta, batch, horizon = 2.0, 0.1, 2, 1.0
     problem = ou_problem(h)
-    times, path = sde.simulate(problem, "sgd", eta=eta, rho=0.0, batch=batch, x0=[1.0, 1.0],
-                               horizon=horizon, chains=40000, seed=0, dt=eta / 50)
+    result = sde.simulate(problem, "sgd", eta=eta, rho=0.0, batch=batch, x0=[1.0, 1.0],
+                          horizon=horizon, chains=40000, seed=0, dt=eta / 50)
+    times, path = result.times, result.states
     assert times.shape == (11,) and path.shape == (11, 40000, 2)
     assert torch.allclose(times, torch.arange(11, dtype=torch.float64) * eta)
     cbar = problem.centers.mean(0)
@@ -48,15 +49,15 @@ def test_usam_sde_mean_on_quadratic_matches_the_linear_ode_and_discrete_mean():
     a = hessian + rho * hessian @ hessian
     cbar = centers.mean(0)
     x0 = torch.tensor([1.0, -1.0], dtype=torch.float64)
-    _, path = sde.simulate(problem, "usam", eta=eta, rho=rho, batch=2, x0=x0, horizon=eta * steps,
-                           chains=1, seed=0, dt=eta / 100, drop_terms=("noise",))
+    path = sde.simulate(problem, "usam", eta=eta, rho=rho, batch=2, x0=x0, horizon=eta * steps,
+                        chains=1, seed=0, dt=eta / 100, drop_terms=("noise",)).states
     exact = cbar + torch.linalg.matrix_exp(-a * eta * steps) @ (x0 - cbar)
     assert torch.allclose(path[-1, 0], exact, atol=2e-3)
     discrete_mean = x0.clone()
     for _ in range(steps):
         discrete_mean = discrete_mean - eta * a @ (discrete_mean - cbar)
     walk = ensemble.run(problem, "usam", eta=eta, rho=rho, batch=2, x0=x0, steps=steps,
-                        chains=40000, seed=0)
+                        chains=40000, seed=0).states
     stderr = walk[-1].std(0) / 200
     assert ((walk[-1].mean(0) - discrete_mean).abs() < 4 * stderr).all()
 
@@ -66,11 +67,12 @@ def test_fast_path_and_torchsde_give_the_same_paths():
     kwargs = dict(eta=0.1, rho=0.2, batch=4, micro=2, x0=[1.0, -1.0], horizon=0.5, chains=64,
                   seed=5, dt=0.05)
     for algorithm in ("m-usam", "m-sam"):
-        t1, fast = sde.simulate(problem, algorithm, solver="fast", **kwargs)
-        t2, slow = sde.simulate(problem, algorithm, solver="torchsde", **kwargs)
-        assert torch.equal(t1, t2)
+        fast_run = sde.simulate(problem, algorithm, solver="fast", **kwargs)
+        slow_run = sde.simulate(problem, algorithm, solver="torchsde", **kwargs)
+        assert torch.equal(fast_run.times, slow_run.times)
+        fast, slow = fast_run.states, slow_run.states
         assert torch.allclose(fast, slow, rtol=0, atol=1e-12)
-        again = sde.simulate(problem, algorithm, **kwargs)[1]
+        again = sde.simulate(problem, algorithm, chunk=7, **kwargs).states
         assert torch.equal(fast, again)
 
 
@@ -113,11 +115,11 @@ def test_rho_zero_reduces_every_rule_to_the_sgd_sde():
     problem = TeacherStudent(n=6, inputs=2, hidden=2, noise=0.2)
     kwargs = dict(eta=0.1, rho=0.0, batch=4, x0=torch.full((6,), 0.3, dtype=torch.float64),
                   horizon=0.3, chains=8, seed=1)
-    reference = sde.simulate(problem, "sgd", **kwargs)[1]
+    reference = sde.simulate(problem, "sgd", **kwargs).states
     for algorithm in ("usam", "n-sam", "sam"):
-        assert torch.allclose(sde.simulate(problem, algorithm, **kwargs)[1], reference)
+        assert torch.allclose(sde.simulate(problem, algorithm, **kwargs).states, reference)
     for micro in (1, 2):
-        assert torch.allclose(sde.simulate(problem, "m-usam", micro=micro, **kwargs)[1], reference)
+        assert torch.allclose(sde.simulate(problem, "m-usam", micro=micro, **kwargs).states, reference)
 
 
 def test_sam_expectation_switches_to_seeded_samples_when_enumeration_is_too_large():
@@ -130,12 +132,13 @@ def test_sam_expectation_switches_to_seeded_samples_when_enumeration_is_too_larg
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(algorithm="rw-sam"), "has no SDE"),
-    (dict(method="milstein"), "method must be 'euler'"),
+    (dict(lam=1.0), "lam is not accepted"),
+    (dict(x0=[float("nan"), 0.0]), "x0 must be finite"),
+    (dict(method="milstein"), "method must be one of euler"),
     (dict(dt=0.03), "dt must divide eta"),
     (dict(horizon=0.25), "multiple of eta"),
     (dict(drop_terms=("curvature",)), "drop_terms must be drawn"),
-    (dict(solver="rk4"), "solver must be"),
+    (dict(solver="rk4"), "solver must be one of"),
 ])
 def test_bad_arguments_raise_value_error(kwargs, match):
     problem = ou_problem()
@@ -152,8 +155,8 @@ def test_bad_arguments_raise_value_error(kwargs, match):
 def test_cuda_paths_match_cpu_statistics():
     problem = ou_problem()
     kwargs = dict(eta=0.1, rho=0.1, batch=2, x0=[1.0, 1.0], horizon=1.0, chains=20000, seed=0)
-    cpu = sde.simulate(problem, "usam", **kwargs)[1]
-    gpu = sde.simulate(problem, "usam", device="cuda", **kwargs)[1]
+    cpu = sde.simulate(problem, "usam", **kwargs).states
+    gpu = sde.simulate(problem, "usam", device="cuda", **kwargs).states
     assert gpu.device.type == "cuda"
     assert torch.allclose(gpu[-1].mean(0).cpu(), cpu[-1].mean(0), atol=0.02)
 
@@ -199,3 +202,54 @@ def test_m_usam_sde_matches_the_symbolic_derivation(sampling):
 @pytest.mark.parametrize("sampling", ["with-replacement", "without-replacement"])
 def test_every_sde_matches_the_symbolic_derivation(algorithm, micro, sampling):
     check_against_derivation(algorithm, micro, sampling)
+
+
+def test_rw_sam_drift_at_zero_temperature_is_sams():
+    problem = TeacherStudent(n=5, inputs=1, hidden=2, noise=0.3, seed=1)
+    x = torch.randn(4, problem.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for sampling in ("with-replacement", "without-replacement"):
+        kwargs = dict(eta=0.1, rho=0.2, batch=3, sampling=sampling)
+        rw = sde.AlgorithmSDE(problem, "rw-sam", lam=0.0, **kwargs)
+        assert torch.allclose(rw.f(0.0, x), sde.AlgorithmSDE(problem, "sam", **kwargs).f(0.0, x),
+                              atol=1e-13)
+        assert not torch.allclose(sde.AlgorithmSDE(problem, "rw-sam", lam=3.0, **kwargs).f(0.0, x),
+                                  rw.f(0.0, x), atol=1e-6)
+
+
+@pytest.mark.parametrize("sampling", ["with-replacement", "without-replacement"])
+def test_rw_sam_drift_is_the_batch_average_of_its_exact_first_order_term(sampling):
+    """Brute force over every ordered batch: -grad f - rho mean_S (1/B) sum_j H_j u_S, with
+    per-sample Hessians from autograd and u_S the normalised Gibbs-weighted batch gradient."""
+    import itertools
+    from torch.func import hessian
+    problem = TeacherStudent(n=4, inputs=1, hidden=2, noise=0.3, seed=2)
+    lam, rho, batch = 2.5, 0.3, 3
+    batches = list(itertools.product(range(4), repeat=batch) if sampling == "with-replacement"
+                   else itertools.permutations(range(4), batch))
+    model = sde.AlgorithmSDE(problem, "rw-sam", eta=0.1, rho=rho, batch=batch, lam=lam, sampling=sampling)
+    for point in ([0.7, -0.4, 0.9, 0.5], [-0.2, 1.1, 0.3, -0.8]):
+        x = torch.tensor(point, dtype=torch.float64)
+        grads = problem.sample_grads(x)
+        hessians = torch.stack([hessian(lambda p, i=i: problem.sample_losses(p)[i])(x) for i in range(4)])
+        total = torch.zeros(4, dtype=torch.float64)
+        for idx in batches:
+            g = grads[list(idx)]
+            p = torch.softmax(lam * g.norm(dim=-1), dim=0)
+            u = (p.unsqueeze(-1) * g).sum(0)
+            u = u / u.norm()
+            total += hessians[list(idx)].mean(0) @ u
+        expected = -grads.mean(0) - rho * total / len(batches)
+        assert torch.allclose(model.f(0.0, x.unsqueeze(0))[0], expected, atol=1e-12)
+
+
+def test_rw_sam_drift_is_the_first_order_mean_of_the_discrete_update():
+    import itertools
+    problem = TeacherStudent(n=4, inputs=1, hidden=2, noise=0.3, seed=2)
+    x = torch.tensor([[0.7, -0.4, 0.9, 0.5]], dtype=torch.float64)
+    idx = torch.tensor(list(itertools.product(range(4), repeat=3)))
+    rho = 1e-5
+    new = ensemble.step(problem, "rw-sam", x.expand(len(idx), 4), idx, eta=1.0, rho=rho, lam=2.0)
+    model = sde.AlgorithmSDE(problem, "rw-sam", eta=0.1, rho=rho, batch=3, lam=2.0)
+    g = problem.grad(x)[0]
+    assert torch.allclose(((x - new).mean(0) - g) / rho, (-model.f(0.0, x)[0] - g) / rho,
+                          atol=1e-3, rtol=1e-3)

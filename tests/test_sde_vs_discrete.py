@@ -1,4 +1,5 @@
-"""experiments/sde_vs_discrete.py end to end: the documented JSON shape, orders and a redraw."""
+"""experiments/sde_vs_discrete.py end to end: the one record schema, orders with intervals,
+chain counts, a redraw, and the default output folder."""
 
 import importlib.util
 import json
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sdesam import plotting
+from sdesam.records import read_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,48 +21,79 @@ def load_script():
     return module
 
 
-def check_shape(data, chains):
-    settings = data["settings"]
-    assert settings["experiment"] == "sde_vs_discrete" and "git_commit" in settings
-    assert settings["chains"] == chains and settings["wall_time_s"] > 0
-    keys = {"algorithm", "micro", "batch", "eta", "rho", "test_fn", "weak_error", "stderr",
-            "weak_error_without_variance_term", "sweep"}
-    for row in data["results"]:
-        assert keys <= row.keys()
-        assert row["weak_error"] >= 0 and row["stderr"] > 0
-    sweeps = {row["sweep"] for row in data["results"]}
-    assert sweeps == {"coupled", "fixed_rho", "fixed_eta"}
-    coupled = [r for r in data["results"] if r["sweep"] == "coupled"]
-    for row in coupled:
-        assert abs(row["rho"] - settings["kappa"] * row["eta"] ** 0.5) < 1e-12
-    for key in ("usam[m=4]", "m-usam[m=1]"):
-        assert isinstance(data["orders"][key], float)
+def check_record(data, chains):
+    settings, results = data["settings"], data["results"]
+    assert set(data) == {"settings", "metadata", "results"}
+    assert settings["experiment"] == "sde_vs_discrete" and settings["chains"] == chains
+    assert "wall_time_s" not in settings and data["metadata"]["wall_time_s"] > 0
+    assert set(results) == {"weak_errors", "orders"}
+    for row in results["weak_errors"]:
+        assert row["weak_error"] >= 0 and row["weak_error_stderr"] > 0 and row["weak_error_T"] >= 0
+        assert row["chains"] == chains and row["diverged"] == 0
+        assert row["variant"] in ("full", "without_noise_term")
+        assert row["dt"] == pytest.approx(row["eta"] / settings["substeps"])
+        assert all(not isinstance(value, (dict, list)) for value in row.values())
+    assert {row["sweep"] for row in results["weak_errors"]} == {"coupled", "fixed_rho", "fixed_eta"}
+    for row in results["weak_errors"]:
+        if row["sweep"] == "coupled":
+            assert abs(row["rho"] - settings["kappa"] * row["eta"] ** 0.5) < 1e-12
+    runs = {(r["algorithm"], r["micro"], r["lam"]) for r in results["orders"]}
+    assert ("usam", None, None) in runs and ("rw-sam", None, 4.0) in runs and ("sam", None, None) in runs
+    for fit in results["orders"]:
+        assert fit["order_ci_low"] <= fit["order"] <= fit["order_ci_high"]
+        assert fit["measure"] in ("max_over_steps", "at_horizon") and fit["chains"] == chains
 
 
-def test_quick_run_writes_data_and_figure_and_redraws(tmp_path):
+def test_quick_run_writes_the_record_and_figure_and_redraws(tmp_path):
     script = load_script()
-    assert script.main(["--quick", "--out", str(tmp_path), "--chains", "400"]) == 0
-    data = json.loads((tmp_path / "sde_vs_discrete.json").read_text())
-    check_shape(data, 400)
+    assert script.main(["--quick", "--out", str(tmp_path), "--chains", "200", "--no-progress"]) == 0
+    check_record(read_record(tmp_path / "sde_vs_discrete.json"), 200)
     assert (tmp_path / "sde_vs_discrete.png").stat().st_size > 0
+    assert not (tmp_path / ".sde_vs_discrete.partial.json").exists()
     paths = plotting.redraw(tmp_path / "sde_vs_discrete.json", tmp_path / "again")
     assert {p.suffix for p in paths} == {".png", ".pdf"} and all(p.exists() for p in paths)
 
 
+def test_an_interrupted_run_resumes_from_its_partial_file(tmp_path, monkeypatch):
+    script = load_script()
+    calls = []
+    real = script.compare.compare_algorithm
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["eta"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(script.compare, "compare_algorithm", counting)
+    argv = ["--quick", "--out", str(tmp_path), "--chains", "50", "--no-progress"]
+    with pytest.raises(KeyboardInterrupt):
+        script.main(argv)
+    saved = json.loads((tmp_path / ".sde_vs_discrete.partial.json").read_text())
+    assert len(saved["rows"]) == 2
+    monkeypatch.setattr(script.compare, "compare_algorithm", real)
+    calls.clear()
+    assert script.main(argv) == 0
+    check_record(read_record(tmp_path / "sde_vs_discrete.json"), 50)
+
+
 def test_bad_device_is_refused_before_any_work(tmp_path):
     script = load_script()
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="device"):
         script.main(["--quick", "--out", str(tmp_path), "--device", "tpu"])
     assert not (tmp_path / "sde_vs_discrete.json").exists()
 
 
 @pytest.mark.slow
-def test_quick_settings_show_the_variance_term_raises_the_order(tmp_path):
-    """With enough chains the SDE with the tr V term converges at about order 1 in eta along
-    rho = kappa sqrt(eta), clearly faster than the SDE without it (about 1/2)."""
+def test_quick_settings_show_the_variance_term_lowers_the_error(tmp_path):
+    """With enough chains the full SDE of m-USAM (m = 1) is closer to the discrete rule than the
+    SDE without its tr V term at every eta of the coupled sweep."""
     script = load_script()
-    script.main(["--quick", "--out", str(tmp_path), "--chains", "30000"])
-    data = json.loads((tmp_path / "sde_vs_discrete.json").read_text())
-    details = data["orders"]["m-usam[m=1] details"]
-    assert details["with_variance_term"]["order"] > 0.75
-    assert details["without_variance_term"]["order"] < details["with_variance_term"]["order"] - 0.3
+    script.main(["--quick", "--out", str(tmp_path), "--chains", "20000", "--no-progress"])
+    rows = read_record(tmp_path / "sde_vs_discrete.json")["results"]["weak_errors"]
+    chosen = [r for r in rows if r["sweep"] == "coupled" and r["algorithm"] == "m-usam"
+              and r["test_fn"] == "loss"]
+    for eta in {r["eta"] for r in chosen}:
+        full, without = (next(r for r in chosen if r["eta"] == eta and r["variant"] == v)
+                         for v in ("full", "without_noise_term"))
+        assert full["weak_error"] < without["weak_error"]

@@ -1,9 +1,12 @@
 """Figure of ``experiments/sde_vs_discrete.py``: weak error of the first-order SDEs.
 
-Panel 1: weak error of the loss against eta along rho = kappa sqrt(eta), per algorithm, for the
-SDE with the tr V term (solid) and without it (dashed), with Monte-Carlo error bars and the
-fitted orders in the legend. Panels 2 and 3: the fixed-rho and fixed-eta sweeps of the
-ablation run. Panel 4: every test function of the coupled sweep for the ablation run.
+Reads only the record schema (``results["weak_errors"]``, ``results["orders"]``). Top row,
+along rho = kappa sqrt(eta): (a) the USAM rules and (b) the SAM rules and RW-SAM -- the weak
+error of the loss (max over steps) of the full SDE (solid) and of the SDE without its
+noise-induced term (dashed), with Monte-Carlo error bars and the fitted order with its 95%
+interval in the legend; (c) the same error at the horizon T, full SDE. Bottom row, for the
+ablation run: (d) eta at fixed rho, (e) rho at fixed eta, (f) every test function. The
+footnote says how many chains every point is over and how many diverged.
 """
 
 from __future__ import annotations
@@ -16,62 +19,122 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-
-def _key(row: dict[str, Any]) -> str:
-    micro = row["micro"] if row["micro"] is not None else row["batch"]
-    return f"{row['algorithm']}[m={micro}]"
+from ..algorithms import get_rule  # noqa: E402
 
 
-def _errorbars(ax: Any, rows: list[dict[str, Any]], x: str, label: str, colour: str) -> None:
-    """Plot with- and without-tr V errors of ``rows`` against the field ``x``."""
+def run_label(row: dict[str, Any]) -> str:
+    """A run's display name: the rule's label with its micro-batch size or temperature."""
+    label = get_rule(row["algorithm"]).label
+    if row["micro"] is not None:
+        label += f" m={row['micro']}"
+    if row["lam"] is not None:
+        label += f" lam={row['lam']:g}"
+    return label
+
+
+def _run_key(row: dict[str, Any]) -> tuple:
+    return row["algorithm"], row["micro"], row["lam"]
+
+
+def _order_text(orders: list[dict[str, Any]], row: dict[str, Any], variant: str, measure: str) -> str:
+    for fit in orders:
+        if _run_key(fit) == _run_key(row) and fit["variant"] == variant and fit["measure"] == measure:
+            return f"{fit['order']:.2f} [{fit['order_ci_low']:.2f}, {fit['order_ci_high']:.2f}]"
+    return "n/a"
+
+
+MARKERS = "osD^vP*X"
+
+
+def _curve(ax: Any, rows: list[dict[str, Any]], x: str, y: str, label: str, colour: str,
+           dashed: bool = False, marker: str = "o") -> None:
+    """One error-bar curve; the lower bar is clipped above zero so log axes keep it."""
     rows = sorted(rows, key=lambda r: r[x])
-    xs = [r[x] for r in rows]
-    ax.errorbar(xs, [r["weak_error"] for r in rows], yerr=[r["stderr"] for r in rows],
-                color=colour, marker="o", label=f"{label}, with tr V term", capsize=2)
-    ax.errorbar(xs, [r["weak_error_without_variance_term"] for r in rows],
-                yerr=[r["stderr_without_variance_term"] for r in rows], color=colour,
-                marker="s", linestyle="--", label=f"{label}, without", capsize=2)
+    values = [r[y] for r in rows]
+    errors = [r[y + "_stderr"] for r in rows]
+    lower = [min(e, 0.9 * v) for v, e in zip(values, errors)]
+    ax.errorbar([r[x] for r in rows], values, yerr=[lower, errors], color=colour, marker=marker,
+                linestyle="--" if dashed else "-", alpha=0.6 if dashed else 1.0, label=label,
+                capsize=2, markersize=4, fillstyle="none" if dashed else "full")
+
+
+def _family_panel(ax: Any, coupled: list[dict[str, Any]], orders: list[dict[str, Any]],
+                  runs: list[tuple], colours: list[str], title: str) -> None:
+    for i, key in enumerate(runs):
+        rows = [r for r in coupled if _run_key(r) == key]
+        for variant, dashed in (("full", False), ("without_noise_term", True)):
+            chosen = [r for r in rows if r["variant"] == variant]
+            if not chosen:
+                continue
+            name = run_label(chosen[0]) if not dashed else "  without noise term"
+            _curve(ax, chosen, "eta", "weak_error",
+                   f"{name}: order {_order_text(orders, chosen[0], variant, 'max_over_steps')}",
+                   colours[i % len(colours)], dashed, MARKERS[i % len(MARKERS)])
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("eta")
 
 
 def draw(data: dict[str, Any], out_stem: Path) -> list[Path]:
     """Draw the SDE-versus-discrete figure from its data file; returns the PNG and PDF paths."""
-    settings, results, orders = data["settings"], data["results"], data["orders"]
+    settings, results = data["settings"], data["results"]
+    rows, orders = results["weak_errors"], results["orders"]
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
-    coupled = [r for r in results if r["sweep"] == "coupled"]
-    for i, key in enumerate(dict.fromkeys(_key(r) for r in coupled)):
-        rows = [r for r in coupled if _key(r) == key and r["test_fn"] == "loss"]
-        details = orders.get(key + " details", {})
-        with_order = details.get("with_variance_term", {}).get("order", float("nan"))
-        without_order = details.get("without_variance_term", {}).get("order", float("nan"))
-        _errorbars(axes[0], rows, "eta", f"{key} (orders {with_order:.2f} / {without_order:.2f})",
-                   colours[i % len(colours)])
-    axes[0].set_title(f"loss, rho = {settings['kappa']} sqrt(eta)")
-    axes[0].set_xlabel("eta")
-    algorithm, micro = settings["ablation_run"]
-    ablation = f"{algorithm}[m={micro}]"
-    for ax, sweep, x, title in ((axes[1], "fixed_rho", "eta", f"{ablation}, rho = {settings['fixed_rho']}"),
-                                (axes[2], "fixed_eta", "rho", f"{ablation}, eta = {settings['fixed_eta']}")):
-        rows = [r for r in results if r["sweep"] == sweep and r["test_fn"] == "loss"]
-        _errorbars(ax, rows, x, "loss", colours[0])
-        ax.set_title(title)
+    order_fn = settings["order_test_fn"]
+    coupled = [r for r in rows if r["sweep"] == "coupled" and r["test_fn"] == order_fn]
+    runs = list(dict.fromkeys(_run_key(r) for r in coupled))
+    usam = [k for k in runs if not get_rule(k[0]).normalized]
+    sam = [k for k in runs if get_rule(k[0]).normalized]
+    fig, axes = plt.subplots(2, 3, figsize=(18, 10))
+    kappa = settings["kappa"]
+    _family_panel(axes[0, 0], coupled, orders, usam, colours,
+                  f"(a) unnormalised rules: {order_fn}, rho = {kappa} sqrt(eta)")
+    _family_panel(axes[0, 1], coupled, orders, sam, colours[len(usam):] + colours[:len(usam)],
+                  f"(b) normalised rules: {order_fn}, rho = {kappa} sqrt(eta)")
+    for i, key in enumerate(runs):
+        chosen = [r for r in coupled if _run_key(r) == key and r["variant"] == "full"]
+        _curve(axes[0, 2], chosen, "eta", "weak_error_T",
+               f"{run_label(chosen[0])}: order {_order_text(orders, chosen[0], 'full', 'at_horizon')}",
+               colours[i % len(colours)], marker=MARKERS[i % len(MARKERS)])
+    axes[0, 2].set_title(f"(c) full SDE, {order_fn} at the horizon T = {settings['horizon']}",
+                         fontsize=10)
+    axes[0, 2].set_xlabel("eta")
+    ablation = {"algorithm": settings["ablation_run"][0], "micro": settings["ablation_run"][1],
+                "lam": settings["ablation_run"][2]}
+    name = run_label(ablation)
+    for ax, sweep, x, title in ((axes[1, 0], "fixed_rho", "eta", f"(d) {name}, rho = {settings['fixed_rho']}"),
+                                (axes[1, 1], "fixed_eta", "rho", f"(e) {name}, eta = {settings['fixed_eta']}")):
+        chosen = [r for r in rows if r["sweep"] == sweep and r["test_fn"] == order_fn]
+        for variant, dashed in (("full", False), ("without_noise_term", True)):
+            _curve(ax, [r for r in chosen if r["variant"] == variant], x, "weak_error",
+                   f"{order_fn}, {'full SDE' if not dashed else 'without noise term'}", colours[0], dashed)
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel(x)
     for i, test_fn in enumerate(settings["test_fns"]):
-        rows = [r for r in coupled if _key(r) == ablation and r["test_fn"] == test_fn]
-        _errorbars(axes[3], rows, "eta", test_fn, colours[i % len(colours)])
-    axes[3].set_title(f"{ablation}, all test functions")
-    axes[3].set_xlabel("eta")
-    for ax in axes:
+        chosen = [r for r in rows if r["sweep"] == "coupled" and _run_key(r) == _run_key(ablation)
+                  and r["test_fn"] == test_fn and r["variant"] == "full"]
+        _curve(axes[1, 2], chosen, "eta", "weak_error", test_fn, colours[i % len(colours)])
+    axes[1, 2].set_title(f"(f) {name}, full SDE, every test function", fontsize=10)
+    axes[1, 2].set_xlabel("eta")
+    for ax in axes.flat:
+        ticks = sorted({x for line in ax.get_lines() for x in line.get_xdata()})
         ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
         ax.set_yscale("log")
-        ax.set_ylabel("weak error max_k |E g(x_k) - E g(X_k eta)|")
-        ax.legend(fontsize=7)
+        ax.set_ylabel("weak error")
+        ax.legend(fontsize=7, loc="lower right")
         ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle(f"first-order SDE vs discrete: logistic regression, N={settings['n']}, "
-                 f"B={settings['batch']}, T={settings['horizon']}, {settings['chains']} chains")
-    fig.tight_layout()
+    diverged = sum(r["diverged"] for r in rows)
+    fig.suptitle(f"first-order SDE vs discrete rule: logistic regression, N = {settings['n']}, "
+                 f"d = {settings['dim']}, B = {settings['batch']}, T = {settings['horizon']}, "
+                 f"dt = eta/{settings['substeps']}", fontsize=12)
+    fig.text(0.5, 0.005, "weak error = max over steps k <= T/eta of |E g(x_k) - E g(X_(k eta))| "
+             "(c: at k = T/eta); error bars: 1 Monte-Carlo standard error; orders: least-squares "
+             f"slope in eta with 95% interval; every point over {settings['chains']} chains per "
+             f"side, {diverged} diverged chains in all", ha="center", fontsize=9)
+    fig.tight_layout(rect=(0, 0.02, 1, 0.97))
     paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".pdf")]
     for path in paths:
-        fig.savefig(path, dpi=130)
+        fig.savefig(path, dpi=110)
     plt.close(fig)
     return paths

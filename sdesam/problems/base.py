@@ -45,6 +45,13 @@ class Problem(abc.ABC):
         jac = vmap(jacrev(self.sample_losses))(flat)
         return jac.reshape(*x.shape[:-1], self.n, self.dim)
 
+    def subset_grads(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Per-sample gradients of the samples ``idx [..., s]`` only, at ``x [..., d]`` (same
+        leading shape): ``[..., s, d]``. Here the rows of :meth:`sample_grads` are gathered;
+        problems with closed-form gradients override it to evaluate only those s samples."""
+        grads = self.sample_grads(x)
+        return grads.gather(-2, idx.unsqueeze(-1).expand(*idx.shape, self.dim))
+
     def sample_grads_with_hvp(self, x: torch.Tensor
                               ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
         """Per-sample gradients ``[..., N, d]`` and the map ``u [..., N, d] -> sum_i H_i(x) u_i``

@@ -40,6 +40,12 @@ class LinearRegression(Problem):
         self._check_point(x)
         return self.residuals(x).unsqueeze(-1) * self.features.to(x)
 
+    def subset_grads(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``(X_i . x - y_i) X_i`` for the samples ``idx [..., s]`` only: ``[..., s, d]``."""
+        features = self.features.to(x)[idx]
+        residuals = (features * x.unsqueeze(-2)).sum(dim=-1) - self.targets.to(x)[idx]
+        return residuals.unsqueeze(-1) * features
+
     def sample_grads_with_hvp(self, x: torch.Tensor):
         """Per-sample gradients and ``u -> sum_i X_i (X_i . u_i)`` in closed form."""
         self._check_point(x)
@@ -84,6 +90,12 @@ class LogisticRegression(Problem):
         self._check_point(x)
         weight = torch.sigmoid(self.logits(x)) - self.targets.to(x)
         return weight.unsqueeze(-1) * self.features.to(x) + self.l2 * x.unsqueeze(-2)
+
+    def subset_grads(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``(sigmoid(X_i . x) - y_i) X_i + l2 x`` for the samples ``idx [..., s]`` only."""
+        features = self.features.to(x)[idx]
+        weight = torch.sigmoid((features * x.unsqueeze(-2)).sum(dim=-1)) - self.targets.to(x)[idx]
+        return weight.unsqueeze(-1) * features + self.l2 * x.unsqueeze(-2)
 
     def sample_grads_with_hvp(self, x: torch.Tensor):
         """Per-sample gradients and ``u -> sum_i (s_i (1 - s_i) X_i X_i^T + l2 I) u_i`` with
