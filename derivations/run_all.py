@@ -1,4 +1,8 @@
-"""Run every derivation script; exit non-zero if any check fails to verify."""
+"""Run every derivation script; exit 1 if any check fails to verify.
+
+``python derivations/run_all.py [--out DIR]``: the LaTeX of every result goes to DIR (default:
+a fresh ``runs/derivations-<time>/``).
+"""
 
 import sys
 from pathlib import Path
@@ -11,16 +15,17 @@ import rw_sam  # noqa: E402
 import rw_sam_weights  # noqa: E402
 import sam_variants  # noqa: E402
 import usam  # noqa: E402
+from sdesam.symbolic.report import run_script  # noqa: E402
 
 SCRIPTS = (n_usam, usam, m_usam, sam_variants, rw_sam_weights, rw_sam)
 
 
-def main() -> int:
-    """Run all scripts in turn and report which failed."""
-    failed = [script.__name__ for script in SCRIPTS if script.main() != 0]
+def main(out: Path) -> int:
+    """Run all scripts in turn, writing into ``out``, and report which failed."""
+    failed = [script.__name__ for script in SCRIPTS if script.main(out) != 0]
     print("all derivations verified" if not failed else f"FAILED: {', '.join(failed)}")
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -9,7 +9,7 @@ Two protocols (``--protocol landscape|network|all``):
   Recorded: the fraction of chains past the saddle against steps
   (Wilson bands) and the restricted mean first-exit time E[min(tau, T)] with bootstrap bands.
 * network -- an MLP on scikit-learn's digits, driven to a poor minimum by full-batch GD on the
-  clean training set plus a random-label block (:mod:`sdesam.digits`), then continued on the
+  clean training set plus a random-label block (:mod:`sdesam.experiment.digits`), then continued on the
   clean set by SGD, SAM, m-SAM over several m and RW-SAM (``sdesam.optim``), several seeds each.
   "Escape" is the first logged step at which test accuracy exceeds its value at the poor
   minimum by ``threshold``. Every rule runs the same seeds (same start, same batch order), so
@@ -29,13 +29,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sdesam import digits, ensemble, sde, stats
+from sdesam.experiment import digits
+from sdesam.simulation import ensemble, sde
+from sdesam import stats
 from sdesam.algorithms import get_rule, sampling_factor
 from sdesam.cli import guarded
-from sdesam.experiment_args import experiment_parser, prepare_out
+from sdesam.experiment.arguments import experiment_parser, prepare_out
 from sdesam.plotting import publish
 from sdesam.problems import SharpFlatLandscape
-from sdesam.records import make_record, timed_metadata
+from sdesam.experiment.records import make_record, timed_metadata
 
 LANDSCAPE = {"n": 32, "eta": 0.02, "batch": 16, "rho": 0.005, "chains": 1000, "sde_chains": 500,
              "micros": [1, 2, 4, 8, 16], "sde_micros": [1, 2, 4], "steps": 3000, "log_every": 20,

@@ -41,10 +41,10 @@ from tqdm.auto import tqdm
 
 from sdesam import per_sample, sgn, stats
 from sdesam.algorithms import get_rule
-from sdesam.experiment_args import check_device
-from sdesam.outputs import check_writable, resolve_out
+from sdesam.experiment.arguments import check_device
+from sdesam.experiment.outputs import check_writable, resolve_out
 from sdesam.plotting import publish
-from sdesam.records import atomic_write, make_record, read_record, run_metadata, write_json
+from sdesam.experiment.records import atomic_write, make_record, read_record, run_metadata, write_json
 from sdesam.train import augment
 from sdesam.train.loop import (TrainConfig, initial_model, per_sample_cross_entropy,
                                prepare_data, train)

@@ -1,6 +1,6 @@
 """m-sharpness measured: final test accuracy, tr V and top Hessian eigenvalue against m.
 
-The digits MLP of :mod:`sdesam.digits` is trained from PyTorch's standard initialisation on the
+The digits MLP of :mod:`sdesam.experiment.digits` is trained from PyTorch's standard initialisation on the
 clean training set by m-SAM for every m dividing the batch (m = B is SAM), with SGD and RW-SAM
 for comparison, several seeds each (this project's protocol). At the end: test accuracy, tr V
 (exact, full training set), the top Hessian eigenvalue of the training loss (Lanczos) and the
@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from sdesam import digits, sgn, stats
+from sdesam.experiment import digits
+from sdesam import sgn, stats
 from sdesam.cli import guarded
-from sdesam.experiment_args import experiment_parser, prepare_out
+from sdesam.experiment.arguments import experiment_parser, prepare_out
 from sdesam.plotting import publish
-from sdesam.records import make_record, timed_metadata
+from sdesam.experiment.records import make_record, timed_metadata
 
 SETTINGS = {"lr": 0.07, "batch": 20, "rho": 0.05, "delta": 1e-3, "micros": [1, 2, 4, 5, 10],
             "steps": 1500, "seeds": 4, "hidden": 128, "lanczos_iterations": 20,

@@ -26,13 +26,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sdesam import digits, implicit
+from sdesam.experiment import digits
+from sdesam import implicit
 from sdesam.algorithms import get_rule, rule_names
-from sdesam.experiment_args import check_device, experiment_parser
-from sdesam.outputs import check_writable, resolve_out
+from sdesam.experiment.arguments import check_device, experiment_parser
+from sdesam.experiment.outputs import check_writable, resolve_out
 from sdesam.plotting import publish
 from sdesam.problems import LogisticRegression, SharpFlatLandscape
-from sdesam.records import make_record, run_metadata
+from sdesam.experiment.records import make_record, run_metadata
 
 LAMS = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
 LAMS_QUICK = [0.0, 1.0, 4.0, 16.0]

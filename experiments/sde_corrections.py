@@ -3,7 +3,7 @@
 For USAM, m-USAM and a user-defined elementwise-scaled USAM (perturbation ``rho (x^2 + 1) *
 grad f_B``) on the non-quadratic example losses of :func:`sdesam.symbolic.example_losses`
 (2-D, N = 4, tr V varies with x), the SDE compiled from the derivation
-(:mod:`sdesam.derived_sde`) is simulated in variants
+(:mod:`sdesam.simulation.derived_sde`) is simulated in variants
 
 * ``first_order``   -- drift to O(rho), diffusion ``c V``;
 * ``eta_correction`` -- plus the drift's eta term ``-(eta/2) J(E G) E G`` (of the order-2 drift);
@@ -12,7 +12,7 @@ grad f_B``) on the non-quadratic example losses of :func:`sdesam.symbolic.exampl
 * ``second_order``  -- the whole order-2 drift (eta term and O(rho^2)) with the O(rho) diffusion,
 
 and its weak error ``|E g(x_T) - E g(X_T)|`` at the horizon T against the discrete ensemble
-(``sdesam.ensemble.run``) is measured for the test functions of :mod:`sdesam.compare`, with
+(``sdesam.simulation.ensemble.run``) is measured for the test functions of :mod:`sdesam.simulation.compare`, with
 Monte-Carlo standard errors. The SDEs are integrated by Euler-Maruyama at ``dt = eta/substeps``
 and ``dt/2`` on one Brownian path and Richardson-extrapolated (``2 E_{dt/2} - E_dt``), so the
 integrator's O(dt) bias -- of the same size as the eta correction being measured -- is removed.
@@ -22,7 +22,7 @@ differences) than either weak error; where the bias keeps its sign, the change o
 error is that shift.
 
 Also measured: the cost of the diffusion's square root (Cholesky with the eigen fallback used
-by :func:`sdesam.derived_sde.noise_factor`, against a batched eigendecomposition of every
+by :func:`sdesam.simulation.derived_sde.noise_factor`, against a batched eigendecomposition of every
 matrix) for d = 2, 4, 8. Writes ``OUT/sde_corrections.json`` (the one record schema).
 """
 
@@ -37,16 +37,17 @@ import sympy
 import torch
 from tqdm.auto import tqdm
 
-from sdesam import algorithms, compare, ensemble, problems
+from sdesam import algorithms, problems
+from sdesam.simulation import compare, ensemble
 from sdesam.algorithms import Rule
-from sdesam.brownian import FixedGridBrownian
-from sdesam.chains import ChainRun
-from sdesam.derived_sde import DerivedSDE, integration_grid, noise_factor
-from sdesam.ensemble import start_points
-from sdesam.sde import euler_maruyama
-from sdesam.experiment_args import check_device, experiment_parser
-from sdesam.outputs import check_writable, resolve_out
-from sdesam.records import make_record, run_metadata, write_json
+from sdesam.simulation.brownian import FixedGridBrownian
+from sdesam.simulation.chains import ChainRun
+from sdesam.simulation.derived_sde import DerivedSDE, integration_grid, noise_factor
+from sdesam.simulation.ensemble import start_points
+from sdesam.simulation.sde import euler_maruyama
+from sdesam.experiment.arguments import check_device, experiment_parser
+from sdesam.experiment.outputs import check_writable, resolve_out
+from sdesam.experiment.records import make_record, run_metadata, write_json
 from sdesam.symbolic import Derivation, derive, eta as ETA, example_losses, rho as RHO
 
 SCALED_USAM = Rule("scaled-usam", "part", False, False,

@@ -26,11 +26,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sdesam import compare, sde, validation
-from sdesam.outputs import check_writable, resolve_out
+from sdesam.simulation import compare, sde
+from sdesam import validation
+from sdesam.experiment.outputs import check_writable, resolve_out
 from sdesam.plotting import publish
 from sdesam.problems import LogisticRegression
-from sdesam.records import make_record, run_metadata, write_json
+from sdesam.experiment.records import make_record, run_metadata, write_json
 
 DEFAULT: dict[str, Any] = {
     "n": 8, "dim": 2, "l2": 0.1, "data_seed": 0, "x0": [1.0, -1.0], "horizon": 1.6,

@@ -1,6 +1,6 @@
 """tr V, the trace of the gradient-noise covariance, along training (this project's protocols).
 
-* network-poor / network-init -- the digits MLP of :mod:`sdesam.digits`, continued from the
+* network-poor / network-init -- the digits MLP of :mod:`sdesam.experiment.digits`, continued from the
   poor minimum and trained from PyTorch's standard initialisation, with SGD, SAM, m-SAM over
   several m and RW-SAM (``sdesam.optim``), several seeds; tr V exact on the full clean training
   set at logged steps (mean and one standard error over seeds).
@@ -24,13 +24,15 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from sdesam import digits, ensemble, sgn, stats
+from sdesam.experiment import digits
+from sdesam.simulation import ensemble
+from sdesam import sgn, stats
 from sdesam.algorithms import get_rule
 from sdesam.cli import guarded
-from sdesam.experiment_args import experiment_parser, prepare_out
+from sdesam.experiment.arguments import experiment_parser, prepare_out
 from sdesam.plotting import publish
 from sdesam.problems import SharpFlatLandscape
-from sdesam.records import make_record, timed_metadata
+from sdesam.experiment.records import make_record, timed_metadata
 
 NETWORK = {"lr": 0.07, "batch": 20, "rho": 0.05, "delta": 1e-3, "micros": [1, 2, 5],
            "steps_poor": 600, "steps_init": 1500, "log_every": 50, "seeds": 4, "hidden": 128,

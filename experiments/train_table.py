@@ -32,8 +32,8 @@ from typing import Any
 
 from sdesam.algorithms import get_rule
 from sdesam.cli import OneLineParser, guarded
-from sdesam.experiment_args import prepare_out
-from sdesam.records import atomic_write, make_record, timed_metadata, write_json
+from sdesam.experiment.arguments import prepare_out
+from sdesam.experiment.records import atomic_write, make_record, timed_metadata, write_json
 from sdesam.train import OPTIMIZERS, TrainConfig, train
 from sdesam.train.data import DATASETS
 from sdesam.train.models import MODELS

@@ -14,7 +14,7 @@ This module holds the registry (:data:`RULES` of :class:`Rule`, each saying ever
 needs: perturbation source, normalisation, elementwise scale, micro-batches, accepted keywords,
 closed-form drift, SDE, optimizer) and :func:`direction`, a plain reference implementation
 written against two callables (``grad`` and ``norm``) so that the very same code runs on sympy
-matrices (``sdesam.symbolic``), on torch tensors batched over chains (``sdesam.ensemble``) and
+matrices (``sdesam.symbolic``), on torch tensors batched over chains (``sdesam.simulation.ensemble``) and
 in the tests of ``sdesam.optim``. A user adds a rule once with :func:`register` and every layer
 knows it by name; every choice list is read from :func:`rule_names`, and no code outside this
 module tests a rule's name.
@@ -61,9 +61,9 @@ class Rule:
     ``scale``: an optional elementwise preconditioner of the perturbation, ``a_k <- scale(x_k)
     a_k`` applied before normalisation (adaptive / elementwise-scaled variants); it must be
     written with arithmetic that works on sympy scalars and torch tensors alike (``x**2 + 0.1``).
-    ``label``: the display name (tables, legends); ``sde``: whether :mod:`sdesam.sde` has a
+    ``label``: the display name (tables, legends); ``sde``: whether :mod:`sdesam.simulation.sde` has a
     hand-written first-order SDE for it (every rule with a derivation also gets the compiled
-    SDE of :mod:`sdesam.derived_sde`); ``optimizer``: whether :func:`sdesam.optim.create` can
+    SDE of :mod:`sdesam.simulation.derived_sde`); ``optimizer``: whether :func:`sdesam.optim.create` can
     build it for an ``nn.Module``.
     ``descent_weights`` (Gibbs-weighted rules only): how the weights p enter the descent
     gradient -- ``"none"`` (the plain batch mean at the perturbed point, the poster's RW-SAM),

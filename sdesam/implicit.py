@@ -203,7 +203,7 @@ def enumerate_batches(n: int, batch: int, sampling: str) -> Batches:
 def sample_batches(n: int, batch: int, count: int, sampling: str,
                    generator: torch.Generator) -> Batches:
     """``count`` uniform batches (i.i.d. indices, or a uniform subset in random order)."""
-    from .ensemble import draw_batches
+    from .simulation.ensemble import draw_batches
 
     check_sampling(sampling)
     validation.positive_int("count", count)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchsde import BaseBrownian
 
-from sdesam.brownian import FixedGridBrownian, time_grid
+from sdesam.simulation.brownian import FixedGridBrownian, time_grid
 
 
 def test_time_grid_accumulates_like_the_solver_clock():

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from sdesam import ensemble, sde
-from sdesam.chains import chunk_size, recorded_steps
+from sdesam.simulation import ensemble, sde
+from sdesam.simulation.chains import chunk_size, recorded_steps
 from sdesam.problems import Problem, Quadratic
 
 

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from sdesam import compare
-from sdesam.chains import Moments
+from sdesam.simulation import compare
+from sdesam.simulation.chains import Moments
 from sdesam.problems import Quadratic
 
 

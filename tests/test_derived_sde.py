@@ -10,10 +10,11 @@ import sympy
 import torch
 import torchsde
 
-from sdesam import algorithms, compare, ensemble, problems, sde
+from sdesam import algorithms, problems
+from sdesam.simulation import compare, ensemble, sde
 from sdesam.algorithms import Rule
-from sdesam.brownian import FixedGridBrownian, time_grid
-from sdesam.derived_sde import CompiledMatrix, DerivedSDE, noise_factor, simulate_derivation
+from sdesam.simulation.brownian import FixedGridBrownian, time_grid
+from sdesam.simulation.derived_sde import CompiledMatrix, DerivedSDE, noise_factor, simulate_derivation
 from sdesam.symbolic import derive, example_losses, symbolic_support
 from sdesam.symbolic.sampling import sample_distribution
 from sdesam.validation import InputError
@@ -54,11 +55,12 @@ def test_compiled_first_order_sde_equals_hand_written(family, sampling):
     assert names
     for name in names:
         rule = algorithms.get_rule(name)
+        lam = {"lam": 1.5} if "lam" in rule.keywords else {}
         derivation = derive(rule, losses, variables, batch=BATCH, micro=micro_of(rule),
-                            sampling=sampling)
+                            sampling=sampling, **lam)
         compiled = DerivedSDE(derivation, eta=eta, rho=rho)
         written = sde.AlgorithmSDE(problem, name, eta=eta, rho=rho, batch=BATCH,
-                                   micro=micro_of(rule), sampling=sampling)
+                                   micro=micro_of(rule), sampling=sampling, **lam)
         torch.testing.assert_close(compiled.f(0.0, y), written.f(0.0, y), rtol=0, atol=1e-10,
                                    msg=f"drift of {name}")
         root = written.diffusion(y)

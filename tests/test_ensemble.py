@@ -4,7 +4,7 @@ import pytest
 import sympy
 import torch
 
-from sdesam import ensemble
+from sdesam.simulation import ensemble
 from sdesam.algorithms import ALGORITHMS, direction, get_rule, reweighted_gradient
 from sdesam.problems import LogisticRegression, Quadratic, TeacherStudent, from_sympy
 

@@ -7,7 +7,7 @@ import pytest
 
 from sdesam import plotting
 from sdesam.algorithms import get_rule
-from sdesam.records import read_record
+from sdesam.experiment.records import read_record
 
 ROOT = Path(__file__).resolve().parents[1]
 CURVE_KEYS = {"protocol", "rule", "micro", "kind", "step", "escaped_fraction", "ci_low", "ci_high"}

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from sdesam import plotting
-from sdesam.records import read_record
+from sdesam.experiment.records import read_record
 
 FIGURES = Path(__file__).resolve().parents[1] / "figures"
 DATA_FILES = sorted(FIGURES.glob("*.json"))

@@ -8,7 +8,7 @@ import pytest
 
 from sdesam import plotting
 from sdesam.cli import main as cli_main
-from sdesam.records import make_record
+from sdesam.experiment.records import make_record
 
 
 def sgn_trace_data():

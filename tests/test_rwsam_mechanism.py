@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sdesam.plotting import redraw
-from sdesam.records import read_record
+from sdesam.experiment.records import read_record
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "rwsam_mechanism.py"
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sdesam import ensemble, sde
+from sdesam.simulation import ensemble, sde
 from sdesam.algorithms import sampling_factor
 from sdesam.problems import LogisticRegression, Quadratic, TeacherStudent
 

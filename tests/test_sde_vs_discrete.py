@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sdesam import plotting
-from sdesam.records import read_record
+from sdesam.experiment.records import read_record
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -97,7 +97,7 @@ def test_hessian_top_eigenvalue_against_explicit_hessian():
 
 def test_finite_difference_norms_against_exact_norms():
     """RW-SAM's one-forward estimator: unbiased in the mean square, noisy for one draw."""
-    from sdesam.digits import per_sample_loss
+    from sdesam.experiment.digits import per_sample_loss
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))

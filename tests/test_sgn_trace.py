@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdesam import digits, plotting
+from sdesam.experiment import digits
+from sdesam import plotting
 from sdesam.algorithms import get_rule
-from sdesam.records import read_record
+from sdesam.experiment.records import read_record
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -119,11 +119,14 @@ def test_n_sam_one_dimensional_drift_verifies():
 
 
 @pytest.mark.slow
-def test_all_derivation_scripts_verify():
+def test_all_derivation_scripts_verify_and_write_only_where_asked(tmp_path):
     import subprocess
     import sys
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "derivations" / "run_all.py"
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "tex")],
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-2000:]
+    assert sorted(p.name for p in (tmp_path / "tex").iterdir()) == sorted(
+        f"{p.stem}.tex" for p in script.parent.glob("*.py") if p.name != "run_all.py")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sdesam.cli import guarded
-from sdesam.records import read_record
+from sdesam.experiment.records import read_record
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "train_table.py"
 

@@ -4,8 +4,8 @@ Three measurements (m-USAM, B = 4, m = 2, on least squares; float64; ``--threads
 
 1. **Ensemble against SDE, per step**, on a grid of sizes (d x chains, 100 to 1e4 chains, N =
    16): the discrete ensemble's step (old: every micro-batch gradient by a VJP through all N
-   samples; new: :func:`sdesam.ensemble.run`, gathering the chosen samples' rows of the
-   per-sample gradients) against the SDE fast path (:func:`sdesam.sde.euler_maruyama`, one
+   samples; new: :func:`sdesam.simulation.ensemble.run`, gathering the chosen samples' rows of the
+   per-sample gradients) against the SDE fast path (:func:`sdesam.simulation.sde.euler_maruyama`, one
    cell per step). Done when new ensemble / SDE <= 1.2 everywhere.
 2. **SDE per chain-step** at N = 8, d = 2 and N = 64, d = 20 with 1e4 chains: the old fast path
    (whole ``[chains, N, d]`` temporaries each step, the path kept as a list and stacked)
@@ -13,7 +13,7 @@ Three measurements (m-USAM, B = 4, m = 2, on least squares; float64; ``--threads
 3. **Peak memory** (peak RSS of a fresh process) of an SDE-vs-discrete comparison of end-time
    moments (discrete ensemble and SDE with dt = eta, test functions loss and tr V): the old way
    (both whole paths ``[steps+1, chains, d]`` kept, the SDE's as a list then stacked, the test
-   functions evaluated on all of them) against the new (:func:`sdesam.compare.compare_algorithm`
+   functions evaluated on all of them) against the new (:func:`sdesam.simulation.compare.compare_algorithm`
    with ``every=None``: running moments only), at a size the old way survives; with
    ``--memory-full`` also the new way at 1e5 chains, d = 20, 1000 steps (``--full-steps``;
    about an hour of CPU on a small machine: the new way's peak does not depend on the steps).
@@ -38,12 +38,13 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from sdesam import compare, ensemble, sde, validation
+from sdesam.simulation import compare, ensemble, sde
+from sdesam import validation
 from sdesam.algorithms import check_sizes, get_rule
-from sdesam.brownian import FixedGridBrownian, time_grid
-from sdesam.outputs import check_writable, resolve_out
+from sdesam.simulation.brownian import FixedGridBrownian, time_grid
+from sdesam.experiment.outputs import check_writable, resolve_out
 from sdesam.problems import LinearRegression
-from sdesam.records import atomic_write, run_metadata
+from sdesam.experiment.records import atomic_write, run_metadata
 
 BATCH, MICRO, ETA, RHO = 4, 2, 0.01, 0.05
 TEST_FNS = ("loss", "trace_V")
@@ -60,7 +61,7 @@ def old_update_direction(problem, x, batch_idx):
 
 
 def old_ensemble_run(problem, x0: torch.Tensor, steps: int, seed: int) -> torch.Tensor:
-    """The old :func:`sdesam.ensemble.run` loop: the whole path ``[steps+1, chains, d]`` kept."""
+    """The old :func:`sdesam.simulation.ensemble.run` loop: the whole path ``[steps+1, chains, d]`` kept."""
     x = x0.clone()
     chains = x.shape[0]
     generator = torch.Generator(device=x.device).manual_seed(seed)

@@ -29,8 +29,8 @@ from unittest import mock
 import sympy
 from sympy.core.cache import clear_cache
 
-from sdesam.outputs import check_writable, resolve_out
-from sdesam.records import atomic_write
+from sdesam.experiment.outputs import check_writable, resolve_out
+from sdesam.experiment.records import atomic_write
 from sdesam.symbolic import derive
 from sdesam.symbolic.families import ConcreteFamily
 

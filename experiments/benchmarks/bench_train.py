@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sdesam.optim import create, passes
-from sdesam.outputs import check_writable, resolve_out
-from sdesam.records import atomic_write, run_metadata
+from sdesam.experiment.outputs import check_writable, resolve_out
+from sdesam.experiment.records import atomic_write, run_metadata
 from sdesam.train import augment
 from sdesam.train.data import synthetic_dataset
 from sdesam.train.distributed import resolve_device

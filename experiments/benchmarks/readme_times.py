@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from sdesam.cli import OneLineParser, guarded  # noqa: E402
-from sdesam.outputs import check_writable, resolve_out  # noqa: E402
-from sdesam.records import atomic_write  # noqa: E402
+from sdesam.experiment.outputs import check_writable, resolve_out  # noqa: E402
+from sdesam.experiment.records import atomic_write  # noqa: E402
 
 TIMED = ("--quick", "sdesam derive", "sdesam plot", "sdesam train --dataset synthetic",
          "sdesam train --dataset mnist1d", "derivations/run_all.py")

@@ -15,8 +15,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..outputs import check_writable
-from ..records import read_record, validate_record, write_json
+from ..experiment.outputs import check_writable
+from ..experiment.records import read_record, validate_record, write_json
 from ..validation import InputError
 
 
@@ -63,7 +63,7 @@ def redraw(path: str | Path, out_dir: str | Path | None = None) -> list[Path]:
 
 
 def publish(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
-    """Write the record ``data`` (the one schema of :func:`sdesam.records.make_record`) to
+    """Write the record ``data`` (the one schema of :func:`sdesam.experiment.records.make_record`) to
     ``out_dir/<experiment>.json`` atomically and draw its figure there."""
     validate_record(data, "the record to publish")
     experiment = data["settings"]["experiment"]

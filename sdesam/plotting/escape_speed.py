@@ -4,7 +4,7 @@ Landscape row: the loss, tr V and each rule's effective potential; the fraction 
 escaped against steps (discrete solid with 95% Wilson bands, SDE dashed); the restricted mean
 first-exit time against m. Network row: test accuracy from the poor minimum (mean and one
 standard error over seeds), the fraction of seeds escaped, and the mean first-exit step.
-Reads only the record schema (:mod:`sdesam.records`); a rule's place and colour come from the
+Reads only the record schema (:mod:`sdesam.experiment.records`); a rule's place and colour come from the
 rule registry.
 """
 

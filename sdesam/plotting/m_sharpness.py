@@ -1,7 +1,7 @@
 """Figure of ``experiments/m_sharpness.py``: test accuracy, tr V and top Hessian eigenvalue
 against the micro-batch size m of m-SAM (SAM at m = B; SGD and RW-SAM as horizontal bands), and
 test accuracy against the optimizer's wall time relative to SAM, where RW-SAM sits at its
-measured cost. Reads only the record schema (:mod:`sdesam.records`)."""
+measured cost. Reads only the record schema (:mod:`sdesam.experiment.records`)."""
 
 from __future__ import annotations
 

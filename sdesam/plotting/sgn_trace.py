@@ -3,7 +3,7 @@
 One panel per protocol (landscape ensemble; network from the poor minimum; network from the
 standard initialisation): mean tr V with a band of one standard error, and a bar panel in the
 style of the paper's Table 6 with the end-of-training tr V (mean +- std over seeds). Reads only
-the record schema (:mod:`sdesam.records`).
+the record schema (:mod:`sdesam.experiment.records`).
 """
 
 from __future__ import annotations

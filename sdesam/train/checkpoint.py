@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sdesam.records import atomic_write
+from sdesam.experiment.records import atomic_write
 from sdesam.validation import InputError
 
 CHECKPOINT_NAME = "checkpoint.pt"

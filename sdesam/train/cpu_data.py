@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sdesam.records import atomic_write
+from sdesam.experiment.records import atomic_write
 from sdesam.train.data import ImageDataset, channel_statistics
 from sdesam.train.splits import stratified_split
 from sdesam.validation import InputError

@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 from sdesam import validation
 from sdesam.algorithms import Rule, check_sizes, get_rule
 from sdesam.optim import DEFAULT_DELTA, create, optimizer_names
-from sdesam.outputs import check_writable
-from sdesam.records import atomic_write, run_metadata, write_json
+from sdesam.experiment.outputs import check_writable
+from sdesam.experiment.records import atomic_write, run_metadata, write_json
 from sdesam.train import augment, checkpoint, distributed, splits
 from sdesam.train.data import (DATASETS, FILE_DATASETS, ImageDataset, batch_indices,
                                epoch_generator, eval_batches, load_dataset, shard)

@@ -2,7 +2,7 @@
 
 ``--quick``, ``--seed``, ``--out``, ``--device``, ``--cache`` and ``--no-progress`` mean the same
 in every experiment. Without ``--out`` a run goes to a fresh ``runs/<experiment>-<time>/``
-folder (:mod:`sdesam.outputs`), so nothing committed is overwritten unless the user names
+folder (:mod:`sdesam.experiment.outputs`), so nothing committed is overwritten unless the user names
 ``--out figures``; the folder is checked writable before any work.
 """
 
@@ -12,8 +12,8 @@ import argparse
 import os
 from pathlib import Path
 
-from . import validation
-from .cli import OneLineParser
+from .. import validation
+from ..cli import OneLineParser
 from .outputs import check_writable, resolve_out
 
 QUICK_ENV = "SDESAM_QUICK"

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .validation import InputError
+from ..validation import InputError
 
 RUNS_DIR = Path("runs")
 

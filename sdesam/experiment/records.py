@@ -104,7 +104,7 @@ def make_record(settings: dict[str, Any], results: dict[str, list[dict[str, Any]
 
 def validate_record(data: Any, source: str | os.PathLike) -> dict[str, Any]:
     """``data`` if it follows the schema of :data:`RECORD_KEYS`, else a ValueError naming ``source``."""
-    from .validation import InputError
+    from ..validation import InputError
 
     where = str(source)
     if not isinstance(data, dict) or set(data) != set(RECORD_KEYS):
@@ -131,7 +131,7 @@ def validate_record(data: Any, source: str | os.PathLike) -> dict[str, Any]:
 
 def read_record(path: str | os.PathLike) -> dict[str, Any]:
     """Load and validate an experiment record; every failure names the file and what is wrong."""
-    from .validation import InputError
+    from ..validation import InputError
 
     path = Path(path)
     if not path.is_file():

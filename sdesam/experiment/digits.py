@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from . import per_sample
+from .. import per_sample
 from .records import atomic_write
 
 
@@ -155,8 +155,8 @@ def continue_training(start: nn.Module, rule: str, data: DigitsData, *, lr: floa
     holds ``optimizer_seconds``, the wall time spent in the optimizer's steps (for cost
     comparisons), and with ``return_model`` the trained ``model``.
     """
-    from .algorithms import get_rule
-    from .optim import create
+    from ..algorithms import get_rule
+    from ..optim import create
 
     if not isinstance(log_every, int) or log_every < 1 or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps and log_every must be positive integers; got {steps!r}, {log_every!r}")

@@ -1,6 +1,6 @@
 """The SDE of ANY derived rule, compiled from its sympy :class:`~sdesam.symbolic.Derivation`.
 
-``sdesam.sde`` holds hand-written first-order SDEs for the built-in rules; this module turns
+``sdesam.simulation.sde`` holds hand-written first-order SDEs for the built-in rules; this module turns
 whatever :func:`sdesam.symbolic.derive` produced -- a user rule, the eta-corrected drift of
 ``order >= 2``, the O(rho) diffusion of ``diffusion_order >= 1`` -- into a torchsde-style SDE
 on chains ``[chains, d]``:
@@ -8,7 +8,7 @@ on chains ``[chains, d]``:
     dX = b(X) dt + sqrt(eta) S(X) dW,   S S^T = Sigma(X),   W in R^d,
 
 time measured so that step k of the discrete rule sits at ``t = k eta`` (as in
-:mod:`sdesam.sde`). ``b`` and ``Sigma`` are the derivation's sympy matrices, lambdified to torch
+:mod:`sdesam.simulation.sde`). ``b`` and ``Sigma`` are the derivation's sympy matrices, lambdified to torch
 (float64, batched, with ``Abs``, ``sign`` and ``sqrt`` mapped to their torch functions) with
 ``rho``, ``eta`` (and a symbol named ``lam`` where a rule has one) as numeric arguments, so
 one compilation serves every (eta, rho).
@@ -31,12 +31,12 @@ from typing import Any, Sequence
 import sympy
 import torch
 
-from . import algorithms, validation
+from .. import algorithms, validation
 from .brownian import FixedGridBrownian, time_grid
 from .chains import ChainRun
 from .ensemble import start_points
 from .sde import euler_maruyama
-from .symbolic import Derivation, eta as ETA, rho as RHO
+from ..symbolic import Derivation, eta as ETA, rho as RHO
 
 LAM_NAMES: tuple[str, ...] = ("lam", "lambda")
 """Names a derivation may give the inverse temperature of a Gibbs-weighted rule."""
@@ -103,7 +103,7 @@ def noise_factor(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class DerivedSDE(torch.nn.Module):
     """The SDE of ``derivation`` at numeric ``eta``, ``rho`` (and ``lam`` for rules that take
     it): an Ito SDE with general noise and d Brownian channels, for ``torchsde.sdeint`` and
-    :func:`sdesam.sde.euler_maruyama`.
+    :func:`sdesam.simulation.sde.euler_maruyama`.
 
     ``clipped`` / ``evaluations`` count the chain-evaluations of the diffusion and how many of
     them had a negative eigenvalue of Sigma clipped (see the module docstring).
@@ -197,10 +197,10 @@ def simulate_derivation(derivation: Derivation, *, eta: float, rho: float, x0: A
                         progress: bool = False, **recording: Any) -> ChainRun:
     """Simulate ``chains`` Euler-Maruyama paths of the compiled SDE of ``derivation``.
 
-    Returns a :class:`~sdesam.chains.ChainRun` like :func:`sdesam.sde.simulate`: ``times``
+    Returns a :class:`~sdesam.simulation.chains.ChainRun` like :func:`sdesam.simulation.sde.simulate`: ``times``
     ``k eta`` for the discrete steps k = 0..horizon/eta, the ``states [len(times), chains, d]``
     (or what ``recording`` -- ``every``, ``keep_states``, ``statistics``, ``diverge_at``,
-    ``chunk`` of :func:`sdesam.sde.euler_maruyama` -- asks for), ``final`` and the diverged
+    ``chunk`` of :func:`sdesam.simulation.sde.euler_maruyama` -- asks for), ``final`` and the diverged
     chains. ``dt`` (default eta) must divide eta; the Brownian motion (d channels) is fixed by
     ``seed``.
     """

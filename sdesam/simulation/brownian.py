@@ -3,7 +3,7 @@
 The increment over grid cell k is a Gaussian drawn from a generator seeded by ``(seed, k)``.
 So the path is fixed once the seed is chosen (as if pre-sampled), any cell can be queried in
 any order, the same increments reach ``torchsde.sdeint(bm=...)`` and
-:func:`sdesam.sde.euler_maruyama`, and no ``steps x chains x N`` tensor is ever stored.
+:func:`sdesam.simulation.sde.euler_maruyama`, and no ``steps x chains x N`` tensor is ever stored.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What a many-chain simulation keeps, and how it reports chains that blew up.
 
-The discrete ensemble (:mod:`sdesam.ensemble`) and the SDE integrator (:mod:`sdesam.sde`) share
+The discrete ensemble (:mod:`sdesam.simulation.ensemble`) and the SDE integrator (:mod:`sdesam.simulation.sde`) share
 this bookkeeping, so both layers behave the same way:
 
 * **Divergence.** After every update each chain is checked: a chain whose state holds a NaN or
@@ -24,8 +24,8 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 
-from . import validation
-from .problems.base import Problem
+from .. import validation
+from ..problems.base import Problem
 
 DIVERGE_AT = 1e8
 """Default norm beyond which a chain counts as diverged (besides any NaN / infinity)."""

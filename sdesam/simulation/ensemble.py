@@ -5,7 +5,7 @@ this module evaluates them on torch tensors of shape ``[chains, d]`` with per-ch
 mini-batches ``[chains, B]``. :func:`step` performs one update for given batch indices (so
 tests and other code can drive it with their own batches) and :func:`run` draws the batches
 from a seeded generator and iterates, keeping only what the caller asks for and freezing
-chains that diverge (see :mod:`sdesam.chains`).
+chains that diverge (see :mod:`sdesam.simulation.chains`).
 
 Gradients over a batch or micro-batch are taken, for problems with closed-form per-sample
 gradients, from the chosen samples' gradient rows only (:meth:`Problem.subset_grads`, no VJP
@@ -19,11 +19,11 @@ from typing import Any, Iterable
 import torch
 from tqdm.auto import tqdm
 
-from . import validation
-from .algorithms import (check_keywords, check_rho, check_sampling, check_sizes, get_rule,
+from .. import validation
+from ..algorithms import (check_keywords, check_rho, check_sampling, check_sizes, get_rule,
                          reweighted_gradient, scaled)
 from .chains import DIVERGE_AT, ChainRun, Recorder, bound_test_functions, chunk_size, chunks
-from .problems.base import Problem
+from ..problems.base import Problem
 
 DEFAULT_LAM = 1.0
 """RW-SAM's inverse temperature when a weighted rule is run without ``lam``."""
@@ -136,14 +136,14 @@ def run(problem: Problem, algorithm: str, *, eta: float, rho: float, batch: int,
     """Run ``chains`` independent chains of ``algorithm`` for ``steps`` steps, each chain with
     its own mini-batches drawn from ``seed``.
 
-    Returns a :class:`~sdesam.chains.ChainRun`: the end state, the diverged mask and count, and
+    Returns a :class:`~sdesam.simulation.chains.ChainRun`: the end state, the diverged mask and count, and
     at steps ``0, every, 2 every, ..., steps`` (``every=None``: start and end) the states
     ``[records, chains, d]`` if ``keep_states`` and the mean / variance over live chains of
-    each of ``test_fns`` (names of :data:`sdesam.chains.TEST_FUNCTIONS`). A chain whose state
+    each of ``test_fns`` (names of :data:`sdesam.simulation.chains.TEST_FUNCTIONS`). A chain whose state
     turns non-finite or exceeds ``diverge_at`` in norm is frozen and left out of statistics.
     ``lam`` is RW-SAM's inverse temperature (refused by rules that do not take it);
     ``chunk`` chains are updated at a time (default: temporaries of about
-    :data:`sdesam.chains.CHUNK_BYTES`). The same seed, device and dtype of ``x0`` give the
+    :data:`sdesam.simulation.chains.CHUNK_BYTES`). The same seed, device and dtype of ``x0`` give the
     same iterates, whatever the chunk.
     """
     rule = get_rule(algorithm)

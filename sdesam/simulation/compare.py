@@ -5,7 +5,7 @@ For a test function g the weak error is reported two ways: ``max_k |E g(x_k) - E
 over the recorded steps k <= T/eta, and ``|E g(x_K) - E g(X_T)|`` at the horizon T = K eta.
 Both expectations are Monte-Carlo means over independent chains, simulated chunk by chunk with
 only the running moments kept (no path is stored), so the chain count is limited by time, not
-memory. Chains that diverge are frozen and left out (see :mod:`sdesam.chains`): every record
+memory. Chains that diverge are frozen and left out (see :mod:`sdesam.simulation.chains`): every record
 says over how many chains its statistics were taken (``chains`` simulated per side,
 ``diverged`` of them left out). The standard error reported is that of the difference of the
 two means at the step concerned.
@@ -20,10 +20,11 @@ import torch
 from scipy import stats
 from tqdm.auto import tqdm
 
-from . import ensemble, sde, validation
-from .algorithms import get_rule
+from . import ensemble, sde
+from .. import validation
+from ..algorithms import get_rule
 from .chains import TEST_FUNCTIONS, ChainRun, Moments, check_test_functions, recorded_steps
-from .problems.base import Problem
+from ..problems.base import Problem
 
 __all__ = ["TEST_FUNCTIONS", "Moments", "check_test_functions", "sample_moments", "weak_error",
            "compare_algorithm", "fit_order", "VARIANTS"]

@@ -28,7 +28,7 @@ seeded samples of them otherwise (:func:`sample_sets`).
 
 :func:`euler_maruyama` integrates any torchsde-style SDE (an object with
 ``f_and_g_prod(t, y, v)``) a cache-sized chunk of chains at a time, freezing chains that
-diverge and keeping only what the caller asks for (:mod:`sdesam.chains`); :func:`simulate`
+diverge and keeping only what the caller asks for (:mod:`sdesam.simulation.chains`); :func:`simulate`
 builds the SDE of a rule and integrates it.
 """
 
@@ -42,13 +42,13 @@ import torch
 import torchsde
 from tqdm.auto import tqdm
 
-from . import validation
-from .algorithms import check_rho, check_sampling, check_sizes, get_rule, rule_names, sampling_factor
+from .. import validation
+from ..algorithms import check_rho, check_sampling, check_sizes, get_rule, rule_names, sampling_factor
 from .brownian import FixedGridBrownian, time_grid
 from .chains import (DIVERGE_AT, ChainRun, Recorder, bound_test_functions, chunk_size, chunks,
                      is_diverged)
 from .ensemble import check_eta, draw_batches, rule_lam, start_points
-from .problems.base import Problem
+from ..problems.base import Problem
 
 DROPPABLE_TERMS: dict[str, str] = {
     "trace_V": "the noise-induced drift term (c rho/2 tr V for the USAM rules; "
@@ -118,7 +118,7 @@ class AlgorithmSDE(torch.nn.Module):
         rule = get_rule(algorithm)
         if not rule.sde:
             raise validation.InputError(
-                f"algorithm {rule.name!r} has no SDE in sdesam.sde (none hand-written); "
+                f"algorithm {rule.name!r} has no SDE in sdesam.simulation.sde (none hand-written); "
                 "choose one of " + ", ".join(rule_names(lambda r: r.sde)))
         self.eta, self.rho = check_eta(eta), float(check_rho(rho))
         self.lam = rule_lam(rule, lam)
@@ -238,7 +238,7 @@ def euler_maruyama(sde: Any, y0: torch.Tensor, bm: FixedGridBrownian, *,
     and the last (``every=None``: start and end), keeping the states if ``keep_states`` and
     the mean / variance over live chains of each ``statistics`` function ``x -> [chains]``.
     Chains are integrated ``chunk`` at a time (default: temporaries of about
-    :data:`sdesam.chains.CHUNK_BYTES`, from ``sde.footprint()`` when it exists); a chain that
+    :data:`sdesam.simulation.chains.CHUNK_BYTES`, from ``sde.footprint()`` when it exists); a chain that
     turns non-finite or exceeds ``diverge_at`` in norm is frozen and counted in the result's
     ``diverged``. The result's ``times`` are the grid times of the recorded steps.
     """
@@ -299,10 +299,10 @@ def simulate(problem: Problem, algorithm: str, *, eta: float, rho: float, batch:
              progress: bool = False) -> ChainRun:
     """Simulate ``chains`` paths of the SDE of ``algorithm`` up to time ``horizon``.
 
-    Returns a :class:`~sdesam.chains.ChainRun` whose steps are the discrete steps k = 0..T/eta
+    Returns a :class:`~sdesam.simulation.chains.ChainRun` whose steps are the discrete steps k = 0..T/eta
     at times ``k * eta`` (float64, accumulated as the integrator's clock, so no interpolation
     happens); what it keeps (``every``, ``keep_states``, ``test_fns``), divergence
-    (``diverge_at``) and ``chunk`` are as in :func:`sdesam.ensemble.run`. ``dt`` (default
+    (``diverge_at``) and ``chunk`` are as in :func:`sdesam.simulation.ensemble.run`. ``dt`` (default
     ``eta / SUBSTEPS``) is the integration step and must divide ``eta``. ``solver="fast"``
     uses :func:`euler_maruyama`, ``"torchsde"`` calls ``torchsde.sdeint`` with the same
     :class:`FixedGridBrownian` (same seed, same paths).

@@ -1,0 +1,7 @@
+"""Simulation of many chains at once: the discrete ensembles of every rule
+(:mod:`~sdesam.simulation.ensemble`), the hand-written first-order SDEs and their integrator
+(:mod:`~sdesam.simulation.sde`), the SDE compiled from any symbolic derivation
+(:mod:`~sdesam.simulation.derived_sde`), the shared Brownian motion
+(:mod:`~sdesam.simulation.brownian`), what a run keeps and how divergence is counted
+(:mod:`~sdesam.simulation.chains`), and the weak-error comparison of the two
+(:mod:`~sdesam.simulation.compare`)."""
