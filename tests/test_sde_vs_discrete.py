@@ -54,6 +54,7 @@ def test_quick_run_writes_the_record_and_figure_and_redraws(tmp_path):
     assert {p.suffix for p in paths} == {".png", ".pdf"} and all(p.exists() for p in paths)
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_from_its_partial_file(tmp_path, monkeypatch):
     script = load_script()
     calls = []

@@ -84,7 +84,7 @@ def draw(data: dict[str, Any], out_stem: Path) -> list[Path]:
     runs = list(dict.fromkeys(_run_key(r) for r in coupled))
     usam = [k for k in runs if not get_rule(k[0]).normalized]
     sam = [k for k in runs if get_rule(k[0]).normalized]
-    fig, axes = plt.subplots(2, 3, figsize=(18, 10))
+    fig, axes = plt.subplots(2, 3, figsize=(18, 12), gridspec_kw={"height_ratios": (1.35, 1)})
     kappa = settings["kappa"]
     _family_panel(axes[0, 0], coupled, orders, usam, colours,
                   f"(a) unnormalised rules: {order_fn}, rho = {kappa} sqrt(eta)")
@@ -122,8 +122,11 @@ def draw(data: dict[str, Any], out_stem: Path) -> list[Path]:
         ax.minorticks_off()
         ax.set_yscale("log")
         ax.set_ylabel("weak error")
-        ax.legend(fontsize=7, loc="lower right")
         ax.grid(True, which="both", alpha=0.3)
+    for ax in axes[0]:   # many runs: legends below the panels, clear of the data
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+    for ax in axes[1]:
+        ax.legend(fontsize=7, loc="lower right")
     diverged = sum(r["diverged"] for r in rows)
     fig.suptitle(f"first-order SDE vs discrete rule: logistic regression, N = {settings['n']}, "
                  f"d = {settings['dim']}, B = {settings['batch']}, T = {settings['horizon']}, "
