@@ -41,8 +41,9 @@ from tqdm.auto import tqdm
 
 from sdesam import per_sample, sgn, stats
 from sdesam.algorithms import get_rule
-from sdesam.experiment.arguments import check_device
-from sdesam.experiment.outputs import check_writable, resolve_out
+from sdesam.cli import guarded
+from sdesam.experiment.arguments import bare_parser, prepare_out
+from sdesam.experiment.outputs import check_writable
 from sdesam.plotting import publish
 from sdesam.experiment.records import atomic_write, make_record, read_record, run_metadata, write_json
 from sdesam.train import augment
@@ -354,10 +355,7 @@ def _without_curve(summary: dict[str, Any]) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="digits only, fewer epochs, seeds and candidates (< 2 minutes)")
+    parser = bare_parser(__doc__, "digits only, fewer epochs, seeds and candidates (< 2 minutes)")
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=None,
                         help="the data sets to run (default: digits and mnist1d; --quick: digits)")
     parser.add_argument("--out", default=None,
@@ -377,22 +375,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the protocol and write the data file and figure."""
     args = parse_args(argv)
-    try:
-        check_device(args.device)
-        out = check_writable(resolve_out(args.out, "generalization"))
-        runs_dir = check_writable(Path(args.runs_dir) if args.runs_dir else out / "runs",
-                                  argument="--runs-dir")
-    except (InputError, ValueError) as error:
-        print(f"generalization: error: {error}")
-        return 2
+    out = prepare_out(args, "generalization")
+    runs_dir = check_writable(Path(args.runs_dir) if args.runs_dir else out / "runs",
+                              argument="--runs-dir")
     torch.set_num_threads(args.threads)
     began, cpu_began = time.perf_counter(), time.process_time()
     settings = {"experiment": "generalization", "quick": args.quick, "device": args.device,
                 **SETTINGS, **(QUICK if args.quick else {})}
     if args.datasets is not None:
         if args.quick and set(args.datasets) - set(settings["dataset_setup"]):
-            print("generalization: error: --quick runs digits only")
-            return 2
+            raise InputError("--datasets: --quick runs digits only; got "
+                             + " ".join(args.datasets))
         settings["datasets"] = args.datasets
     cells = len(settings["datasets"]) * len(settings["label_noise"])
 
@@ -414,4 +407,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(guarded("generalization", lambda: main()))

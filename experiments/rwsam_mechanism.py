@@ -29,11 +29,11 @@ from tqdm.auto import tqdm
 from sdesam.experiment import digits
 from sdesam import implicit
 from sdesam.algorithms import get_rule, rule_names
-from sdesam.experiment.arguments import check_device, experiment_parser
-from sdesam.experiment.outputs import check_writable, resolve_out
+from sdesam.cli import guarded
+from sdesam.experiment.arguments import experiment_parser, prepare_out
 from sdesam.plotting import publish
 from sdesam.problems import LogisticRegression, SharpFlatLandscape
-from sdesam.experiment.records import make_record, run_metadata
+from sdesam.experiment.records import make_record, timed_metadata
 
 LAMS = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
 LAMS_QUICK = [0.0, 1.0, 4.0, 16.0]
@@ -76,7 +76,7 @@ def diagnose_point(problem_name: str, point_name: str, problem: Any, x: torch.Te
                                 chunk=part.get("chunk", 1000), sampling=part["sampling"])
     implicit.add_equivalent_m(records)
     for record in records:
-        rule = get_rule(record["algorithm"])
+        rule = get_rule(record["rule"])
         cost = implicit.passes_per_step(rule, part["batch"], record["micro"])
         record.update(problem=problem_name, point=point_name,
                       lam_scale=record["lam"] / scale if rule.weighted else None, **cost)
@@ -145,9 +145,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Diagnose every rule on every problem and write the data file and figure."""
     args = parse_args(argv)
-    check_device(args.device)
-    out = resolve_out(args.out, "rwsam_mechanism")
-    check_writable(out)
+    out = prepare_out(args, "rwsam_mechanism")
     began, cpu_began = time.perf_counter(), time.process_time()
     lams = LAMS_QUICK if args.quick else LAMS
     settings: dict[str, Any] = {"experiment": "rwsam_mechanism", "quick": args.quick,
@@ -167,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if "network" in args.problems:
         part = {**NETWORK, **(NETWORK_QUICK if args.quick else {}), "chunk": 100}
         settings["network"] = dict(part)
-        part["cache_dir"] = args.cache or str(out / "cache")
+        part["cache_dir"] = args.cache or str(digits.default_cache_dir())
         problem, x = network_problem(part, args.device, progress)
         jobs.append(("network", "poor minimum", problem, x, part))
     diagnosis, points = [], []
@@ -176,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             records, summary = diagnose_point(name, point, problem, x, part, lams, args.seed + k, bar)
             diagnosis += records
             points.append(summary)
-    metadata = {**run_metadata(args.device), "wall_time_s": time.perf_counter() - began,
-                "cpu_time_s": time.process_time() - cpu_began}
+    metadata = timed_metadata(args.device, began, cpu_began)
     record = make_record(settings, {"diagnosis": diagnosis, "points": points}, metadata)
     for written in publish(record, out):
         print(written)
@@ -186,4 +183,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(guarded("rwsam_mechanism", lambda: main()))

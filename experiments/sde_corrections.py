@@ -37,7 +37,7 @@ import sympy
 import torch
 from tqdm.auto import tqdm
 
-from sdesam import algorithms, problems
+from sdesam import algorithms, problems, validation
 from sdesam.simulation import compare, ensemble
 from sdesam.algorithms import Rule
 from sdesam.simulation.brownian import FixedGridBrownian
@@ -45,8 +45,8 @@ from sdesam.simulation.chains import ChainRun
 from sdesam.simulation.derived_sde import DerivedSDE, integration_grid, noise_factor
 from sdesam.simulation.ensemble import start_points
 from sdesam.simulation.sde import euler_maruyama
-from sdesam.experiment.arguments import check_device, experiment_parser
-from sdesam.experiment.outputs import check_writable, resolve_out
+from sdesam.cli import guarded
+from sdesam.experiment.arguments import experiment_parser, prepare_out
 from sdesam.experiment.records import make_record, run_metadata, write_json
 from sdesam.symbolic import Derivation, derive, eta as ETA, example_losses, rho as RHO
 
@@ -236,13 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.set_defaults(out=None)
     parser.add_argument("--chains", type=int, default=None, help="override the chain count")
     args = parser.parse_args(argv)
-    check_device(args.device)
+    out = prepare_out(args, "sde_corrections")
     settings = {**DEFAULT, **(QUICK if args.quick else {}), "experiment": "sde_corrections",
                 "quick": args.quick, "device": args.device, "seed": args.seed}
     if args.chains is not None:
-        settings["chains"] = compare.check_positive_int("chains", args.chains)
+        settings["chains"] = validation.positive_int("--chains", args.chains)
         settings["chunk"] = min(settings["chunk"], settings["chains"])
-    out = check_writable(resolve_out(args.out, "sde_corrections"))
     losses, variables = example_losses(settings["dim"])
     problem = problems.from_sympy(losses, variables)
     start, cpu_start = time.time(), time.process_time()
@@ -267,4 +266,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(guarded("sde_corrections", lambda: main()))

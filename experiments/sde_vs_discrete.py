@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from sdesam.simulation import compare, sde
 from sdesam import validation
-from sdesam.experiment.outputs import check_writable, resolve_out
+from sdesam.cli import guarded
+from sdesam.experiment.arguments import bare_parser, prepare_out
 from sdesam.plotting import publish
 from sdesam.problems import LogisticRegression
 from sdesam.experiment.records import make_record, run_metadata, write_json
@@ -74,13 +75,13 @@ def fitted_orders(rows: list[dict[str, Any]], test_fn: str) -> list[dict[str, An
     95% interval: one record per run, SDE variant and measure (max over steps, at T)."""
     coupled = [r for r in rows if r["sweep"] == "coupled" and r["test_fn"] == test_fn]
     orders = []
-    keys = dict.fromkeys((r["algorithm"], r["micro"], r["lam"], r["variant"]) for r in coupled)
+    keys = dict.fromkeys((r["rule"], r["micro"], r["lam"], r["variant"]) for r in coupled)
     for algorithm, micro, lam, variant in keys:
-        group = sorted((r for r in coupled if (r["algorithm"], r["micro"], r["lam"], r["variant"])
+        group = sorted((r for r in coupled if (r["rule"], r["micro"], r["lam"], r["variant"])
                         == (algorithm, micro, lam, variant)), key=lambda r: r["eta"])
         for measure, field in (("max_over_steps", "weak_error"), ("at_horizon", "weak_error_T")):
             fit = compare.fit_order([r["eta"] for r in group], [r[field] for r in group])
-            orders.append({"algorithm": algorithm, "micro": micro, "lam": lam, "variant": variant,
+            orders.append({"rule": algorithm, "micro": micro, "lam": lam, "variant": variant,
                            "measure": measure, "test_fn": test_fn, "order": fit["order"],
                            "order_ci_low": fit["ci_low"], "order_ci_high": fit["ci_high"],
                            "intercept": fit["intercept"], "points": len(group),
@@ -91,9 +92,7 @@ def fitted_orders(rows: list[dict[str, Any]], test_fn: str) -> list[dict[str, An
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line of the experiment."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small settings (under a minute)")
+    parser = bare_parser(__doc__, "small settings (under a minute)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--out", default=None,
                         help="output folder (default: a fresh runs/sde_vs_discrete-* folder; "
@@ -115,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         settings["chunk"] = min(settings["chunk"], settings["chains"])
     if args.seed is not None:
         settings["seed"] = args.seed
-    out = check_writable(resolve_out(args.out, "sde_vs_discrete"))
-    print(f"writing to {out}", flush=True)
+    out = prepare_out(args, "sde_vs_discrete")
     partial = Path(out) / ".sde_vs_discrete.partial.json"
     done: dict[str, list[dict[str, Any]]] = {}
     if partial.exists():
@@ -149,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     partial.unlink()
     print(f"{'run':<22} {'variant':<19} {'measure':<15} {'order':>6}  95% CI")
     for row in orders:
-        name = row["algorithm"] + (f" m={row['micro']}" if row["micro"] is not None else "") + \
+        name = row["rule"] + (f" m={row['micro']}" if row["micro"] is not None else "") + \
             (f" lam={row['lam']:g}" if row["lam"] is not None else "")
         print(f"{name:<22} {row['variant']:<19} {row['measure']:<15} {row['order']:>6.2f}  "
               f"[{row['order_ci_low']:.2f}, {row['order_ci_high']:.2f}]")
@@ -159,4 +157,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(guarded("sde_vs_discrete", lambda: main()))

@@ -360,7 +360,7 @@ def diagnose(problem: Problem, x: torch.Tensor, specs: Sequence[Spec], batches: 
         push, push_se = _summary(values, batches)
         bias, bias_se = _summary(torch.cat(a.bias), batches)
         ess, ess_se = _summary(torch.cat(a.ess), batches)
-        records.append({"algorithm": spec.rule.name, "label": spec.rule.label,
+        records.append({"rule": spec.rule.name, "label": spec.rule.label,
                         "micro": spec.micro, "lam": spec.lam, "push": push, "push_stderr": push_se,
                         "drift_norm": float(drift.norm()), "bias": bias, "bias_stderr": bias_se,
                         "ess": ess, "ess_stderr": ess_se, "batches": int(batches.idx.shape[0]),
@@ -542,12 +542,12 @@ def add_equivalent_m(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     the jackknife replicates."""
     solved = []
     for record in records:
-        rule = get_rule(record["algorithm"])
+        rule = get_rule(record["rule"])
         result: dict[str, Any] = dict(equivalent_m=None, equivalent_m_stderr=None,
                                       equivalent_m_bound=None, equivalent_m_method=None)
         if rule.perturbed:
             if rule.normalized:
-                family = [r for r in records if r["algorithm"] == micro_family_rule(rule).name]
+                family = [r for r in records if r["rule"] == micro_family_rule(rule).name]
                 family.sort(key=lambda r: r["micro"])
                 if family:
                     result = _equivalent_m_divisors(record, family)

@@ -21,7 +21,7 @@ def logistic(n=6, d=3, seed=0):
 
 
 def by_rule(records):
-    return {(r["algorithm"], r["micro"], r["lam"]): r for r in records}
+    return {(r["rule"], r["micro"], r["lam"]): r for r in records}
 
 
 @pytest.mark.parametrize("sampling", ["with-replacement", "without-replacement"])

@@ -34,13 +34,13 @@ def test_tiny_run_writes_push_and_equivalent_m_and_redraws(experiment, tmp_path)
     assert {r["problem"] for r in rows} == {"landscape", "logistic"}
     for r in rows:
         assert {"push", "push_stderr", "equivalent_m", "equivalent_m_stderr", "ess"} <= set(r)
-        assert (r["micro"] is None) == (r["algorithm"] not in ("m-sam", "m-usam"))
+        assert (r["micro"] is None) == (r["rule"] not in ("m-sam", "m-usam"))
         assert "push_jackknife" not in r
-    sam = {r["problem"]: r for r in rows if r["algorithm"] == "sam"}
-    uniform = [r for r in rows if r["algorithm"] == "rw-sam" and r["lam"] == 0.0]
+    sam = {r["problem"]: r for r in rows if r["rule"] == "sam"}
+    uniform = [r for r in rows if r["rule"] == "rw-sam" and r["lam"] == 0.0]
     for r in uniform:
         assert r["push"] == pytest.approx(sam[r["problem"]]["push"])
         assert r["equivalent_m"] == pytest.approx(r["batch"])
-    assert {"rw-sam", "rw-sam-wd", "rw-sam-wr", "rw-sam-draw"} <= {r["algorithm"] for r in rows}
+    assert {"rw-sam", "rw-sam-wd", "rw-sam-wr", "rw-sam-draw"} <= {r["rule"] for r in rows}
     written = redraw(out / "rwsam_mechanism.json", tmp_path / "again")
     assert all(path.stat().st_size > 0 for path in written)

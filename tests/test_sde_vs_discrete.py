@@ -37,7 +37,7 @@ def check_record(data, chains):
     for row in results["weak_errors"]:
         if row["sweep"] == "coupled":
             assert abs(row["rho"] - settings["kappa"] * row["eta"] ** 0.5) < 1e-12
-    runs = {(r["algorithm"], r["micro"], r["lam"]) for r in results["orders"]}
+    runs = {(r["rule"], r["micro"], r["lam"]) for r in results["orders"]}
     assert ("usam", None, None) in runs and ("rw-sam", None, 4.0) in runs and ("sam", None, None) in runs
     for fit in results["orders"]:
         assert fit["order_ci_low"] <= fit["order"] <= fit["order_ci_high"]
@@ -92,7 +92,7 @@ def test_quick_settings_show_the_variance_term_lowers_the_error(tmp_path):
     script = load_script()
     script.main(["--quick", "--out", str(tmp_path), "--chains", "20000", "--no-progress"])
     rows = read_record(tmp_path / "sde_vs_discrete.json")["results"]["weak_errors"]
-    chosen = [r for r in rows if r["sweep"] == "coupled" and r["algorithm"] == "m-usam"
+    chosen = [r for r in rows if r["sweep"] == "coupled" and r["rule"] == "m-usam"
               and r["test_fn"] == "loss"]
     for eta in {r["eta"] for r in chosen}:
         full, without = (next(r for r in chosen if r["eta"] == eta and r["variant"] == v)

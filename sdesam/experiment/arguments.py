@@ -20,12 +20,19 @@ QUICK_ENV = "SDESAM_QUICK"
 """Environment variable that makes every experiment run at its quick size (the README test)."""
 
 
-def experiment_parser(description: str | None, quick_help: str) -> argparse.ArgumentParser:
-    """A parser with --quick, --seed, --out, --device, --cache and --no-progress."""
+def bare_parser(description: str | None, quick_help: str) -> argparse.ArgumentParser:
+    """A one-line-error parser with ``--quick`` (on by default when SDESAM_QUICK=1), for
+    experiments whose other flags differ from :func:`experiment_parser`'s."""
     parser = OneLineParser(description=description,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=quick_help + " (also set by SDESAM_QUICK=1)",
                         default=os.environ.get(QUICK_ENV) == "1")
+    return parser
+
+
+def experiment_parser(description: str | None, quick_help: str) -> argparse.ArgumentParser:
+    """A parser with --quick, --seed, --out, --device, --cache and --no-progress."""
+    parser = bare_parser(description, quick_help)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None,
                         help="folder for the data file and figure (default: a fresh "

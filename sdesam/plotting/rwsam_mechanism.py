@@ -53,11 +53,11 @@ def draw(data: dict[str, Any], out_stem: Path) -> list[Path]:
         batch = point["batch"]
         weighted = []
         for r in here:
-            if get_rule(r["algorithm"]).weighted and r["algorithm"] not in weighted:
-                weighted.append(r["algorithm"])
+            if get_rule(r["rule"]).weighted and r["rule"] not in weighted:
+                weighted.append(r["rule"])
         push_ax, m_ax, ess_ax = axes[:, column]
         msam = sorted((r["micro"], r["push"], r["push_stderr"]) for r in here
-                      if get_rule(r["algorithm"]).micro and get_rule(r["algorithm"]).normalized)
+                      if get_rule(r["rule"]).micro and get_rule(r["rule"]).normalized)
         for m, push, _ in msam:
             push_ax.axhline(push, color="grey", lw=0.8, ls="-" if m == batch else ":")
             push_ax.annotate(f"m-SAM m={m}" + (" (=SAM)" if m == batch else ""), (1.0, push),
@@ -66,7 +66,7 @@ def draw(data: dict[str, Any], out_stem: Path) -> list[Path]:
         lams = sorted({r["lam_scale"] for r in here if r["lam_scale"] is not None})
         _, zero_at = _positions(lams)
         for k, name in enumerate(weighted):
-            series = sorted((r for r in here if r["algorithm"] == name), key=lambda r: r["lam_scale"])
+            series = sorted((r for r in here if r["rule"] == name), key=lambda r: r["lam_scale"])
             lam, _ = _positions([r["lam_scale"] for r in series])
             lam = lam * (1 + 0.04 * k)                       # keep coinciding curves apart
             rule = get_rule(name)
@@ -91,7 +91,7 @@ def draw(data: dict[str, Any], out_stem: Path) -> list[Path]:
                 ess_ax.plot(lam, [r["ess"] for r in series], color="black", marker="o", ms=4)
         push_ax.axhline(0, color="black", lw=0.6)
         strongest = max((abs(c[1]) for c in msam), default=0.0)
-        largest = max((abs(r["push"]) for r in here if r["algorithm"] in weighted), default=0.0)
+        largest = max((abs(r["push"]) for r in here if r["rule"] in weighted), default=0.0)
         if strongest > 0 and largest > 4 * strongest:   # keep m-SAM's range readable
             push_ax.set_yscale("symlog", linthresh=strongest)
         push_ax.set_ylabel("push along -grad tr V (per unit rho)", fontsize=8)

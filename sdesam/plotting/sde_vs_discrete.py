@@ -24,7 +24,7 @@ from ..algorithms import get_rule  # noqa: E402
 
 def run_label(row: dict[str, Any]) -> str:
     """A run's display name: the rule's label with its micro-batch size or temperature."""
-    label = get_rule(row["algorithm"]).label
+    label = get_rule(row["rule"]).label
     if row["micro"] is not None:
         label += f" m={row['micro']}"
     if row["lam"] is not None:
@@ -33,7 +33,7 @@ def run_label(row: dict[str, Any]) -> str:
 
 
 def _run_key(row: dict[str, Any]) -> tuple:
-    return row["algorithm"], row["micro"], row["lam"]
+    return row["rule"], row["micro"], row["lam"]
 
 
 def _order_text(orders: list[dict[str, Any]], row: dict[str, Any], variant: str, measure: str) -> str:
@@ -98,7 +98,7 @@ def draw(data: dict[str, Any], out_stem: Path) -> list[Path]:
     axes[0, 2].set_title(f"(c) full SDE, {order_fn} at the horizon T = {settings['horizon']}",
                          fontsize=10)
     axes[0, 2].set_xlabel("eta")
-    ablation = {"algorithm": settings["ablation_run"][0], "micro": settings["ablation_run"][1],
+    ablation = {"rule": settings["ablation_run"][0], "micro": settings["ablation_run"][1],
                 "lam": settings["ablation_run"][2]}
     name = run_label(ablation)
     for ax, sweep, x, title in ((axes[1, 0], "fixed_rho", "eta", f"(d) {name}, rho = {settings['fixed_rho']}"),

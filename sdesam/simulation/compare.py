@@ -113,7 +113,7 @@ def compare_algorithm(problem: Problem, algorithm: str, *, eta: float, rho: floa
         moments, diverged = sample_moments(continuous(VARIANTS[variant]), seed=seed + offset,
                                            desc=f"{rule.name} SDE {variant}", **options)
         for name in test_fns:
-            rows.append({"algorithm": rule.name, "micro": micro, "lam": lam, "batch": batch,
+            rows.append({"rule": rule.name, "micro": micro, "lam": lam, "batch": batch,
                          "eta": eta, "rho": rho, "dt": dt if dt is not None else eta / sde.SUBSTEPS,
                          "test_fn": name, "variant": variant,
                          **weak_error(reference[name], moments[name]),
