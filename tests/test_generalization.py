@@ -36,21 +36,21 @@ def test_tiny_design_writes_a_paired_record_and_reuses_finished_runs(tmp_path, m
     results = data["results"]
     assert data["metadata"]["complete"] and data["settings"]["seeds"] == 2
     assert "chosen_rho" not in data["settings"]  # computed things live in results
-    labels = {(r["algorithm"], r["micro"]) for r in results["summary"]}
+    labels = {(r["rule"], r["micro"]) for r in results["summary"]}
     assert labels == {("sgd", None), ("sam", None), ("m-sam", 4), ("rw-sam", None)}
     for choice in results["choices"]:
-        if choice["algorithm"] == "sgd":
+        if choice["rule"] == "sgd":
             assert choice["rho"] is None and choice["candidates"] == 0
         else:
             assert choice["rho"] in TINY["rho_grid"]
-    rw = [c for c in results["choices"] if c["algorithm"] == "rw-sam"]
+    rw = [c for c in results["choices"] if c["rule"] == "rw-sam"]
     assert all(c["lam_multiple"] in (1.0, 2.0) and c["candidates"] in (2, 3) for c in rw)
     runs = results["runs"]
     assert len(runs) == 4 * 2  # methods x seeds, the same seeds for every method
-    assert {r["seed"] for r in runs if r["algorithm"] == "sgd"} == {r["seed"] for r in runs} == {0, 1}
+    assert {r["seed"] for r in runs if r["rule"] == "sgd"} == {r["seed"] for r in runs} == {0, 1}
     for row in runs:
         assert 0 <= row["test_acc"] <= 100 and row["trace_V"] > 0 and row["hessian_top"] > 0
-        if row["algorithm"] == "rw-sam":  # lam recalibrated per run from its own init
+        if row["rule"] == "rw-sam":  # lam recalibrated per run from its own init
             assert row["lam"] == pytest.approx(row["lam_multiple"] / row["mean_grad_norm"])
     paired = results["paired"]
     assert {r["reference"] for r in paired} == {"sgd", "sam"}

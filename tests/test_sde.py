@@ -73,7 +73,8 @@ def test_fast_path_and_torchsde_give_the_same_paths():
         fast, slow = fast_run.states, slow_run.states
         assert torch.allclose(fast, slow, rtol=0, atol=1e-12)
         again = sde.simulate(problem, algorithm, chunk=7, **kwargs).states
-        assert torch.equal(fast, again)
+        # chunks of chains change only BLAS blocking: equal to rounding (bit-equal on 1 thread)
+        assert torch.allclose(fast, again, rtol=0, atol=1e-13)
 
 
 @pytest.mark.parametrize("algorithm, size", [("usam", 4), ("m-usam", 2), ("m-sam", 2), ("sam", 4),
