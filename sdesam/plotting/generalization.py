@@ -15,6 +15,8 @@ from ..algorithms import get_rule
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .style import save  # noqa: E402
+
 BAND_COLOURS = ("tab:gray", "tab:red", "tab:green", "tab:brown")
 REFERENCE_STYLES = (("o", "tab:blue"), ("s", "tab:orange"), ("^", "tab:green"))
 
@@ -123,8 +125,4 @@ def draw(data: dict[str, Any], out_stem: Path) -> list[Path]:
     handles, labels = axes[1, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
-    paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return paths
+    return save(fig, out_stem, dpi=130)

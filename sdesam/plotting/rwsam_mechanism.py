@@ -12,6 +12,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from .style import save  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..algorithms import get_rule  # noqa: E402
@@ -117,8 +119,4 @@ def draw(data: dict[str, Any], out_stem: Path) -> list[Path]:
                  "push = <noise-induced drift, -grad tr V>/|grad tr V|, > 0 lowers tr V",
                  fontsize=10)
     fig.tight_layout()
-    paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return paths
+    return save(fig, out_stem, dpi=110)

@@ -19,6 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .style import save  # noqa: E402
+
 from ..algorithms import get_rule  # noqa: E402
 
 
@@ -136,8 +138,4 @@ def draw(data: dict[str, Any], out_stem: Path) -> list[Path]:
              f"slope in eta with 95% interval; every point over {settings['chains']} chains per "
              f"side, {diverged} diverged chains in all", ha="center", fontsize=9)
     fig.tight_layout(rect=(0, 0.02, 1, 0.97))
-    paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return paths
+    return save(fig, out_stem, dpi=110)

@@ -82,10 +82,10 @@ def settings_note(settings: dict[str, Any]) -> str:
     return "quick settings" if settings.get("quick") else "default settings"
 
 
-def save(fig: Any, out_stem: Path) -> list[Path]:
+def save(fig: Any, out_stem: Path, dpi: int = 130) -> list[Path]:
     """Write ``fig`` to ``out_stem.png`` and ``out_stem.pdf``, close it and return the paths."""
     paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".pdf")]
     for path in paths:
-        fig.savefig(path, dpi=130)
+        fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return paths
