@@ -34,7 +34,8 @@ from sdesam.algorithms import get_rule
 from sdesam.cli import OneLineParser, guarded
 from sdesam.experiment.arguments import prepare_out
 from sdesam.experiment.records import atomic_write, make_record, timed_metadata, write_json
-from sdesam.train import OPTIMIZERS, TrainConfig, train
+from sdesam.optim import optimizer_names
+from sdesam.train import TrainConfig, train
 from sdesam.train.data import DATASETS
 from sdesam.train.models import MODELS
 
@@ -56,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=None, help="folder with the CIFAR python batches")
     parser.add_argument("--models", nargs="+", choices=MODELS,
                         default=["resnet18", "resnet50", "wrn28-10"])
-    parser.add_argument("--rules", nargs="+", choices=OPTIMIZERS, default=["sgd", "sam", "rw-sam"],
+    parser.add_argument("--rules", nargs="+", choices=optimizer_names(), default=["sgd", "sam", "rw-sam"],
                         help="the update rules of the table's columns")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)

@@ -40,7 +40,8 @@ from dataclasses import fields
 
 from sdesam.algorithms import get_rule
 from sdesam.train.data import DATASETS, FILE_DATASETS, find_cifar_folder
-from sdesam.train.loop import BN_POLICIES, OPTIMIZERS, PRECISIONS, TrainConfig, train
+from sdesam.optim import optimizer_names
+from sdesam.train.loop import BN_POLICIES, PRECISIONS, TrainConfig, train
 from sdesam.train.models import MODELS, NORMS
 from sdesam.train.schedule import SCHEDULES
 from sdesam.validation import InputError
@@ -98,10 +99,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="local ViT weights file (required for --model vit)")
 
     opt = parser.add_argument_group("optimizer")
-    opt.add_argument("--rule", "--optimizer", dest="optimizer", choices=OPTIMIZERS,
+    opt.add_argument("--rule", "--optimizer", dest="optimizer", choices=optimizer_names(),
                      default=d["optimizer"], metavar="RULE",
                      help="the update rule, one of the registry's: "
-                     + "; ".join(f"{name}: {get_rule(name).description}" for name in OPTIMIZERS)
+                     + "; ".join(f"{name}: {get_rule(name).description}" for name in optimizer_names())
                      .replace("%", "%%") + " (default %(default)s)")
     opt.add_argument("--rho", type=float, default=None,
                      help="perturbation radius (default 0.05; 0.1 for cifar100)")

@@ -42,7 +42,6 @@ from sdesam.train.data import (DATASETS, FILE_DATASETS, ImageDataset, batch_indi
 from sdesam.train.models import MODELS, build_model, default_model
 from sdesam.train.schedule import SCHEDULES, lr_factor
 
-OPTIMIZERS: tuple[str, ...] = optimizer_names()
 BN_POLICIES: tuple[str, ...] = ("first-pass", "freeze")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 
@@ -131,7 +130,7 @@ class TrainConfig:
         """Raise an InputError naming the first setting that is out of range (before any work)."""
         validation.one_of("dataset", self.dataset, DATASETS)
         validation.one_of("model", self.effective_model, MODELS)
-        validation.one_of("optimizer", self.optimizer, OPTIMIZERS)
+        validation.one_of("optimizer", self.optimizer, optimizer_names())
         validation.one_of("bn", self.bn, BN_POLICIES)
         validation.one_of("schedule", self.schedule, SCHEDULES)
         validation.one_of("precision", self.precision, PRECISIONS)
