@@ -109,7 +109,7 @@ class CoarsenedBrownian:
     sums of two fine ones), so Euler-Maruyama at dt and dt/2 run on the same path."""
 
     def __init__(self, fine: FixedGridBrownian) -> None:
-        self.fine, self.times = fine, fine.times[::2]
+        self.fine, self.times, self.shape = fine, fine.times[::2], fine.shape
 
     def increment(self, k: int) -> torch.Tensor:
         """``W(t_{k+1}) - W(t_k)`` on the coarse grid."""
