@@ -124,8 +124,7 @@ def landscape_protocol(settings: dict[str, Any], seed: int, device: str,
         diverged = result.diverged.cpu().numpy()
         exit_index = stats.first_exit(path, problem.escaped)
         exit_steps = np.where(exit_index == stats.NEVER, stats.NEVER, step_of[exit_index])
-        # left exits: never past the saddle and left of the poor well's edge at the end
-        left = (exit_steps == stats.NEVER) & (path[-1, :, 0] < left_edge) & ~diverged
+        left = left_exits(exit_steps, path[-1], diverged, left_edge)
         label = {"protocol": "landscape", "rule": rule, "micro": micro, "kind": kind}
         band = stats.escaped_fraction(exit_steps, grid)
         curves.append({**label, "step": grid.tolist(), "escaped_fraction": band["fraction"].tolist(),
@@ -147,6 +146,14 @@ def landscape_protocol(settings: dict[str, Any], seed: int, device: str,
             "landscape_parameters": [parameters],
             "stable_points": stable_point_table(problem, settings, rho_sam, lam, seed),
             **landscape_picture(problem, settings)}
+
+
+def left_exits(exit_steps: np.ndarray, final: np.ndarray, diverged: np.ndarray,
+               left_edge: float) -> np.ndarray:
+    """Chains ``[K]`` that left the poor well to the left: never past the saddle
+    (``exit_steps`` NEVER), not diverged, and left of ``left_edge`` at the end (``final [K, 1]``)."""
+    return (np.asarray(exit_steps) == stats.NEVER) & (np.asarray(final)[:, 0] < left_edge) \
+        & ~np.asarray(diverged, dtype=bool)
 
 
 def mean_direction(problem: SharpFlatLandscape, rule: str, x: torch.Tensor, *, rho: float,
