@@ -133,9 +133,11 @@ def landscape_protocol(settings: dict[str, Any], seed: int, device: str,
                       "diverged": int(diverged.sum()), "left_exit": int(left.sum()),
                       "left_exit_fraction": float(left.mean())})
         restricted = np.where(exit_steps == stats.NEVER, steps, exit_steps).astype(float)
-        per_chain += [{"kind": kind, "rule": rule, "micro": micro, "chain": k, "restricted_exit_step": value}
+        per_chain += [{"kind": kind, "rule": rule, "micro": micro, "chain": k,
+                       "restricted_exit_step": value}
                       for k, value in enumerate(np.where(diverged, np.nan, restricted))]
-    paired = stats.paired_table(per_chain, "restricted_exit_step", BASELINES, group=("kind",), unit="chain")
+    paired = stats.paired_table(per_chain, "restricted_exit_step", BASELINES, group=("kind",),
+                                unit="chain")
     for row in paired:       # one row per pair of rules; the per-chain lists stay in memory
         del row["chains"], row["differences"]
         row["protocol"] = "landscape"
