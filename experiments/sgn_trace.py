@@ -6,7 +6,8 @@
   set at logged steps (mean and one standard error over seeds).
 * landscape -- ensembles of SGD, USAM, m-USAM, SAM, m-SAM and RW-SAM started at the poor
   minimum of :class:`sdesam.problems.SharpFlatLandscape` (mean of tr V over chains, one
-  standard error).
+  standard error; every rule draws its batches from the same seed, so chain k of every rule
+  sees the same batch indices -- the curves are not differenced chain by chain).
 
 Also a table in the style of the paper's Table 6: tr V at the end of training per optimizer,
 mean and standard deviation over seeds, and -- since every rule runs the same seeds (same
@@ -97,21 +98,22 @@ def landscape_runs(settings: dict[str, Any], seed: int, device: str,
     runs = [("sgd", None), *[("m-usam", m) for m in settings["micros"]], ("usam", None),
             *[("m-sam", m) for m in settings["micros"]], ("sam", None), ("rw-sam", None)]
     curves = []
-    for index, (rule, micro) in enumerate(tqdm(runs, desc="landscape runs", disable=not progress)):
-        path = ensemble.run(problem, rule, eta=settings["eta"],
+    for rule, micro in tqdm(runs, desc="landscape runs", disable=not progress):
+        # one seed for every rule: chain k of every rule sees the same batch indices
+        result = ensemble.run(problem, rule, eta=settings["eta"],
                             rho=rho_sam if get_rule(rule).normalized else settings["rho"],
                             batch=settings["batch"], micro=micro,
                             x0=problem.poor_minimum.to(device), steps=settings["steps"],
-                            chains=settings["chains"], seed=seed + index,
+                            chains=settings["chains"], seed=seed,
                             sampling=settings["sampling"], device=device,
-                            lam=lam if "lam" in get_rule(rule).keywords else None).states
-        logged = path[:: settings["log_every"]]
+                            lam=lam if "lam" in get_rule(rule).keywords else None)
+        logged = result.states[:: settings["log_every"]]
         mean, stderr = sgn.trace_along_path(problem, logged)
         curves.append({"protocol": "landscape", "rule": rule, "micro": micro,
                        "step": list(range(0, settings["steps"] + 1, settings["log_every"])),
                        "trace_V": mean.tolist(), "trace_V_stderr": stderr.tolist(),
                        "chains": settings["chains"],
-                       "diverged": stats.non_finite_chains(path.cpu().numpy(), chain_axis=1)})
+                       "diverged": result.diverged_count})
     return {"curves": curves, "landscape_parameters": [{"rho_sam": rho_sam, "lam": lam}]}
 
 

@@ -214,19 +214,22 @@ def paired_difference(a, b, confidence: float = 0.95) -> dict[str, object]:
 
 
 def paired_table(rows: list[dict], quantity: str, baselines: tuple[str, ...],
-                 group: tuple[str, ...] = (), confidence: float = 0.95) -> list[dict]:
+                 group: tuple[str, ...] = (), confidence: float = 0.95,
+                 unit: str = "seed") -> list[dict]:
     """Paired differences of ``quantity`` between every (rule, micro) of ``rows`` and each
-    baseline rule (micro null), matched by ``seed`` within each ``group`` (e.g. protocol).
+    baseline rule (micro null), matched by ``unit`` (``seed``; ``chain`` for ensembles whose
+    chain k shares its random numbers across rules) within each ``group`` (e.g. protocol).
 
-    ``rows`` are per-seed records with ``rule``, ``micro``, ``seed``, ``quantity`` and the
-    ``group`` keys. Each result is ``{**group, rule, micro, baseline, quantity, **summary}``
-    with the summary of :func:`paired_difference` of (rule - baseline) over the shared seeds.
+    ``rows`` are per-unit records with ``rule``, ``micro``, ``unit``, ``quantity`` and the
+    ``group`` keys. Each result is ``{**group, rule, micro, baseline, quantity, unit-s,
+    **summary}`` with the summary of :func:`paired_difference` of (rule - baseline) over the
+    shared units (``seeds`` or ``chains``: the matched unit values).
     """
     tables: dict[tuple, dict[tuple, dict[int, float]]] = {}
     for row in rows:
         where = tuple(row[key] for key in group)
         values = tables.setdefault(where, {}).setdefault((row["rule"], row["micro"]), {})
-        values[row["seed"]] = row[quantity]
+        values[row[unit]] = row[quantity]
     out = []
     for where, runs in tables.items():
         for baseline in baselines:
@@ -236,11 +239,12 @@ def paired_table(rows: list[dict], quantity: str, baselines: tuple[str, ...],
             for (rule, micro), values in runs.items():
                 if (rule, micro) == (baseline, None):
                     continue
-                seeds = sorted(set(values) & set(reference))
-                summary = paired_difference([values[s] for s in seeds],
-                                            [reference[s] for s in seeds], confidence)
+                shared = sorted(set(values) & set(reference))
+                summary = paired_difference([values[u] for u in shared],
+                                            [reference[u] for u in shared], confidence)
                 out.append({**dict(zip(group, where)), "rule": rule, "micro": micro,
-                            "baseline": baseline, "quantity": quantity, "seeds": seeds, **summary})
+                            "baseline": baseline, "quantity": quantity, f"{unit}s": shared,
+                            **summary})
     return out
 
 

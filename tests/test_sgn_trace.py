@@ -9,9 +9,14 @@ import torch
 from sdesam.experiment import digits
 from sdesam import plotting
 from sdesam.algorithms import get_rule
-from sdesam.experiment.records import read_record
+from sdesam.experiment.records import read_record, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_json_only(data, out):
+    """``publish`` without the drawing (the test draws once, from the written file)."""
+    return [write_json(Path(out) / f"{data['settings']['experiment']}.json", data)]
 
 
 def load_script():
@@ -47,6 +52,7 @@ def test_tiny_run_paired_table_and_redraw(tmp_path, monkeypatch):
     monkeypatch.setattr(script, "NETWORK", {**script.NETWORK, "steps_poor": 5, "steps_init": 5,
                                             "seeds": 2, "micros": [1], "log_every": 5,
                                             "gd_steps": 10})
+    monkeypatch.setattr(script, "publish", write_json_only)
     assert script.main(["--out", str(tmp_path), "--no-progress",
                         "--cache", str(tmp_path / "cache")]) == 0
     data = read_record(tmp_path / "sgn_trace.json")

@@ -2,8 +2,10 @@
 
 Landscape row: the loss, tr V and each rule's effective potential; the fraction of chains
 escaped against steps (discrete solid with 95% Wilson bands, SDE dashed); the restricted mean
-first-exit time against m. Network row: test accuracy from the poor minimum (mean and one
-standard error over seeds), the fraction of seeds escaped, and the mean first-exit step.
+first-exit time against m (with the chains that left the poor well to the left); the
+per-chain paired differences of the exit time against SGD and SAM. Network row: test accuracy
+from the poor minimum (mean and one standard error over seeds), the fraction of seeds
+escaped, the mean first-exit step and its per-seed paired differences against SGD and SAM.
 Reads only the record schema (:mod:`sdesam.experiment.records`); a rule's place and colour come from the
 rule registry.
 """
@@ -21,14 +23,14 @@ import numpy as np  # noqa: E402
 
 from ..algorithms import get_rule  # noqa: E402
 from .style import (colour, family_colour, label, m_curve_label, micro_position,  # noqa: E402
-                    on_micro_axis, save, settings_note)
+                    on_micro_axis, paired_panel, save, settings_note)
 
 
 def draw(data: dict[str, Any], out_stem: Path) -> list[Path]:
     """Draw the escape-speed figure from its record; returns the PNG and PDF paths."""
     settings, results = data["settings"], data["results"]
     rows = [p for p in ("landscape", "network") if any(c["protocol"] == p for c in results["curves"])]
-    fig, axes = plt.subplots(len(rows), 3, figsize=(16, 4.6 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), 4, figsize=(21, 4.9 * len(rows)), squeeze=False)
     for row, protocol in zip(axes, rows):
         if protocol == "landscape":
             _landscape_row(row, results, settings["landscape"])
@@ -74,12 +76,23 @@ def _landscape_row(row, results: dict[str, Any], settings: dict[str, Any]) -> No
             ax.fill_between(curve["step"], curve["ci_low"], curve["ci_high"], color=shade, alpha=0.15)
     ax.set_xlabel("step")
     ax.set_ylabel("fraction of chains escaped")
+    dt = settings.get("sde_dt_fraction")
     ax.set_title(f"eta={settings['eta']}, B={batch}; solid: discrete ({settings['chains']} chains, "
-                 f"95% Wilson band);\ndashed: SDE ({settings['sde_chains']} chains)", fontsize=9)
+                 f"95% Wilson band);\ndashed: SDE ({settings['sde_chains']} chains"
+                 + (f", Euler dt = {dt:g} eta)" if dt else ")"), fontsize=9)
     ax.legend(fontsize=6, ncol=2)
 
-    _exit_time_panel(row[2], [e for e in results["exit_time"] if e["protocol"] == "landscape"],
-                     batch, settings["steps"], "chains")
+    exits = [e for e in results["exit_time"] if e["protocol"] == "landscape"]
+    _exit_time_panel(row[2], exits, batch, settings["steps"], "chains")
+    left = [f"{label(e, batch)}{' SDE' if e['kind'] == 'sde' else ''}: {e['left_exit']}"
+            for e in exits if e.get("left_exit")]
+    row[2].set_title(row[2].get_title() + f"\nleft exits (end at x < {parameters['left_edge']:.2f}, "
+                     f"counted as not escaped): {', '.join(left) or 'none'}", fontsize=8)
+    paired = results.get("landscape_exit_paired", [])
+    paired_panel(row[3], [p for p in paired if p["kind"] == "discrete"], batch,
+                 "min(first exit, T) [steps]")
+    row[3].set_title(f"discrete, paired by chain (same batches for chain k; n={settings['chains']})"
+                     "\nrule minus SGD / SAM, mean and 95% t interval", fontsize=9)
 
 
 def _exit_time_panel(ax, exits: list[dict[str, Any]], batch: int, horizon: int, unit: str) -> None:
@@ -151,3 +164,8 @@ def _network_row(row, results: dict[str, Any], settings: dict[str, Any]) -> None
 
     _exit_time_panel(row[2], [e for e in results["exit_time"] if e["protocol"] == "network"],
                      batch, settings["steps"], "seeds")
+    paired = results.get("network_exit_paired", [])
+    if paired:
+        paired_panel(row[3], paired, batch, "first exit step")
+    row[3].set_title(f"paired by seed (same start and batch order; n={settings['seeds']})\n"
+                     "rule minus SGD / SAM, mean and 95% t interval", fontsize=9)

@@ -2,8 +2,9 @@
 
 One panel per protocol (landscape ensemble; network from the poor minimum; network from the
 standard initialisation): mean tr V with a band of one standard error, and a bar panel in the
-style of the paper's Table 6 with the end-of-training tr V (mean +- std over seeds). Reads only
-the record schema (:mod:`sdesam.experiment.records`).
+style of the paper's Table 6 with the end-of-training tr V (mean +- std over seeds), and per
+network start the per-seed paired differences of the final tr V against SGD and SAM. Reads
+only the record schema (:mod:`sdesam.experiment.records`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .style import colour, label, save, settings_note  # noqa: E402
+from .style import colour, label, paired_panel, save, settings_note  # noqa: E402
 
 TITLES = {"landscape": "landscape ensemble from the poor minimum (mean over chains)",
           "network-poor": "digits MLP from the poor minimum (mean over seeds)",
@@ -28,10 +29,17 @@ def draw(data: dict[str, Any], out_stem: Path) -> list[Path]:
     """Draw the SGN-trace figure from its record; returns the PNG and PDF paths."""
     settings, results = data["settings"], data["results"]
     curves, final = results["curves"], results.get("final", [])
+    paired = results.get("final_paired", [])
     protocols = [p for p in TITLES if any(c["protocol"] == p for c in curves)]
-    panels = len(protocols) + (1 if final else 0)
-    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.6), squeeze=False)
+    starts = [p for p in TITLES if any(r["protocol"] == p for r in paired)]
+    lower = (1 if final else 0) + len(starts)
+    columns = max(len(protocols), lower)
+    fig, axes = plt.subplots(2 if lower else 1, columns, figsize=(5.6 * columns, 4.8 * (2 if lower else 1)),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.set_visible(False)
     for ax, protocol in zip(axes[0], protocols):
+        ax.set_visible(True)
         batch = settings["landscape" if protocol == "landscape" else "network"]["batch"]
         for curve in (c for c in curves if c["protocol"] == protocol):
             shade = colour(curve, batch)
@@ -43,8 +51,16 @@ def draw(data: dict[str, Any], out_stem: Path) -> list[Path]:
         ax.set_ylabel("tr V (exact, full training set)" if protocol != "landscape" else "tr V")
         ax.set_title(TITLES[protocol], fontsize=9)
         ax.legend(fontsize=7)
+    lower_axes = list(axes[-1])
     if final:
-        _final_panel(axes[0][-1], final, settings["network"]["batch"])
+        lower_axes[0].set_visible(True)
+        _final_panel(lower_axes.pop(0), final, settings["network"]["batch"])
+    for ax, start in zip(lower_axes, starts):
+        ax.set_visible(True)
+        rows = [r for r in paired if r["protocol"] == start]
+        paired_panel(ax, rows, settings["network"]["batch"], "tr V at the end")
+        ax.set_title(f"{start}: final tr V paired by seed (same start and batches; "
+                     f"n={rows[0]['n']})\nrule minus SGD / SAM, mean and 95% t interval", fontsize=9)
     fig.suptitle(f"Trace of the SGN covariance along training (this project's protocols; "
                  f"{settings_note(settings)})")
     fig.tight_layout()

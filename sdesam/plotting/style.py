@@ -89,3 +89,29 @@ def save(fig: Any, out_stem: Path, dpi: int = 130) -> list[Path]:
         fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return paths
+
+
+BASELINE_MARKERS = {"sgd": "o", "sam": "s"}
+
+
+def paired_panel(ax: Any, rows: list[dict[str, Any]], batch: int, quantity: str) -> None:
+    """Paired differences (rule - baseline, mean and 95% t interval) as horizontal error bars,
+    one line per rule, one marker per baseline; a pair with fewer than two units is drawn
+    without a bar. Zero (no difference) is the dotted line."""
+    names = list(dict.fromkeys(label(row, batch) for row in rows))
+    baselines = list(dict.fromkeys(row["baseline"] for row in rows))
+    for k, baseline in enumerate(baselines):
+        for row in (r for r in rows if r["baseline"] == baseline and r["mean"] is not None):
+            y = names.index(label(row, batch)) + (k - (len(baselines) - 1) / 2) * 0.3
+            low = row["ci_low"] if row["ci_low"] is not None else row["mean"]
+            high = row["ci_high"] if row["ci_high"] is not None else row["mean"]
+            ax.errorbar(row["mean"], y, xerr=[[row["mean"] - low], [high - row["mean"]]],
+                        marker=BASELINE_MARKERS.get(baseline, "^"), color=colour(row, batch),
+                        capsize=2, ms=4, ls="none")
+        ax.plot([], [], BASELINE_MARKERS.get(baseline, "^"), color="grey",
+                label=f"minus {get_rule(baseline).label}")
+    ax.axvline(0, color="grey", ls=":", lw=1)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"paired difference of {quantity}")
+    ax.legend(fontsize=7)
