@@ -76,7 +76,7 @@ def _final_panel(ax, final: list[dict[str, Any]], batch: int) -> None:
         rows = [f for f in final if f["protocol"] == start]
         ax.bar(np.arange(len(rows)) + k * width, [r["trace_V"] for r in rows], width,
                yerr=[r["trace_V_std"] for r in rows], capsize=3, label=start,
-               color=[colour(r, batch) for r in rows], edgecolor="black",
+               color=[colour(r, batch) for r in rows], edgecolor="grey",
                hatch="//" if k else None)
     ax.set_xticks(np.arange(len(names)) + width * (len(starts) - 1) / 2, names,
                   rotation=40, ha="right", fontsize=7)
