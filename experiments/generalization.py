@@ -365,9 +365,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="folder of the per-run trainer folders (default: OUT/runs); "
                              "finished runs found there are reused, interrupted ones resumed")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: these models are too small to gain "
-                             "from more, and extra threads slow a shared machine down)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser.parse_args(argv)
 
@@ -378,7 +375,6 @@ def main(argv: list[str] | None = None) -> int:
     out = prepare_out(args, "generalization")
     runs_dir = check_writable(Path(args.runs_dir) if args.runs_dir else out / "runs",
                               argument="--runs-dir")
-    torch.set_num_threads(args.threads)
     began, cpu_began = time.perf_counter(), time.process_time()
     settings = {"experiment": "generalization", "quick": args.quick, "device": args.device,
                 **SETTINGS, **(QUICK if args.quick else {})}
