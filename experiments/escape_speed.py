@@ -42,7 +42,7 @@ from sdesam.cli import guarded
 from sdesam.experiment.arguments import experiment_parser, prepare_out
 from sdesam.plotting import publish
 from sdesam.problems import SharpFlatLandscape
-from sdesam.experiment.records import make_record, timed_metadata
+from sdesam.experiment.records import make_record, merge_tables, timed_metadata
 
 LANDSCAPE = {"n": 32, "eta": 0.02, "batch": 16, "rho": 0.005, "chains": 1000, "sde_chains": 500,
              "micros": [1, 2, 4, 8, 16], "sde_micros": [1, 2, 4], "steps": 3000, "log_every": 20,
@@ -296,11 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         settings["network"] = {**NETWORK, **(NETWORK_QUICK if args.quick else {})}
         parts.append(network_protocol(settings["network"], args.seed, args.device, args.cache,
                                       progress))
-    results: dict[str, list[dict[str, Any]]] = {}
-    for part in parts:
-        for table, rows in part.items():
-            results.setdefault(table, []).extend(rows)
-    record = make_record(settings, results, timed_metadata(args.device, wall, cpu))
+    record = make_record(settings, merge_tables(parts), timed_metadata(args.device, wall, cpu))
     for written in publish(record, out):
         print(written)
     return 0

@@ -33,7 +33,7 @@ from sdesam.cli import guarded
 from sdesam.experiment.arguments import experiment_parser, prepare_out
 from sdesam.plotting import publish
 from sdesam.problems import SharpFlatLandscape
-from sdesam.experiment.records import make_record, timed_metadata
+from sdesam.experiment.records import make_record, merge_tables, timed_metadata
 
 NETWORK = {"lr": 0.07, "batch": 20, "rho": 0.05, "delta": 1e-3, "micros": [1, 2, 5],
            "steps_poor": 600, "steps_init": 1500, "log_every": 50, "seeds": 4, "hidden": 128,
@@ -141,11 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         settings["network"] = {**NETWORK, **(NETWORK_QUICK if args.quick else {})}
         parts.append(network_runs(settings["network"], args.seed, args.device, args.cache,
                                   progress))
-    results: dict[str, list[dict[str, Any]]] = {}
-    for part in parts:
-        for table, rows in part.items():
-            results.setdefault(table, []).extend(rows)
-    record = make_record(settings, results, timed_metadata(args.device, wall, cpu))
+    record = make_record(settings, merge_tables(parts), timed_metadata(args.device, wall, cpu))
     for written in publish(record, out):
         print(written)
     return 0

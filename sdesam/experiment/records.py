@@ -105,6 +105,15 @@ def make_record(settings: dict[str, Any], results: dict[str, list[dict[str, Any]
     return data
 
 
+def merge_tables(parts: list[dict[str, list[dict[str, Any]]]]) -> dict[str, list[dict[str, Any]]]:
+    """The results of several protocols of one experiment as one map: same-named tables joined."""
+    results: dict[str, list[dict[str, Any]]] = {}
+    for part in parts:
+        for table, rows in part.items():
+            results.setdefault(table, []).extend(rows)
+    return results
+
+
 def validate_record(data: Any, source: str | os.PathLike) -> dict[str, Any]:
     """``data`` if it follows the schema of :data:`RECORD_KEYS`, else a ValueError naming ``source``."""
     from ..validation import InputError
