@@ -17,7 +17,7 @@ from torch import nn
 from sdesam.optim import MSAM, create
 from sdesam.optim.msam import MIN_VMAP_GROUP, PARAMETER_COPIES
 
-BATCH, MICRO = 12, 2  # six micro-batches
+BATCH, MICRO = 48, 2  # 24 micro-batches (12 per chunk under accumulate=2)
 UNCHUNKED = 1e6  # MiB: every micro-batch in one vmapped pass
 
 
@@ -63,24 +63,28 @@ def assert_same(first, second) -> None:
 
 
 @pytest.mark.parametrize("name", ["m-sam", "m-usam"])
-@pytest.mark.parametrize("group", [1, 4])
+@pytest.mark.parametrize("group", [1, 10])  # 10: uneven groups 10 + 10 + 4
 def test_grouped_step_equals_unchunked(name, group):
     grouped = run(name, budget_for(conv_net(), group))
     assert grouped[2].vmap_group(BATCH // MICRO) == group
     assert_same(grouped, run(name, None))
 
 
-def test_sequential_step_with_accumulation_equals_unchunked():
-    assert_same(run("m-sam", budget_for(conv_net(), 2), accumulate=2), run("m-sam", None, accumulate=2))
+@pytest.mark.parametrize("group", [2, 8])  # 2: below MIN_VMAP_GROUP, the sequential loop; 8: 8 + 4
+def test_grouped_step_with_accumulation_equals_unchunked(group):
+    assert_same(run("m-sam", budget_for(conv_net(), group), accumulate=2),
+                run("m-sam", None, accumulate=2))
 
 
 def test_group_size_follows_the_budget():
     params = list(conv_net().parameters())
     opt = MSAM(params, micro=MICRO, vmap_budget_mb=0.0, lr=0.1)
-    assert opt.vmap_group(6) == 1
+    assert opt.vmap_group(24) == 1
     opt.vmap_budget_mb = UNCHUNKED
-    assert opt.vmap_group(6) == 6
-    opt.vmap_budget_mb = budget_for(conv_net(), 5)
-    assert opt.vmap_group(6) == 5
+    assert opt.vmap_group(24) == 24
+    opt.vmap_budget_mb = budget_for(conv_net(), 10)
+    assert opt.vmap_group(24) == 10
     opt.vmap_budget_mb = budget_for(conv_net(), MIN_VMAP_GROUP - 1)
-    assert opt.vmap_group(6) == 1  # too few for vmap to pay: the sequential loop
+    assert opt.vmap_group(24) == 1  # too few for vmap to pay: the sequential loop
+    opt.vmap_budget_mb = UNCHUNKED
+    assert opt.vmap_group(MIN_VMAP_GROUP - 1) == 1  # a batch of few micro-batches: the same

@@ -44,10 +44,11 @@ Tensors = dict[str, torch.Tensor]
 DEFAULT_VMAP_BUDGET_MB = 64.0
 """Default memory for the per-micro-batch parameter copies of one vmapped pass, in MiB."""
 
-MIN_VMAP_GROUP = 4
+MIN_VMAP_GROUP = 8
 """The fewest micro-batches a vmapped pass takes: below, vmap's fixed cost outweighs what it
-saves (small CNN, batch 32 on CPU: 2 micro-batches a pass cost 1.27x the sequential loop, 4
-cost 0.83x), and the micro-batches run one by one."""
+saves and the micro-batches run one by one. Measured on the small CNN, batch 32, one CPU
+thread, vmapped / sequential per step: 1.30x with 2 micro-batches a pass, 1.12x with 4, 0.90x
+with 8, 0.78x with 16, 0.77x with 32 (``experiments/benchmarks/bench_vmap_group.py``)."""
 
 PARAMETER_COPIES = 3
 """Parameter-sized tensors a vmapped pass holds per micro-batch: its ascent gradient, its
@@ -62,14 +63,18 @@ class MSAM(PerturbedOptimizer):
     bytes)`` of them (at most all; below :data:`MIN_VMAP_GROUP`, one at a time: a plain
     sequential loop over micro-batches on the module itself, see :meth:`_sequential_pass`).
     The default, 64 MiB, vmaps every micro-batch of a small CNN (0.1 M parameters, 1.2 MB per
-    micro-batch) at once and runs ResNet-18 (11 M parameters, 134 MB) micro-batch by
-    micro-batch, where vmap's per-micro-batch copies cost more than they save. Every grouping
+    micro-batch) at once when there are at least :data:`MIN_VMAP_GROUP` of them, and runs
+    ResNet-18 (11 M parameters, 134 MB) micro-batch by micro-batch, where vmap's
+    per-micro-batch copies cost more than they save. Every grouping
     gives the same step up to floating-point summation order.
     """
 
     rule_name: ClassVar[str] = "m-sam"
     handles: ClassVar[dict[str, tuple[Any, ...]]] = {
         "ascent": ("part",), "micro": (True,), "normalized": (True,)}
+    min_vmap_group: int = MIN_VMAP_GROUP
+    """The fewest micro-batches one vmapped pass takes (an instance may set its own, e.g. a
+    benchmark timing vmap at every group size)."""
 
     def __init__(self, params: Iterable[Any], base: Any = torch.optim.SGD, *, rho: float = 0.05,
                  micro: int | None = None, vmap_budget_mb: float = DEFAULT_VMAP_BUDGET_MB,
@@ -88,7 +93,7 @@ class MSAM(PerturbedOptimizer):
                               if p.requires_grad)
         fits = int(self.vmap_budget_mb * 2**20 // max(PARAMETER_COPIES * parameter_bytes, 1))
         group = min(micro_count, fits)
-        return group if group >= MIN_VMAP_GROUP else 1
+        return group if group >= self.min_vmap_group else 1
 
     def _check_step(self, model: nn.Module, batch: int) -> None:
         """micro must divide the batch and, when smaller, each accumulation chunk."""
@@ -180,23 +185,34 @@ class MSAM(PerturbedOptimizer):
 
     def _sequential_pass(self, module: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
                          targets: torch.Tensor, micro_count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The chunk's micro-batches one by one on the module's own parameters (no vmap, no
-        per-micro-batch parameter copies): autograd ascent gradient, perturb in place, descent
-        gradient added to ``.grad``, exact restore from the one copy of x kept for the chunk.
+        """The chunk's micro-batches one by one (no vmap, no per-micro-batch parameter copies).
+
+        Per micro-batch: the ascent gradient at x on the module itself; the perturbed point
+        ``x + eps_j`` written into one spare tensor per parameter (allocated once per chunk);
+        the descent gradient there through ``functional_call``; its share added to ``.grad``.
+        The module's parameters are never modified, so nothing is restored and x stays exact:
+        a parameter-sized pass is one read of the direction for the norm, one fused
+        ``x + c d`` and one fused ``grad += g / J``, fewer than a loop that perturbs, restores
+        and rescales in place (see ``experiments/benchmarks/bench_train.py``).
 
         BatchNorm running statistics as in the vmapped passes: every micro-batch's first pass
         starts from the same statistics, and the module keeps the mean of their updates.
         """
         groups = {id(p): group for group in self.param_groups for p in group["params"]}
-        params = [p for p in module.parameters() if p.requires_grad and id(p) in groups]
+        named = [(name, p) for name, p in module.named_parameters()
+                 if p.requires_grad and id(p) in groups]
+        params = [p for _, p in named]
         decays = [groups[id(p)].get("weight_decay", 0.0) if self.perturb_weight_decay else 0.0
                   for p in params]
-        saved = [p.detach().clone() for p in params]
+        spare = {name: torch.empty_like(p, memory_format=torch.preserve_format).requires_grad_()
+                 for name, p in named}
+        points = list(spare.values())
         stats = self._batched_running_stats(module, 1)
         buffers = dict(module.named_buffers())
         start = {name: buffers[name].clone() for name in stats}
         updates: dict[str, list[torch.Tensor]] = {name: [] for name in stats}
         scale = self.scaler.scale
+        share = 1.0 / micro_count
         losses, outputs = [], []
         for x, y in zip(inputs.split(self.micro), targets.split(self.micro)):
             with passes.running_stats_frozen(module, frozen=not stats), \
@@ -212,23 +228,27 @@ class MSAM(PerturbedOptimizer):
                 directions = [self._direction(p, g, decay, scale)
                               for p, g, decay in zip(params, ascent, decays)]
                 del ascent
-                coefficient: torch.Tensor | float = self.rho
                 if self.rule.normalized:
                     norm = torch.nn.utils.get_total_norm(directions)
                     coefficient = self.rho / norm.clamp_min(NORM_FLOOR)
-                for p, d in zip(params, directions):
-                    p.add_(d.mul_(coefficient))
+                    for p, d, point in zip(params, directions, points):
+                        torch.addcmul(p, d, coefficient, out=point)
+                else:
+                    for p, d, point in zip(params, directions, points):
+                        torch.add(p, d, alpha=self.rho, out=point)
                 del directions
             with passes.running_stats_frozen(module), \
                     passes.autocast_context(x.device, self.autocast_dtype), torch.enable_grad():
-                descent_losses = passes.upcast(passes.forward_losses(module, loss_fn, x, y)[1])
-                descent = torch.autograd.grad(descent_losses.mean() * scale, params,
+                descent_out = functional_call(module, spare, (x,), strict=False)
+                descent_losses = passes.upcast(loss_fn(descent_out, y))
+                descent = torch.autograd.grad(descent_losses.mean() * scale, points,
                                               materialize_grads=True)
             with torch.no_grad():
-                for p, old, g in zip(params, saved, descent):
-                    p.copy_(old)
-                    g = g.div_(micro_count)
-                    p.grad = g if p.grad is None else p.grad.add_(g)
+                for p, g in zip(params, descent):
+                    if p.grad is None:
+                        p.grad = g.mul_(share)
+                    else:
+                        p.grad.add_(g, alpha=share)
             losses.append(micro_losses.detach())
             outputs.append(out.detach())
         self._write_running_stats(module, {name: torch.stack(values) for name, values in updates.items()})
