@@ -93,6 +93,29 @@ def bootstrap_interval(values, statistic: Callable[[np.ndarray], float] = np.mea
     return float(statistic(data)), float(low), float(high)
 
 
+def median_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
+    """The median of ``values`` and a distribution-free interval for it: (median, low, high).
+
+    The interval is the order statistics ``x_(k) .. x_(n+1-k)`` with the largest ``k`` whose
+    coverage ``P(k <= Bin(n, 1/2) <= n - k)`` is at least ``confidence`` (exact for continuous
+    data, no assumption on their distribution): the honest interval for a median of a few
+    noisy timings. ValueError when ``n`` values are too few for the level (n >= 6 at 95%).
+    """
+    _check_confidence(confidence)
+    data = np.sort(np.asarray(values, dtype=float).ravel())
+    n = data.size
+    if n == 0 or not np.all(np.isfinite(data)):
+        raise ValueError("values must be a non-empty set of finite numbers")
+    coverage = [_scipy_stats.binom.cdf(n - k, n, 0.5) - _scipy_stats.binom.cdf(k - 1, n, 0.5)
+                for k in range(1, n // 2 + 1)]
+    covering = [k for k, c in enumerate(coverage, start=1) if c >= confidence]
+    if not covering:
+        raise ValueError(f"values: {n} are too few for a {confidence:.0%} interval of the "
+                         f"median (the widest, min..max, covers {coverage[0] if coverage else 0:.1%})")
+    k = max(covering)
+    return float(np.median(data)), float(data[k - 1]), float(data[n - k])
+
+
 def first_true(mask) -> np.ndarray:
     """Index along axis 0 of the first True in each column of ``mask`` ([T, ...]); NEVER if none."""
     flags = np.asarray(mask, dtype=bool)

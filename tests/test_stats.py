@@ -143,3 +143,27 @@ def test_non_finite_chains_counts_chains_not_values():
     path = np.zeros((3, 4, 2))
     path[2, 3, 1] = np.nan
     assert stats.non_finite_chains(path, chain_axis=1) == 1
+
+
+def test_median_interval_is_the_order_statistics_of_the_binomial_coverage():
+    values = np.arange(9, 0, -1.0)  # unsorted on purpose
+    median, low, high = stats.median_interval(values)
+    # n = 9: k = 2 covers 1 - 2 * P(Bin(9, 1/2) <= 1) = 1 - 20/512 = 96.1%; k = 3 only 82%
+    assert (median, low, high) == (5.0, 2.0, 8.0)
+    assert stats.median_interval(values, confidence=0.8)[1:] == (3.0, 7.0)
+
+
+def test_median_interval_covers_the_median_at_its_level():
+    rng = np.random.default_rng(0)
+    draws = rng.lognormal(size=(4000, 11))  # skewed: the interval assumes nothing on the shape
+    true_median = 1.0
+    covered = [low <= true_median <= high for _, low, high in map(stats.median_interval, draws)]
+    assert np.mean(covered) >= 0.95 - 3 * np.sqrt(0.95 * 0.05 / 4000)
+
+
+def test_median_interval_refuses_too_few_values():
+    with pytest.raises(ValueError, match="5 are too few for a 95% interval"):
+        stats.median_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert stats.median_interval([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])[1:] == (1.0, 6.0)
+    with pytest.raises(ValueError, match="finite"):
+        stats.median_interval([1.0, float("nan")])

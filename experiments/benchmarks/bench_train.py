@@ -9,7 +9,9 @@ textbook passes fed by a torch DataLoader that crops and flips image by image on
 fp32. Rules are timed in interleaved rounds (each round times every contender for a few
 steps), so that load from other processes spreads evenly over them; the table gives the
 median over rounds of the time per step, images/s and the ratios to SAM, and every ratio of
-interest with its median, min and max over rounds. On a GPU wall-clock time is what counts;
+interest as the median of its per-round (paired) ratios with a distribution-free 95% interval,
+judged against its target: met only when the whole interval lies below it. On a GPU
+wall-clock time is what counts;
 on a CPU shared with other work the process CPU time is the measure (run the baseline with
 ``--loader-workers 0`` there, so that its data loading is counted in it).
 
@@ -37,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sdesam.optim import create, passes
+from sdesam.stats import median_interval
 from sdesam.experiment.outputs import check_writable, resolve_out
 from sdesam.experiment.records import atomic_write, run_metadata
 from sdesam.train import augment
@@ -61,7 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--micro", type=int, nargs="*", default=[16, 8, 4, 1],
                         help="m values for m-SAM")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    parser.add_argument("--rounds", type=int, default=9,
+                        help="interleaved timing rounds (>= 6 for the ratios' 95%% intervals)")
     parser.add_argument("--steps", type=int, default=1, help="timed steps per contender per round")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per contender first")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -255,13 +259,26 @@ def time_steps(contender: Contender, steps: int, device: torch.device) -> tuple[
     return ((time.perf_counter() - started) / steps, (time.process_time() - cpu_started) / steps)
 
 
-def ratio_line(label: str, top: Contender, bottom: Contender, target: str = "") -> str:
-    """Median ratio of two contenders' times, wall and CPU, with the CPU ratio's range over rounds."""
+def ratio_line(label: str, top: Contender, bottom: Contender, target: float | None = None,
+               note: str = "") -> str:
+    """Two contenders' time ratio: the median of the per-round (paired) CPU-time ratios with
+    its distribution-free 95% interval, the ratio of the median CPU and wall times, and, with
+    a ``target`` upper bound, whether the interval lies below it (met), above it (not met) or
+    across it (not resolvable at this noise)."""
+    per_round = [a / b for a, b in zip(top.cpu_times, bottom.cpu_times)]
     wall = statistics.median(top.times) / statistics.median(bottom.times)
     cpu = statistics.median(top.cpu_times) / statistics.median(bottom.cpu_times)
-    per_round = [a / b for a, b in zip(top.cpu_times, bottom.cpu_times)]
-    return (f"{label}: CPU time {cpu:.3f} (per round {min(per_round):.3f}..{max(per_round):.3f}), "
-            f"wall {wall:.3f}{target}")
+    try:
+        paired, low, high = median_interval(per_round)
+        interval = f"{paired:.3f} [95% CI {low:.3f}, {high:.3f}]"
+        verdict = ("met" if high <= target else "not met" if low > target
+                   else "not resolvable at this noise") if target is not None else ""
+    except ValueError:
+        interval = f"{statistics.median(per_round):.3f} (range {min(per_round):.3f}..{max(per_round):.3f}; a CI needs >= 6 rounds)"
+        verdict = "needs >= 6 rounds" if target is not None else ""
+    aim = f" (target <= {target}{note}: {verdict})" if target is not None else ""
+    return (f"{label}: paired CPU-time ratio {interval}; ratio of medians CPU {cpu:.3f}, "
+            f"wall {wall:.3f}{aim}")
 
 
 def model_report(args: argparse.Namespace, model_name: str, contenders: list[Contender]) -> list[str]:
@@ -278,17 +295,17 @@ def model_report(args: argparse.Namespace, model_name: str, contenders: list[Con
         lines.append(f"{c.name:<46}{wall:>12.4f}{args.batch_size / wall:>10.1f}"
                      f"{wall / sam_wall:>7.3f}{cpu:>12.4f}{cpu / sam_cpu:>7.3f}{spread:>16}  {c.note}")
     lines.append("")
-    lines.append(ratio_line("RW-SAM / SAM time per step", by_name["rw-sam"], sam,
-                            " (target <= 1.2; one extra forward ~ 7/6 = 1.167)"))
+    lines.append(ratio_line("RW-SAM / SAM time per step", by_name["rw-sam"], sam, 1.2,
+                            "; one extra forward ~ 7/6 = 1.167"))
     for m in args.micro:
-        target = TARGETS.get((model_name, m), 1.0)
         lines.append(ratio_line(f"m-SAM (m={m}) vmapped / sequential loop", by_name[f"m-sam m={m}"],
-                                by_name[f"m-sam m={m}, sequential loop"], f" (target <= {target})"))
+                                by_name[f"m-sam m={m}, sequential loop"],
+                                TARGETS.get((model_name, m), 1.0)))
     lines += [ratio_line(f"m-SAM (m={m}) / SAM time per step", by_name[f"m-sam m={m}"], sam)
               for m in args.micro]
     if BASELINE in by_name:
         lines.append(ratio_line("SAM, trainer pipeline / straightforward loop", sam, by_name[BASELINE],
-                                " (target <= 0.5 on a GPU)"))
+                                0.5, " on a GPU"))
     return lines + [""]
 
 
