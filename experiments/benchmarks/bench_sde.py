@@ -20,7 +20,7 @@ Three measurements (m-USAM, B = 4, m = 2, on least squares; float64; ``--threads
 
 The old code paths are kept, faithfully copied, in this file only, as the baselines
 (:func:`old_ensemble_run`, :func:`old_euler_maruyama`, :func:`old_comparison`).
-Usage: ``python experiments/benchmarks/bench_sde.py [--steps 10] [--memory-full]
+Usage: ``python experiments/benchmarks/bench_sde.py [--steps 10] [--repeats 5] [--memory-full]
 [--out experiments/benchmarks]`` (default output: a fresh ``runs/bench_sde-*`` folder).
 """
 
@@ -115,7 +115,7 @@ def least_squares(n: int, dim: int) -> LinearRegression:
                             torch.randn(n, generator=gen, dtype=torch.float64))
 
 
-def best_time(fn: Callable[[], object], repeats: int = 2) -> float:
+def best_time(fn: Callable[[], object], repeats: int) -> float:
     """Best wall time of ``repeats`` calls after one warm-up call."""
     fn()
     times = []
@@ -126,7 +126,7 @@ def best_time(fn: Callable[[], object], repeats: int = 2) -> float:
     return min(times)
 
 
-def ensemble_against_sde(dim: int, chains: int, steps: int) -> dict[str, float]:
+def ensemble_against_sde(dim: int, chains: int, steps: int, repeats: int) -> dict[str, float]:
     """Seconds per step of the old and new ensembles and of the SDE fast path."""
     problem = least_squares(16, dim)
     model = sde.AlgorithmSDE(problem, "m-usam", eta=ETA, rho=RHO, batch=BATCH, micro=MICRO)
@@ -134,25 +134,26 @@ def ensemble_against_sde(dim: int, chains: int, steps: int) -> dict[str, float]:
     grid = time_grid(steps * ETA, ETA)
     with torch.no_grad():
         return {
-            "old ensemble": best_time(lambda: old_ensemble_run(problem, x0, steps, 0)) / steps,
+            "old ensemble": best_time(lambda: old_ensemble_run(problem, x0, steps, 0), repeats) / steps,
             "new ensemble": best_time(lambda: ensemble.run(
                 problem, "m-usam", eta=ETA, rho=RHO, batch=BATCH, micro=MICRO, x0=x0, steps=steps,
-                chains=chains, seed=0, keep_states=False, every=None)) / steps,
+                chains=chains, seed=0, keep_states=False, every=None), repeats) / steps,
             "SDE": best_time(lambda: sde.euler_maruyama(
                 model, x0, FixedGridBrownian(grid, (chains, 16), 0), every=None,
-                keep_states=False)) / steps,
+                keep_states=False), repeats) / steps,
         }
 
 
-def sde_chunking(n: int, dim: int, chains: int, steps: int) -> dict[str, float]:
+def sde_chunking(n: int, dim: int, chains: int, steps: int, repeats: int) -> dict[str, float]:
     """Microseconds per chain-step of the old and new SDE fast paths."""
     problem = least_squares(n, dim)
     model = sde.AlgorithmSDE(problem, "m-usam", eta=ETA, rho=RHO, batch=BATCH, micro=MICRO)
     x0 = torch.zeros(chains, dim, dtype=torch.float64)
     bm = FixedGridBrownian(time_grid(steps * ETA, ETA), (chains, n), 0)
     with torch.no_grad():
-        old = best_time(lambda: old_euler_maruyama(model, x0, bm))
-        new = best_time(lambda: sde.euler_maruyama(model, x0, bm, every=None, keep_states=False))
+        old = best_time(lambda: old_euler_maruyama(model, x0, bm), repeats)
+        new = best_time(lambda: sde.euler_maruyama(model, x0, bm, every=None, keep_states=False),
+                        repeats)
     return {"old": old / (chains * steps) * 1e6, "new": new / (chains * steps) * 1e6}
 
 
@@ -181,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10, help="steps per timing")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed calls per measurement of parts 1 and 2 (the best is kept)")
     parser.add_argument("--sizes", default="2x100,2x1000,2x10000,100x100,100x1000,100x10000",
                         help="comma-separated DIMxCHAINS of the ensemble-vs-SDE grid")
     parser.add_argument("--memory-size", default="20000x200",
@@ -196,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     validation.positive_int("--steps", args.steps)
     validation.positive_int("--threads", args.threads)
+    validation.positive_int("--repeats", args.repeats)
     sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
     memory_chains, memory_steps = (int(v) for v in args.memory_size.split("x"))
     out = check_writable(resolve_out(args.out, "bench_sde"))
@@ -203,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = run_metadata("cpu")
     lines = [f"bench_sde: m-USAM (B={BATCH}, m={MICRO}) on least squares, float64, "
              f"torch {meta['versions']['torch']}, threads={args.threads}, "
-             f"{meta['machine']['cpu_count']} CPUs (shared), {args.steps} steps per timing", ""]
+             f"{meta['machine']['cpu_count']} CPUs (shared), {args.steps} steps per timing, best "
+             f"wall time of {args.repeats} calls", ""]
 
     def emit(line: str) -> None:
         lines.append(line)
@@ -215,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     emit(f"{'d':>4} {'chains':>7} {'SDE':>10} {'old ens.':>10} {'new ens.':>10} "
          f"{'old/SDE':>8} {'new/SDE':>8} {'old/new':>8}")
     for dim, chains in tqdm(sizes, desc="ensemble vs SDE"):
-        t = ensemble_against_sde(dim, chains, args.steps)
+        t = ensemble_against_sde(dim, chains, args.steps, args.repeats)
         emit(f"{dim:>4} {chains:>7} {t['SDE']:>10.3g} {t['old ensemble']:>10.3g} "
              f"{t['new ensemble']:>10.3g} {t['old ensemble'] / t['SDE']:>8.2f} "
              f"{t['new ensemble'] / t['SDE']:>8.2f} {t['old ensemble'] / t['new ensemble']:>8.2f}")
@@ -224,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
          "old/new >= 3)")
     emit(f"{'N':>4} {'d':>4} {'old':>10} {'new':>10} {'old/new':>8}")
     for n, dim in ((8, 2), (64, 20)):
-        t = sde_chunking(n, dim, 10_000, args.steps)
+        t = sde_chunking(n, dim, 10_000, args.steps, args.repeats)
         emit(f"{n:>4} {dim:>4} {t['old']:>10.3g} {t['new']:>10.3g} {t['old'] / t['new']:>8.2f}")
     emit("")
     emit("3. SDE-vs-discrete comparison of end-time moments (loss, tr V), N = 16, d = 20, "
