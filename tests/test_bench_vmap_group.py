@@ -26,7 +26,7 @@ def test_table_has_a_paired_ratio_per_micro_batch_size(tmp_path):
     assert bench.main(["--batch-size", "4", "--micro", "2", "1", "--rounds", "6",
                        "--out", str(tmp_path)]) == 0
     rows = {line.split()[0]: line.split() for line in
-            (tmp_path / "bench_vmap_group.txt").read_text().splitlines()
+            (tmp_path / "bench_vmap_group-small.txt").read_text().splitlines()
             if line.strip()[:1].isdigit()}
     assert set(rows) == {"2", "1"}
     assert rows["2"][1] == "2" and rows["1"][1] == "4"  # micro-batches per vmapped pass

@@ -9,8 +9,10 @@ process CPU time per step of each and the median of the per-round ratios vmapped
 sequential with its distribution-free 95% interval. The group size where the ratio falls
 below 1 sets :data:`sdesam.optim.msam.MIN_VMAP_GROUP`.
 
-Usage: ``python experiments/benchmarks/bench_vmap_group.py [--model small] [--rounds 25]
-[--out experiments/benchmarks]`` (default output: a fresh ``runs/bench_vmap_group-*`` folder).
+The table goes to ``<out>/bench_vmap_group-<model>.txt``. The committed tables:
+``python experiments/benchmarks/bench_vmap_group.py --out experiments/benchmarks`` (small CNN)
+and ``... --model resnet18 --micro 16 8 4 --rounds 9 --out experiments/benchmarks``
+(default output: a fresh ``runs/bench_vmap_group-*`` folder).
 """
 
 from __future__ import annotations
@@ -31,12 +33,11 @@ from sdesam.stats import median_interval
 from sdesam.train.loop import per_sample_cross_entropy
 from sdesam.train.models import build_model
 
-TABLE_NAME = "bench_vmap_group.txt"
 UNBOUNDED_MB = 1e9
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Benchmark settings (defaults: the run of bench_vmap_group.txt)."""
+    """Benchmark settings (defaults: the run of bench_vmap_group-small.txt)."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="small", help="a model of sdesam.train.models")
@@ -44,8 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--micro", type=int, nargs="+", default=[16, 8, 4, 2, 1])
     parser.add_argument("--rounds", type=int, default=25, help="paired timing rounds (>= 6)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--out", default=None, help="folder for bench_vmap_group.txt (default: "
-                        "a fresh runs/bench_vmap_group-* folder)")
+    parser.add_argument("--out", default=None, help="folder for bench_vmap_group-MODEL.txt "
+                        "(default: a fresh runs/bench_vmap_group-* folder)")
     args = parser.parse_args(argv)
     validation.positive_int("--batch-size", args.batch_size)
     validation.positive_int("--threads", args.threads)
@@ -108,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
               f"after {load}; wall {time.perf_counter() - started:.0f} s; torch "
               f"{meta['versions']['torch']}; commit {meta['git_commit']}; {meta['utc_time']}"]
     text = "\n".join(lines) + "\n"
-    atomic_write(out / TABLE_NAME, lambda handle: handle.write(text))
+    table = out / f"bench_vmap_group-{args.model}.txt"
+    atomic_write(table, lambda handle: handle.write(text))
     print(text)
-    print(f"table written to {out / TABLE_NAME}")
+    print(f"table written to {table}")
     return 0
 
 

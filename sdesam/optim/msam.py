@@ -49,7 +49,7 @@ MIN_VMAP_GROUP = 8
 saves and the micro-batches run one by one. Measured on the small CNN, batch 32, one CPU
 thread, vmapped / sequential per step (median of 25 paired rounds, 95% CI): 1.10 [1.08, 1.12]
 with 2 micro-batches a pass, 1.00 [0.99, 1.03] with 4, 0.85 [0.82, 0.88] with 8, 0.70 with
-16, 0.69 with 32 (``experiments/benchmarks/bench_vmap_group.txt``)."""
+16, 0.69 with 32 (``experiments/benchmarks/bench_vmap_group-small.txt``)."""
 
 PARAMETER_COPIES = 3
 """Parameter-sized tensors a vmapped pass holds per micro-batch: its ascent gradient, its
