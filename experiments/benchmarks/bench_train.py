@@ -8,11 +8,12 @@ per micro-batch; the optimizer's vmapped groups must never be slower), and SAM i
 textbook passes fed by a torch DataLoader that crops and flips image by image on the CPU,
 fp32. Rules are timed in interleaved rounds (each round times every contender for a few
 steps), so that load from other processes spreads evenly over them; the table gives the
-median over rounds of the time per step, images/s and the ratios to SAM, and every ratio of
-interest as the median of its per-round (paired) ratios with a distribution-free 95% interval,
-judged against its target: met only when the whole interval lies below it. On a GPU
-wall-clock time is what counts;
-on a CPU shared with other work the process CPU time is the measure (run the baseline with
+median over rounds of the time per step, images/s, the ratios to SAM and the minor page
+faults per step (fresh memory the step maps: a count other processes do not disturb), and
+every ratio of interest as the median of its per-round (paired) ratios with a
+distribution-free 95% interval, judged against its target: met only when the whole interval
+lies below it. On a GPU wall-clock time is what counts; on a CPU shared with other work the
+process CPU time is the measure (run the baseline with
 ``--loader-workers 0`` there, so that its data loading is counted in it).
 
 The table goes to ``<out>/bench_train.txt``: by default a fresh ``runs/bench_train-<time>/``
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import time
@@ -97,6 +99,7 @@ class Contender:
     note: str = ""
     times: list[float] = field(default_factory=list)
     cpu_times: list[float] = field(default_factory=list)
+    page_faults: list[float] = field(default_factory=list)
 
 
 class CropFlipImages(torch.utils.data.Dataset):
@@ -247,16 +250,20 @@ def baseline_contender(args: argparse.Namespace, model_name: str, device: torch.
     return Contender(BASELINE, step)
 
 
-def time_steps(contender: Contender, steps: int, device: torch.device) -> tuple[float, float]:
-    """Wall-clock and process CPU seconds per step over ``steps`` steps (CUDA work included)."""
+def time_steps(contender: Contender, steps: int, device: torch.device) -> tuple[float, float, float]:
+    """Wall-clock seconds, process CPU seconds and minor page faults per step over ``steps``
+    steps (CUDA work included). Page faults count the fresh memory a step maps (kernel work
+    that is the same on every run, unlike the time, which other processes disturb)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     started, cpu_started = time.perf_counter(), time.process_time()
     for _ in range(steps):
         contender.step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return ((time.perf_counter() - started) / steps, (time.process_time() - cpu_started) / steps)
+    return ((time.perf_counter() - started) / steps, (time.process_time() - cpu_started) / steps,
+            (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps)
 
 
 def ratio_line(label: str, top: Contender, bottom: Contender, target: float | None = None,
@@ -288,12 +295,13 @@ def model_report(args: argparse.Namespace, model_name: str, contenders: list[Con
     sam_wall, sam_cpu = statistics.median(sam.times), statistics.median(sam.cpu_times)
     lines = [f"model {model_name}", "",
              f"{'contender':<46}{'wall s/step':>12}{'images/s':>10}{'x SAM':>7}"
-             f"{'CPU s/step':>12}{'x SAM':>7}{'CPU min..max':>16}  note"]
+             f"{'CPU s/step':>12}{'x SAM':>7}{'CPU min..max':>16}{'faults/step':>12}  note"]
     for c in contenders:
         wall, cpu = statistics.median(c.times), statistics.median(c.cpu_times)
         spread = f"{min(c.cpu_times):.3f}..{max(c.cpu_times):.3f}"
         lines.append(f"{c.name:<46}{wall:>12.4f}{args.batch_size / wall:>10.1f}"
-                     f"{wall / sam_wall:>7.3f}{cpu:>12.4f}{cpu / sam_cpu:>7.3f}{spread:>16}  {c.note}")
+                     f"{wall / sam_wall:>7.3f}{cpu:>12.4f}{cpu / sam_cpu:>7.3f}{spread:>16}"
+                     f"{statistics.median(c.page_faults):>12.0f}  {c.note}")
     lines.append("")
     lines.append(ratio_line("RW-SAM / SAM time per step", by_name["rw-sam"], sam, 1.2,
                             "; one extra forward ~ 7/6 = 1.167"))
@@ -357,9 +365,10 @@ def main(argv: list[str] | None = None) -> int:
             contender.step()
     for round_index in range(args.rounds):
         for contender in everyone:
-            wall, cpu = time_steps(contender, args.steps, device)
+            wall, cpu, faults = time_steps(contender, args.steps, device)
             contender.times.append(wall)
             contender.cpu_times.append(cpu)
+            contender.page_faults.append(faults)
         print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
     text = report(args, device, timed, time.perf_counter() - started, load_before)
     atomic_write(out / TABLE_NAME, lambda handle: handle.write(text))
