@@ -16,7 +16,7 @@ Three measurements (m-USAM, B = 4, m = 2, on least squares; float64; ``--threads
    functions evaluated on all of them) against the new (:func:`sdesam.simulation.compare.compare_algorithm`
    with ``every=None``: running moments only), at a size the old way survives; with
    ``--memory-full`` also the new way at 1e5 chains, d = 20, 1000 steps (``--full-steps``;
-   540 s of CPU on the 2-core machine: the new way's peak does not depend on the steps).
+   about 570 s of CPU on the 2-core machine: the new way's peak does not depend on the steps).
 
 The old code paths are kept, faithfully copied, in this file only, as the baselines
 (:func:`old_ensemble_run`, :func:`old_euler_maruyama`, :func:`old_comparison`).
