@@ -6,8 +6,9 @@
 (``functional_call`` + ``vmap(grad)``): per group, one vmapped forward/backward at x gives its
 g_j and one at its perturbed points the descent gradients; there is no Python loop over the
 micro-batches of a group. A group of c micro-batches holds c copies of the parameters and
-gradients at once, so the groups are sized by a memory budget (``vmap_budget_mb``; a group
-of one is the plain sequential loop, which wins for large models); ``accumulate`` further
+gradients at once, so the groups are sized by a memory budget (``vmap_budget_mb``) and hold
+at least :data:`MIN_VMAP_GROUP` micro-batches; otherwise the micro-batches run one by one
+(which wins for large models and for few micro-batches); ``accumulate`` further
 splits the batch into chunks of whole micro-batches.
 
 BatchNorm: each micro-batch is normalised with its own statistics (as on a device whose batch
@@ -191,10 +192,10 @@ class MSAM(PerturbedOptimizer):
         Per micro-batch: the ascent gradient at x on the module itself; the perturbed point
         ``x + eps_j`` written into one spare tensor per parameter (allocated once per chunk);
         the descent gradient there through ``functional_call``; its share added to ``.grad``.
-        The module's parameters are never modified, so nothing is restored and x stays exact:
-        a parameter-sized pass is one read of the direction for the norm, one fused
-        ``x + c d`` and one fused ``grad += g / J``, fewer than a loop that perturbs, restores
-        and rescales in place (see ``experiments/benchmarks/bench_train.py``).
+        The module's parameters are never modified, so nothing is restored and x stays exact.
+        Per micro-batch that is three parameter-sized operations (the norm of the direction,
+        a fused ``x + c d``, a fused ``grad += g / J``) against five for a loop that scales,
+        perturbs and restores in place (the loop of ``experiments/benchmarks/bench_train.py``).
 
         BatchNorm running statistics as in the vmapped passes: every micro-batch's first pass
         starts from the same statistics, and the module keeps the mean of their updates.
