@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
 from sdesam.validation import InputError
-
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "bench_sde.py"
+from script_module import load_script
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_sde", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
-    return bench
+    return load_script("experiments/benchmarks/bench_sde.py")
 
 
 @pytest.mark.slow

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
 from sdesam.validation import InputError
-
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "bench_vmap_group.py"
+from script_module import load_script
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_vmap_group", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
-    return bench
+    return load_script("experiments/benchmarks/bench_vmap_group.py")
 
 
 def test_table_has_a_paired_ratio_per_micro_batch_size(tmp_path):

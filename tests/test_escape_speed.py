@@ -1,6 +1,5 @@
 """experiments/escape_speed.py end to end: the record schema, paired exit steps, a redraw."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -9,8 +8,8 @@ import torch
 from sdesam import plotting
 from sdesam.algorithms import get_rule
 from sdesam.experiment.records import read_record, write_json
+import script_module
 
-ROOT = Path(__file__).resolve().parents[1]
 CURVE_KEYS = {"protocol", "rule", "micro", "kind", "step", "escaped_fraction", "ci_low", "ci_high"}
 EXIT_KEYS = {"protocol", "rule", "micro", "kind", "mean", "ci_low", "ci_high", "escaped", "chains",
              "diverged"}
@@ -23,11 +22,7 @@ def write_json_only(data, out):
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("escape_speed_script",
-                                                  ROOT / "experiments" / "escape_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module.load_script("experiments/escape_speed.py", "escape_speed_script")
 
 
 def tiny(monkeypatch, script):

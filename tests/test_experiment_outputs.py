@@ -1,22 +1,19 @@
 """The theory experiments never write into the repository unless told (--out figures), keep the
 poor-minimum cache in one runs/cache, and report bad input in one line with status 2."""
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from script_module import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"experiments/{name}.py", f"{name}_script")
 
 
 def git_status() -> str:

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
 from sdesam import plotting
 from sdesam.experiment.records import read_record
-
-ROOT = Path(__file__).resolve().parents[1]
+import script_module
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("generalization_script",
-                                                  ROOT / "experiments" / "generalization.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return script_module.load_script("experiments/generalization.py", "generalization_script")
 
 
 TINY = {"datasets": ["digits"], "label_noise": [0.4], "micros": [4], "rho_grid": [0.05, 0.5],

@@ -1,22 +1,17 @@
 """experiments/rwsam_mechanism.py end to end on tiny settings: the one record schema, the
 push and equivalent m per problem and rule, and a figure redrawn from the data file."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 
 from sdesam.plotting import redraw
 from sdesam.experiment.records import read_record
-
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "rwsam_mechanism.py"
+from script_module import load_script
 
 
 @pytest.fixture()
 def experiment(monkeypatch):
-    spec = importlib.util.spec_from_file_location("rwsam_mechanism", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("experiments/rwsam_mechanism.py")
     monkeypatch.setattr(module, "LANDSCAPE_QUICK", {"batches": 100, "offsets": [0.0]})
     monkeypatch.setattr(module, "LOGISTIC_QUICK", {"batches": 100})
     monkeypatch.setattr(module, "LAMS_QUICK", [0.0, 4.0])

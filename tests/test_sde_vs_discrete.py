@@ -1,24 +1,17 @@
 """experiments/sde_vs_discrete.py end to end: the one record schema, orders with intervals,
 chain counts, a redraw, and the default output folder."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from sdesam import plotting
 from sdesam.experiment.records import read_record
-
-ROOT = Path(__file__).resolve().parents[1]
+import script_module
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("sde_vs_discrete_script",
-                                                  ROOT / "experiments" / "sde_vs_discrete.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module.load_script("experiments/sde_vs_discrete.py", "sde_vs_discrete_script")
 
 
 def check_record(data, chains):

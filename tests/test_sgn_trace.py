@@ -1,6 +1,5 @@
 """experiments/sgn_trace.py end to end: the record schema, paired final tr V and a redraw."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,8 +9,7 @@ from sdesam.experiment import digits
 from sdesam import plotting
 from sdesam.algorithms import get_rule
 from sdesam.experiment.records import read_record, write_json
-
-ROOT = Path(__file__).resolve().parents[1]
+import script_module
 
 
 def write_json_only(data, out):
@@ -20,11 +18,7 @@ def write_json_only(data, out):
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("sgn_trace_script",
-                                                  ROOT / "experiments" / "sgn_trace.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module.load_script("experiments/sgn_trace.py", "sgn_trace_script")
 
 
 def check_shape(data):

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "bench_train.py"
+from script_module import load_script
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_train", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # dataclasses look their module up there
-    spec.loader.exec_module(bench)
-    return bench
+    return load_script("experiments/benchmarks/bench_train.py")
 
 
 def test_benchmark_table_lists_every_rule_and_the_ratios(tmp_path):

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
-from pathlib import Path
 
 import pytest
 
 from sdesam.cli import guarded
 from sdesam.experiment.records import read_record
-
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "train_table.py"
+from script_module import load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("train_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/train_table.py")
 
 
 def test_grid_writes_mean_and_std_of_the_final_accuracies(tmp_path, capsys):
