@@ -135,6 +135,8 @@ def test_mnist1d_is_generated_locally_with_the_canonical_shape_balance_and_check
     counts = torch.bincount(torch.cat([data.train_labels, data.test_labels]), minlength=10)
     assert counts.tolist() == [500] * 10  # 5000 signals, 500 per digit
     assert data.info["sha256"] == cpu_data.MNIST1D_SHA256 and data.info["canonical"]
+    assert set(data.info["generator_versions"]) == {"numpy", "scipy", "mnist1d"}
+    assert len(data.info["raw_sha256"]) == 64  # the float64 arrays: a fact about this machine
     assert data.info["generator_arguments"]["seed"] == 42 and "url" not in data.info["generator_arguments"]
     cached = list((tmp_path / "mnist1d").glob("mnist1d-*.npz"))
     assert len(cached) == 1
@@ -185,3 +187,36 @@ def test_a_corrupt_or_truncated_cifar_batch_is_named(tmp_path):
         pickle.dump({b"data": np.zeros((4, 3072), dtype=np.uint8), b"labels": [1, 2]}, handle)
     with pytest.raises(ValueError, match=r"data_batch_2' holds 4 images but 2 labels"):
         load_cifar("cifar10", tmp_path)
+
+
+AVX512 = ("AVX512F AVX512CD AVX512VL AVX512BW AVX512DQ AVX512_SKX AVX512_CLX AVX512_CNL "
+          "AVX512_ICL AVX512_SPR X86_V4 AVX512VPOPCNTDQ AVX512VNNI AVX512IFMA AVX512VBMI "
+          "AVX512VBMI2 AVX512BITALG AVX512_FP16")
+
+
+def test_mnist1d_checksum_is_the_same_with_numpys_other_simd_kernels(tmp_path):
+    """The raw float64 arrays depend on which SIMD kernels NumPy picks (AVX-512 or not); the
+    arrays as trained on (float32) must not, or 'canonical' would depend on the processor."""
+    import os
+    import subprocess
+    import sys
+
+    from sdesam.train import cpu_data
+
+    script = ("from sdesam.train import cpu_data as c; "
+              "print(c.mnist1d_trained_checksum(c.generate_mnist1d()))")
+    env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": AVX512}
+    made = subprocess.run([sys.executable, "-W", "ignore", "-c", script], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.split()[-1] == cpu_data.MNIST1D_SHA256
+
+
+def test_a_non_canonical_data_set_is_named_with_the_versions_that_made_it():
+    from sdesam.train.loop import data_line
+
+    info = {"sha256": "ab" * 32, "canonical": False,
+            "generator_versions": {"numpy": "9.0", "scipy": "2.0", "mnist1d": "0.1"}}
+    line = data_line("mnist1d", info)
+    assert "NOT the canonical mnist1d" in line and "numpy 9.0, scipy 2.0, mnist1d 0.1" in line
+    assert data_line("mnist1d", {**info, "canonical": True}).endswith("(canonical)")

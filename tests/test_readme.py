@@ -81,7 +81,11 @@ def run_shell(command: str, scratch: Path) -> None:
 
 def test_readme_has_the_two_setup_commands_and_every_rule_is_sensible() -> None:
     commands = shell_commands()
-    assert any(c.startswith("pip install -e") for c in commands)
+    installs = [c.split("&&")[0].strip() for c in commands if c.startswith("pip install")]
+    assert installs and all("-c requirements-lock.txt" in c for c in installs)
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert any(c.replace("pip install", "pip install -q", 1) in ci for c in installs), \
+        "CI must install exactly as the README says"
     assert any("python -m pytest" in c for c in commands)
     assert [c for c in commands if eligible(c)], "no README command would be run"
 

@@ -207,13 +207,14 @@ def test_optimizer_choices_are_the_rule_registry_and_every_rule_trains(tmp_path)
         assert math.isfinite(result.metrics[0]["train_loss"]), name
 
 
-def test_mnist1d_trains_from_the_cli_with_validation_and_label_noise(tmp_path):
+def test_mnist1d_trains_from_the_cli_with_validation_and_label_noise(tmp_path, capsys):
     out = tmp_path / "m1d"
     status = sdesam_main(["train", "--dataset", "mnist1d", "--model", "cnn1d", "--optimizer", "sam",
                           "--epochs", "1", "--batch-size", "100", "--val-fraction", "0.2",
                           "--label-noise", "0.4", "--data-dir", str(tmp_path / "data"),
                           "--out", str(out), "--no-progress"])
     assert status == 0
+    assert "data: mnist1d, sha256 " in capsys.readouterr().out  # and "(canonical)" or a warning
     record = json.loads((out / "metrics.jsonl").read_text())
     assert record["step"] == 32 and 0 <= record["val_acc"] <= 100  # 3200 training signals
     config = json.loads((out / "config.json").read_text())

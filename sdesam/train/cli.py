@@ -176,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         result = train(config)
     except InputError as error:  # an out folder that holds a run, a damaged file
         return _refuse(error)
+    print(result.data)
     if result.metrics:
         last = result.metrics[-1]
         print(f"done: epoch {last['epoch']}, test accuracy {last['test_acc']:.2f}%, "

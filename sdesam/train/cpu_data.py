@@ -32,8 +32,9 @@ from sdesam.validation import InputError
 DEFAULT_DATA_DIR = Path(os.environ.get("SDESAM_DATA", Path.home() / ".cache" / "sdesam"))
 """Where generated data sets are cached when no ``data_dir`` is given ($SDESAM_DATA overrides)."""
 
-MNIST1D_SHA256 = "a6c066fb17227732544301fa48c81019ebd25c369abb64f9224eddff0e37b07e"
-"""SHA-256 of the canonical MNIST-1D arrays (x, y, x_test, y_test) made with the defaults."""
+MNIST1D_SHA256 = "70116abcfe53bc995603be224e1dbcfd8556e3820ff4062199fea14c457c755e"
+"""SHA-256 of the canonical MNIST-1D arrays as trained on: x and x_test as float32, y and
+y_test as int64 (:func:`mnist1d_trained_checksum`), made with the package's defaults."""
 
 DIGITS_TEST_FRACTION = 0.4
 DIGITS_SPLIT_SEED = 0
@@ -54,6 +55,20 @@ def arrays_checksum(arrays: list[np.ndarray]) -> str:
         digest.update(f"{array.dtype.str}{array.shape}".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
+
+
+def mnist1d_trained_checksum(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of the MNIST-1D arrays as the trainer sees them (float32 signals, int64 labels):
+    the same on every processor, unlike the raw float64 arrays (see the module docstring)."""
+    return arrays_checksum([arrays["x"].astype(np.float32), arrays["y"].astype(np.int64),
+                            arrays["x_test"].astype(np.float32), arrays["y_test"].astype(np.int64)])
+
+
+def generator_versions() -> dict[str, str]:
+    """Versions of the packages whose numerics make the MNIST-1D arrays."""
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("numpy", "scipy", "mnist1d")}
 
 
 def generate_mnist1d() -> dict[str, np.ndarray]:
@@ -95,7 +110,7 @@ def mnist1d_arrays(data_dir: str | Path | None = None) -> tuple[dict[str, np.nda
 def load_mnist1d(data_dir: str | Path | None = None) -> ImageDataset:
     """MNIST-1D as signals [N, 1, 40] (float32) with its generator arguments and checksum."""
     arrays, path = mnist1d_arrays(data_dir)
-    checksum = arrays_checksum([arrays[k] for k in ("x", "y", "x_test", "y_test")])
+    checksum = mnist1d_trained_checksum(arrays)
     train_x = torch.tensor(arrays["x"], dtype=torch.float32).unsqueeze(1)
     test_x = torch.tensor(arrays["x_test"], dtype=torch.float32).unsqueeze(1)
     train_y = torch.tensor(arrays["y"], dtype=torch.int64)
@@ -103,7 +118,9 @@ def load_mnist1d(data_dir: str | Path | None = None) -> ImageDataset:
     mean, std = channel_statistics(train_x)
     info = {"source": "mnist1d.data.make_dataset(get_dataset_args()) (generated locally)",
             "generator_arguments": mnist1d_arguments(), "sha256": checksum,
-            "canonical": checksum == MNIST1D_SHA256, "cache_file": str(path)}
+            "canonical": checksum == MNIST1D_SHA256,
+            "raw_sha256": arrays_checksum([arrays[k] for k in ("x", "y", "x_test", "y_test")]),
+            "generator_versions": generator_versions(), "cache_file": str(path)}
     return ImageDataset("mnist1d", train_x, train_y, test_x, test_y, 10,
                         [str(k) for k in range(10)], mean, std, info=info)
 

@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -199,6 +200,8 @@ class TrainResult:
     model: nn.Module
     out: Path
     settings: dict[str, Any] = field(default_factory=dict)
+    data: str = ""
+    """One line naming the data and its checksum (:func:`data_line`)."""
 
 
 def per_sample_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor,
@@ -300,12 +303,15 @@ def train(config: TrainConfig,
         records = _restore(run)
         if context.is_main:
             run.write_config(len(records))
+            if run.data.info.get("canonical") is False:
+                warnings.warn(data_line(run.data.name, run.data.info), stacklevel=2)
         for epoch in range(len(records), config.epochs):
             sums, seconds = _run_epoch(run, epoch)
             records.append(_record_epoch(run, epoch, sums, seconds, records))
             if on_epoch_end is not None:
                 on_epoch_end(records[-1])
-        return TrainResult(records, run.model, run.out, run.settings)
+        return TrainResult(records, run.model, run.out, run.settings,
+                           data_line(run.data.name, run.data.info))
     finally:
         distributed.shutdown(context)
 
@@ -393,6 +399,21 @@ class _Run:
                                                     "rho": self.config.effective_rho},
             "data": data_info, "world_size": self.context.world_size,
             "resumed_from_epoch": resumed_from_epoch, "metadata": run_metadata(str(self.device))})
+
+
+def data_line(name: str, info: dict[str, Any]) -> str:
+    """One line saying which data a run saw: its checksum and, for a generated data set,
+    whether it is the canonical one (a warning naming the generator versions when not)."""
+    if "sha256" not in info:
+        return f"data: {name} ({info.get('source', 'no checksum')})"
+    line = f"data: {name}, sha256 {info['sha256'][:16]}"
+    if "canonical" not in info:
+        return line
+    if info["canonical"]:
+        return line + " (canonical)"
+    versions = ", ".join(f"{k} {v}" for k, v in info.get("generator_versions", {}).items())
+    return (f"{line} is NOT the canonical {name} data set (made with {versions}); "
+            "results are not comparable with canonical runs")
 
 
 def _restore(run: _Run) -> list[dict[str, Any]]:
