@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from sdesam.progress import progress_bar
 
 from sdesam.experiment import digits
 from sdesam.simulation import ensemble, sde
@@ -109,7 +109,7 @@ def landscape_protocol(settings: dict[str, Any], seed: int, device: str,
     runs += [(*usam_member(m, batch), "sde") for m in [*settings["sde_micros"], batch]]
     grid = np.arange(0, steps + 1, settings["log_every"])
     curves, exits, per_chain = [], [], []
-    for rule, micro, kind in tqdm(runs, desc="landscape runs", disable=not progress):
+    for rule, micro, kind in progress_bar(runs, desc="landscape runs", show=progress):
         options = dict(eta=eta, rho=rho_sam if get_rule(rule).normalized else rho, batch=batch,
                        micro=micro, x0=start,
                        chains=settings["chains" if kind == "discrete" else "sde_chains"],
@@ -237,7 +237,7 @@ def network_protocol(settings: dict[str, Any], seed: int, device: str, cache: st
     runs = [("sgd", None), *[sam_member(m, settings["batch"]) for m in settings["micros"]],
             ("sam", None), ("rw-sam", None)]
     curves, exits, metrics, per_seed = [], [], [], []
-    bar = tqdm(total=len(runs) * settings["seeds"], desc="network runs", disable=not progress)
+    bar = progress_bar(total=len(runs) * settings["seeds"], desc="network runs", show=progress)
     for rule, micro in runs:
         logs = []
         for s in range(settings["seeds"]):

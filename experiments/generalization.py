@@ -31,13 +31,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from sdesam.progress import progress_bar
 
 from sdesam import per_sample, sgn, stats
 from sdesam.algorithms import get_rule
@@ -290,8 +290,8 @@ def measure(settings: dict[str, Any], runs_dir: Path, device: str, progress: boo
     cells = [Cell(d, p) for d in settings["datasets"] for p in settings["label_noise"]]
     results: dict[str, list[dict[str, Any]]] = {"choices": [], "tuning": [], "runs": [],
                                                 "summary": [], "paired": []}
-    bar = tqdm(total=len(cells) * len(methods(settings)), desc="generalization (cell x method)",
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=len(cells) * len(methods(settings)), desc="generalization (cell x method)",
+               show=progress, dynamic_ncols=True)
     for cell in cells:
         cell_runs: list[dict[str, Any]] = []
         for method in methods(settings):

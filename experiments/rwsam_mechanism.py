@@ -19,12 +19,12 @@ Hessian-vector products of the network). Writes ``OUT/rwsam_mechanism.json`` and
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from sdesam.progress import progress_bar
 
 from sdesam.experiment import digits
 from sdesam import implicit
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         problem, x = network_problem(part, args.device, progress)
         jobs.append(("network", "poor minimum", problem, x, part))
     diagnosis, points = [], []
-    with tqdm(total=len(jobs), desc="points", disable=not progress) as bar:
+    with progress_bar(total=len(jobs), desc="points", show=progress) as bar:
         for k, (name, point, problem, x, part) in enumerate(jobs):
             records, summary = diagnose_point(name, point, problem, x, part, lams, args.seed + k, bar)
             diagnosis += records

@@ -35,7 +35,7 @@ from typing import Any
 
 import sympy
 import torch
-from tqdm.auto import tqdm
+from sdesam.progress import progress_bar
 
 from sdesam import algorithms, problems, validation
 from sdesam.simulation import compare, ensemble
@@ -48,7 +48,7 @@ from sdesam.simulation.sde import euler_maruyama
 from sdesam.cli import guarded
 from sdesam.experiment.arguments import experiment_parser, prepare_out
 from sdesam.experiment.records import make_record, run_metadata, write_json
-from sdesam.symbolic import Derivation, derive, eta as ETA, example_losses, rho as RHO
+from sdesam.symbolic import Derivation, derive, eta as ETA, example_losses
 
 SCALED_USAM = Rule("scaled-usam", "part", False, False,
                    "G = grad f_B(x + rho s(x) * grad f_B(x)), s(x) = x^2 + 1",
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with algorithms.registered(SCALED_USAM):
         jobs = [(a, m, eta, rho) for a, m in settings["runs"] for eta, rho in settings["points"]]
-        for algorithm, micro, eta, rho in tqdm(jobs, desc="rules", disable=args.no_progress):
+        for algorithm, micro, eta, rho in progress_bar(jobs, desc="rules", show=not args.no_progress):
             rows += measure_run(problem, losses, variables, algorithm, micro, eta, rho,
                                 settings, args.device)
     costs = sqrt_costs(settings["cost_dims"], settings["cost_chains"], args.seed)

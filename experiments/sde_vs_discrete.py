@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from sdesam.progress import progress_bar
 
 from sdesam.simulation import compare, sde
 from sdesam import validation
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     x0 = torch.tensor(settings["x0"], dtype=torch.float64)
     start, cpu = time.time(), time.process_time()
     rows = []
-    for point in tqdm(sweep_points(settings), desc="settings", disable=args.no_progress):
+    for point in progress_bar(sweep_points(settings), desc="settings", show=not args.no_progress):
         sweep, algorithm, micro, lam, eta, rho = point
         key = json.dumps(point)
         if key not in done:

@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
+from sdesam.progress import progress_bar
 
 from sdesam.experiment import digits
 from sdesam.simulation import ensemble
@@ -55,7 +55,7 @@ def network_runs(settings: dict[str, Any], seed: int, device: str, cache: str | 
     runs = [("sgd", None), *[("m-sam", m) for m in settings["micros"]], ("sam", None),
             ("rw-sam", None)]
     curves, final, per_seed = [], [], []
-    bar = tqdm(total=2 * len(runs) * settings["seeds"], desc="network runs", disable=not progress)
+    bar = progress_bar(total=2 * len(runs) * settings["seeds"], desc="network runs", show=progress)
     for protocol, steps in (("network-poor", settings["steps_poor"]),
                             ("network-init", settings["steps_init"])):
         for rule, micro in runs:
@@ -98,7 +98,7 @@ def landscape_runs(settings: dict[str, Any], seed: int, device: str,
     runs = [("sgd", None), *[("m-usam", m) for m in settings["micros"]], ("usam", None),
             *[("m-sam", m) for m in settings["micros"]], ("sam", None), ("rw-sam", None)]
     curves = []
-    for rule, micro in tqdm(runs, desc="landscape runs", disable=not progress):
+    for rule, micro in progress_bar(runs, desc="landscape runs", show=progress):
         # one seed for every rule: chain k of every rule sees the same batch indices
         result = ensemble.run(problem, rule, eta=settings["eta"],
                             rho=rho_sam if get_rule(rule).normalized else settings["rho"],

@@ -40,8 +40,7 @@ from torch import nn
 from torch.func import functional_call, jvp, vmap
 
 from . import per_sample, validation
-from .algorithms import (Rule, direction, get_rule, gibbs_weights, rule_names, sampling_factor,
-                         check_sampling)
+from .algorithms import (Rule, direction, get_rule, gibbs_weights, rule_names, check_sampling)
 from .problems.base import Problem
 
 MAX_ENUMERATED = 300_000

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -36,11 +35,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from tqdm.auto import tqdm
+from sdesam.progress import progress_bar
 
 from sdesam.simulation import compare, ensemble, sde
 from sdesam import validation
-from sdesam.algorithms import check_sizes, get_rule
 from sdesam.simulation.brownian import FixedGridBrownian, time_grid
 from sdesam.experiment.outputs import check_writable, resolve_out
 from sdesam.problems import LinearRegression
@@ -219,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
          "(target: new <= 1.2)")
     emit(f"{'d':>4} {'chains':>7} {'SDE':>10} {'old ens.':>10} {'new ens.':>10} "
          f"{'old/SDE':>8} {'new/SDE':>8} {'old/new':>8}")
-    for dim, chains in tqdm(sizes, desc="ensemble vs SDE"):
+    for dim, chains in progress_bar(sizes, desc="ensemble vs SDE"):
         t = ensemble_against_sde(dim, chains, args.steps, args.repeats)
         emit(f"{dim:>4} {chains:>7} {t['SDE']:>10.3g} {t['old ensemble']:>10.3g} "
              f"{t['new ensemble']:>10.3g} {t['old ensemble'] / t['SDE']:>8.2f} "

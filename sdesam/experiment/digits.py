@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
+from sdesam.progress import progress_bar
 
 from .. import per_sample
 from .records import atomic_write
@@ -121,7 +121,7 @@ def poor_minimum(data: DigitsData, *, hidden: int = 128, lr: float = 0.5, steps:
     inputs = torch.cat([data.train_x, data.random_x])
     targets = torch.cat([data.train_y, data.random_y])
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    for _ in tqdm(range(steps), desc="full-batch GD to the poor minimum", disable=not progress):
+    for _ in progress_bar(range(steps), desc="full-batch GD to the poor minimum", show=progress):
         optimizer.zero_grad(set_to_none=True)
         per_sample_loss(model(inputs), targets).mean().backward()
         optimizer.step()

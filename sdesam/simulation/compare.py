@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 from scipy import stats
-from tqdm.auto import tqdm
+from sdesam.progress import progress_bar
 
 from . import ensemble, sde
 from .. import validation
@@ -43,7 +43,7 @@ def sample_moments(sample: Callable[[int, int], ChainRun], *, chains: int, chunk
     validation.positive_int("chunk", chunk)
     parts: dict[str, list[Moments]] = {}
     diverged = 0
-    with tqdm(total=chains, desc=desc, disable=not progress or chunk >= chains, leave=False) as bar:
+    with progress_bar(total=chains, desc=desc, show=progress and chunk < chains, leave=False) as bar:
         for done in range(0, chains, chunk):
             size = min(chunk, chains - done)
             run = sample(seed * 100_003 + done, size)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 import torch
-from tqdm.auto import tqdm
+from sdesam.progress import progress_bar
 
 from .. import validation
 from ..algorithms import (check_keywords, check_rho, check_sampling, check_sizes, get_rule,
@@ -161,7 +161,7 @@ def run(problem: Problem, algorithm: str, *, eta: float, rho: float, batch: int,
                         statistics=statistics, diverge_at=diverge_at, chunk=chunk)
     generator = torch.Generator(device=x.device).manual_seed(seed)
     with torch.no_grad():
-        for k in tqdm(range(steps), desc=f"{rule.name} ensemble", disable=not progress,
+        for k in progress_bar(range(steps), desc=f"{rule.name} ensemble", show=progress,
                       leave=False):
             idx = draw_batches(generator, chains, problem.n, batch, sampling)
             for part in chunks(chains, recorder.chunk):

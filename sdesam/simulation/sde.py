@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import torchsde
-from tqdm.auto import tqdm
+from sdesam.progress import progress_bar
 
 from .. import validation
 from ..algorithms import check_rho, check_sampling, check_sizes, get_rule, rule_names, sampling_factor
@@ -256,7 +256,7 @@ def euler_maruyama(sde: Any, y0: torch.Tensor, bm: FixedGridBrownian, *,
                         statistics=statistics or {}, diverge_at=diverge_at, chunk=chunk)
     times = bm.times
     with torch.no_grad():
-        for cell in tqdm(range(cells), desc="SDE", disable=not progress, leave=False):
+        for cell in progress_bar(range(cells), desc="SDE", show=progress, leave=False):
             dt = float(times[cell + 1] - times[cell])
             increment = bm.increment(cell)
             k = cell // record_every

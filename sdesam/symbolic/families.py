@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Sequence
 
 import sympy
-from tqdm.auto import tqdm
+from sdesam.progress import progress_bar
 
 from ..algorithms import check_sampling
 from .moments import MomentCalculus
@@ -79,7 +79,7 @@ class ConcreteFamily:
 
     def _progress(self, dist: list, what: str) -> Iterable:
         """``dist`` wrapped in a progress bar when asked for (shown after a second's delay)."""
-        return tqdm(dist, desc=what, unit="set", disable=not self.progress, delay=1.0,
+        return progress_bar(dist, desc=what, unit="set", show=self.progress, delay=1.0,
                     leave=False, dynamic_ncols=True)
 
     def covariance_V(self) -> sympy.Matrix:

@@ -81,7 +81,6 @@ def first_order_form(rule: Rule, family: Family, size: Any, order: int,
 
         expected = grad_norm(None)[0] if rule.ascent == "full" else family.expect(grad_norm, size)[0]
         return -gradient(family.full_loss + rho * expected, variables)
-    x = sympy.Matrix(variables)
 
     def curvature_times_ascent(part: Any) -> sympy.Matrix:
         hessian = sympy.hessian(family.part_loss(part), variables)

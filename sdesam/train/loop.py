@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+from sdesam.progress import progress_bar
 
 from sdesam import validation
 from sdesam.algorithms import Rule, check_sizes, get_rule
@@ -449,8 +450,8 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[torch.Tensor, float]:
                           epoch_generator(config.seed, epoch, stream=0))
     crops = epoch_generator(config.seed, epoch, stream=1)
     sums = torch.zeros(3, dtype=torch.float64, device=run.device)  # loss sum, correct, count
-    bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
-               disable=not (config.progress and context.is_main), leave=False, dynamic_ncols=True)
+    bar = progress_bar(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+               show=config.progress and context.is_main, leave=False, dynamic_ncols=True)
     run.model.train()
     _synchronize(run.device)
     started = time.perf_counter()
