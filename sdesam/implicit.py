@@ -63,6 +63,9 @@ class ModuleProblem(Problem):
         params = per_sample.trainable_parameters(model)
         if not params:
             raise validation.InputError("model has no parameter that requires grad")
+        if parent is None:  # a batch view holds rows of its parent's data, already checked
+            validation.finite_tensor("inputs", inputs)
+            validation.finite_tensor("targets", targets)
         self.model, self.loss_fn, self.rows, self.parent = model, loss_fn, rows, parent
         self.inputs, self.targets = inputs, targets
         self.names = list(params)

@@ -6,6 +6,7 @@ import torch
 
 from sdesam.problems import (LinearRegression, LogisticRegression, Quadratic, TeacherStudent,
                              from_sympy)
+from sdesam.validation import InputError
 
 torch.manual_seed(0)
 
@@ -122,3 +123,52 @@ def test_closed_form_hessian_sums_equal_the_generic_vjp(make):
     # hand computation: sum_i H_i u_i from the mean Hessian when all u_i are equal
     same = u[:, :1].expand_as(u)
     assert torch.allclose(closed(same), problem.n * problem.hvp(x, u[:, 0]))
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("make, argument", [
+    (lambda: LogisticRegression(torch.tensor([[0.0, NAN], [1.0, 2.0]]), torch.tensor([0.0, 1.0])), "X"),
+    (lambda: LinearRegression(torch.ones(3, 2), torch.tensor([0.0, INF, 1.0])), "y"),
+    (lambda: LinearRegression(torch.tensor([[1.0], [-INF]]), torch.zeros(2)), "X"),
+    (lambda: Quadratic(torch.eye(2).expand(2, 2, 2).clone(), torch.tensor([[0.0, 1.0], [NAN, 0.0]])),
+     "centers"),
+    (lambda: Quadratic(torch.full((1, 1, 1), INF), torch.zeros(1, 1)), "hessians"),
+    (lambda: LogisticRegression(torch.ones(2, 2), torch.tensor([0.0, 1.0]), l2=INF), "l2"),
+    (lambda: TeacherStudent(n=4, noise=INF), "noise"),
+])
+def test_non_finite_data_is_refused_at_construction_naming_the_argument(make, argument):
+    with pytest.raises(InputError, match=rf"^{argument} must be"):
+        make()
+
+
+def test_module_problem_refuses_non_finite_data():
+    from sdesam.implicit import ModuleProblem
+    model = torch.nn.Linear(2, 1)
+    loss = lambda out, t: (out.squeeze(-1) - t) ** 2
+    with pytest.raises(InputError, match="^inputs must be finite"):
+        ModuleProblem(model, loss, torch.tensor([[NAN, 0.0]]), torch.zeros(1))
+    assert ModuleProblem(model, loss, torch.zeros(3, 2), torch.zeros(3)).n == 3
+
+
+@pytest.mark.parametrize("losses, culprit", [
+    (lambda x, y: [sympy.Abs(x) + y**2, x**2 + y**2], "Abs"),
+    (lambda x, y: [sympy.Max(x, 0) ** 2 + y**2], "Max"),
+    (lambda x, y: [sympy.Heaviside(x) * x**2 + y**2], "Heaviside"),
+])
+def test_from_sympy_refuses_non_smooth_losses_like_derive(losses, culprit):
+    """One policy for the simulation and the derivation: the same check, the same message."""
+    from sdesam.symbolic import derive
+    x, y = sympy.symbols("x y")
+    with pytest.raises(InputError, match=f"not smooth.*{culprit}") as simulated:
+        from_sympy(losses(x, y), [x, y])
+    with pytest.raises(InputError) as derived:
+        derive("usam", losses(x, y), [x, y], batch=1)
+    assert str(simulated.value) == str(derived.value)
+
+
+def test_from_sympy_refuses_a_variable_no_loss_uses():
+    x, y = sympy.symbols("x y")
+    with pytest.raises(InputError, match="variables y occur in none"):
+        from_sympy([x**2, (x - 1) ** 2], [x, y])

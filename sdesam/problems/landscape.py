@@ -29,6 +29,7 @@ import math
 import sympy
 import torch
 
+from .. import validation
 from ..algorithms import check_rho
 from .base import Problem
 
@@ -40,22 +41,21 @@ class SharpFlatLandscape(Problem):
                  sharp_width: float = 0.2, flat_center: float = 1.5, flat_depth: float = 0.7,
                  flat_width: float = 0.6, label_noise: float = 3.0,
                  noise_spread: float = 1.5, confinement: float = 0.1) -> None:
-        if not isinstance(n, int) or isinstance(n, bool) or n < 3:
-            raise ValueError(f"n must be an integer >= 3; got {n!r}")
+        validation.int_at_least("n", n, 3)
         for name, value in (("sharp_depth", sharp_depth), ("sharp_width", sharp_width),
                             ("flat_depth", flat_depth), ("flat_width", flat_width),
                             ("noise_spread", noise_spread)):
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0; got {value!r}")
+            validation.positive_number(name, value)
+        validation.non_negative_number("label_noise", label_noise)
+        validation.non_negative_number("confinement", confinement)
         if not flat_width > sharp_width:
             raise ValueError(f"flat_width must exceed sharp_width; got flat_width={flat_width}, "
                              f"sharp_width={sharp_width}")
-        if not flat_center > sharp_center:
-            raise ValueError("flat_center must lie to the right of sharp_center; got "
-                             f"flat_center={flat_center}, sharp_center={sharp_center}")
-        if label_noise < 0 or confinement < 0:
-            raise ValueError(f"label_noise and confinement must be >= 0; got {label_noise!r}, "
-                             f"{confinement!r}")
+        if not (math.isfinite(sharp_center) and math.isfinite(flat_center)
+                and flat_center > sharp_center):
+            raise validation.InputError(
+                "flat_center must lie to the right of sharp_center, both finite; got "
+                f"flat_center={flat_center}, sharp_center={sharp_center}")
         self.n, self.dim = n, 1
         self.sharp = (float(sharp_center), float(sharp_depth), float(sharp_width))
         self.flat = (float(flat_center), float(flat_depth), float(flat_width))

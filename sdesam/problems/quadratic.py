@@ -9,6 +9,7 @@ from __future__ import annotations
 import sympy
 import torch
 
+from .. import validation
 from .base import Problem
 
 
@@ -24,6 +25,8 @@ class Quadratic(Problem):
         if centers.shape != hessians.shape[:2]:
             raise ValueError(f"centers must have shape [N, d] = {tuple(hessians.shape[:2])}; "
                              f"got {tuple(centers.shape)}")
+        validation.finite_tensor("hessians", hessians)
+        validation.finite_tensor("centers", centers)
         if not torch.allclose(hessians, hessians.transpose(1, 2)):
             raise ValueError("hessians must be symmetric matrices H_i = H_i^T")
         self.hessians = hessians.to(torch.float64) if not hessians.is_floating_point() else hessians

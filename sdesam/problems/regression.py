@@ -5,19 +5,23 @@ from __future__ import annotations
 import sympy
 import torch
 
+from .. import validation
 from .base import Problem
 
 
 def _check_data(features: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate ``features [N, d]`` and ``targets [N]``; return them as floating tensors."""
+    """Validate ``features [N, d]`` and ``targets [N]`` (shapes, and finite: a NaN or an
+    infinity would make every chain diverge); return them as floating tensors."""
     features = torch.as_tensor(features)
     targets = torch.as_tensor(targets)
     if features.dim() != 2 or features.shape[0] < 1:
-        raise ValueError(f"X must have shape [N, d] with N >= 1; got {tuple(features.shape)}")
+        raise validation.InputError(f"X must have shape [N, d] with N >= 1; got {tuple(features.shape)}")
     if targets.shape != features.shape[:1]:
-        raise ValueError(f"y must have shape [N] = [{features.shape[0]}]; got {tuple(targets.shape)}")
+        raise validation.InputError(f"y must have shape [N] = [{features.shape[0]}]; "
+                                    f"got {tuple(targets.shape)}")
     dtype = features.dtype if features.is_floating_point() else torch.float64
-    return features.to(dtype), targets.to(dtype)
+    return (validation.finite_tensor("X", features.to(dtype)),
+            validation.finite_tensor("y", targets.to(dtype)))
 
 
 class LinearRegression(Problem):
@@ -69,10 +73,8 @@ class LogisticRegression(Problem):
     def __init__(self, X: torch.Tensor, y: torch.Tensor, l2: float = 0.0) -> None:
         self.features, self.targets = _check_data(X, y)
         if not bool(((self.targets == 0) | (self.targets == 1)).all()):
-            raise ValueError("y must hold labels in {0, 1}")
-        if not l2 >= 0:
-            raise ValueError(f"l2 must be >= 0; got {l2!r}")
-        self.l2 = float(l2)
+            raise validation.InputError("y must hold labels in {0, 1}")
+        self.l2 = validation.non_negative_number("l2", l2)
         self.n, self.dim = map(int, self.features.shape)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:

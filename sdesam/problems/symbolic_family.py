@@ -7,24 +7,26 @@ from typing import Sequence
 import sympy
 import torch
 
+from .. import validation
 from .base import Problem
 
 
 class SympyProblem(Problem):
-    """Per-sample losses given as sympy expressions in ``variables``, evaluated in torch."""
+    """Per-sample losses given as sympy expressions in ``variables``, evaluated in torch.
+
+    The losses must be smooth and use every variable, the policy of
+    :func:`sdesam.symbolic.derive` (:func:`sdesam.validation.smooth_losses`): a loss with
+    ``Abs``, ``sign``, ``Piecewise``... has no SDE to compare a simulation with, and a variable
+    no loss uses never moves.
+    """
 
     def __init__(self, losses: Sequence[sympy.Expr], variables: Sequence[sympy.Symbol]) -> None:
-        losses = [sympy.sympify(loss) for loss in losses]
-        variables = list(variables)
-        if not losses:
-            raise ValueError("losses must hold at least one sympy expression")
-        if not variables or not all(isinstance(v, sympy.Symbol) for v in variables):
-            raise ValueError("variables must be a non-empty sequence of sympy Symbols")
-        if len(set(variables)) != len(variables):
-            raise ValueError("variables must be distinct symbols")
+        variables = validation.sympy_variables("variables", variables)
+        losses = validation.smooth_losses("losses", losses, variables)
         extra = set().union(*(loss.free_symbols for loss in losses)) - set(variables)
         if extra:
-            raise ValueError(f"losses use symbols that are not variables: {sorted(map(str, extra))}")
+            raise validation.InputError(
+                f"losses use symbols that are not variables: {sorted(map(str, extra))}")
         self.losses, self.variables = losses, variables
         self.n, self.dim = len(losses), len(variables)
         self._evaluate = sympy.lambdify(variables, losses, modules="torch")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sympy
 import torch
 
+from .. import validation
 from .base import Problem
 
 
@@ -27,8 +28,7 @@ class TeacherStudent(Problem):
         teacher_hidden = hidden if teacher_hidden is None else teacher_hidden
         if not isinstance(teacher_hidden, int) or teacher_hidden < 1:
             raise ValueError(f"teacher_hidden must be a positive integer; got {teacher_hidden!r}")
-        if not noise >= 0:
-            raise ValueError(f"noise must be >= 0; got {noise!r}")
+        noise = validation.non_negative_number("noise", noise)   # an infinite noise: inf targets
         gen = torch.Generator().manual_seed(seed)
         self.inputs_data = torch.randn(n, inputs, generator=gen, dtype=dtype)
         teacher_w = torch.randn(teacher_hidden, inputs, generator=gen, dtype=dtype) / inputs**0.5
