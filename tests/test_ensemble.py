@@ -114,7 +114,7 @@ def test_without_replacement_batches_hold_distinct_samples():
     (dict(algorithm="adam"), "algorithm must be one of"),
     (dict(micro=3), "micro must divide batch"),
     (dict(algorithm="sam", micro=2), "micro is only accepted"),
-    (dict(rho=-0.1), "rho must be >= 0"),
+    (dict(rho=-0.1), "rho must be .*>= 0"),
     (dict(eta=0.0), "eta must be a positive number"),
     (dict(steps=0), "steps must be a positive integer"),
     (dict(sampling="bootstrap"), "sampling must be one of"),
