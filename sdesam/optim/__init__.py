@@ -6,6 +6,9 @@
                  lr=0.1, momentum=0.9, weight_decay=5e-4)
     loss = opt.step(model, loss_fn, inputs, targets)   # loss_fn -> per-sample losses [B]
 
+A step whose batch loss is NaN or infinite raises :class:`NonFiniteLossError` and changes
+nothing (parameters, optimizer state, BatchNorm statistics).
+
 Modules: :mod:`~sdesam.optim.base` (the wrapper of a base optimizer and the perturb /
 restore frame), :mod:`~sdesam.optim.passes` (BatchNorm policy, DDP, autocast, chunks),
 :mod:`~sdesam.optim.scaler` (fp16 loss scaling), :mod:`~sdesam.optim.sam` (SGD, SAM, USAM,
@@ -15,17 +18,18 @@ every registered rule with ``optimizer=True``, user-registered ones included, ch
 class from the rule's facts).
 """
 
-from sdesam.optim.base import PerturbedOptimizer, RuleOptimizer
+from sdesam.optim.base import NonFiniteLossError, PerturbedOptimizer, RuleOptimizer
 from sdesam.optim.msam import MSAM, MUSAM
 from sdesam.optim.passes import BN_POLICIES
-from sdesam.optim.registry import create, implementation, optimizer_names
-from sdesam.optim.rwsam import DEFAULT_DELTA, RWSAM, estimate_grad_norms, gibbs_weights
+from sdesam.optim.registry import check_rule_keywords, create, implementation, optimizer_names
+from sdesam.optim.rwsam import DEFAULT_DELTA, DEFAULT_LAM, RWSAM, estimate_grad_norms, gibbs_weights
 from sdesam.optim.sam import NSAM, NUSAM, SAM, USAM, SGDRule
 
 __all__ = [
-    "BN_POLICIES", "DEFAULT_DELTA", "MSAM", "MUSAM", "NSAM", "NUSAM", "OPTIMIZERS", "RWSAM", "SAM",
-    "SGDRule", "USAM", "PerturbedOptimizer", "RuleOptimizer", "create", "estimate_grad_norms",
-    "gibbs_weights", "implementation", "optimizer_names",
+    "BN_POLICIES", "DEFAULT_DELTA", "DEFAULT_LAM", "MSAM", "MUSAM", "NSAM", "NUSAM", "OPTIMIZERS",
+    "NonFiniteLossError", "RWSAM", "SAM", "SGDRule", "USAM", "PerturbedOptimizer", "RuleOptimizer",
+    "check_rule_keywords", "create", "estimate_grad_norms", "gibbs_weights", "implementation",
+    "optimizer_names",
 ]
 
 

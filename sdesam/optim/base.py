@@ -21,10 +21,18 @@ Common keywords: ``bn`` (BatchNorm policy, see :mod:`sdesam.optim.passes`),
 runs chunk by chunk and the ascent direction is still that of the whole batch),
 ``perturb_weight_decay`` (add each group's ``weight_decay * x`` to the ascent direction, i.e.
 perturb along the gradient of the regularised loss).
+
+A step whose batch loss (the first pass's mean) is NaN or infinite is refused, not taken:
+:class:`NonFiniteLossError` is raised and the parameters, the base optimizer's state and the
+BatchNorm running statistics are left as they were before the step (one ``isfinite`` on the
+loss per step, all-reduced under DDP so that every process refuses together). Raising rather
+than skipping: a non-finite loss means bad data or a diverged run, and a skipped step would let
+either pass unnoticed; the caller decides (the trainer stops and records the divergence).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -40,6 +48,19 @@ from sdesam.optim.scaler import LossScaler
 StepResult = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 NORM_FLOOR = 1e-12
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A step's batch loss was NaN or infinite; the step was not taken (nothing changed)."""
+
+    def __init__(self, rule: str, loss: float) -> None:
+        """``loss``: this process's batch loss (finite when another process's was not)."""
+        self.loss = loss
+        where = f"{loss}" if not math.isfinite(loss) else f"non-finite on another process ({loss} here)"
+        super().__init__(
+            f"{rule} step: the batch loss is {where}; the step was not taken (parameters, "
+            "optimizer state and BatchNorm statistics unchanged): check the inputs for NaN or "
+            "inf, or lower lr / rho if training diverged")
 
 
 class RuleOptimizer(torch.optim.Optimizer):
@@ -146,17 +167,33 @@ class RuleOptimizer(torch.optim.Optimizer):
     def step(self, model: nn.Module | None = None, loss_fn: LossFn | None = None,
              inputs: torch.Tensor | None = None, targets: torch.Tensor | None = None, *,
              return_outputs: bool = False) -> StepResult:
-        """One step of the rule on the batch; returns the first pass's mean loss (and outputs)."""
+        """One step of the rule on the batch; returns the first pass's mean loss (and outputs).
+
+        Raises :class:`NonFiniteLossError`, leaving the model and the optimizer as they were,
+        when that loss is NaN or infinite.
+        """
         batch = passes.check_batch(model, loss_fn, inputs, targets)
         if batch % self.accumulate:
             raise ValueError(
                 f"accumulate must divide the batch size; got accumulate={self.accumulate}, batch={batch}"
             )
         self._check_step(model, batch)
+        stats = passes.running_stats_snapshot(model) if self.bn == "first-pass" else []
         self.zero_grad()
         loss, outputs = self._gradient(model, loss_fn, inputs, targets)
+        self._refuse_non_finite(loss, model, stats)
         self._base_step()
         return (loss, outputs) if return_outputs else loss
+
+    def _refuse_non_finite(self, loss: torch.Tensor, model: nn.Module | None,
+                           stats: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Raise NonFiniteLossError when ``loss`` is not finite (on any process), after putting
+        back the running statistics in ``stats`` and clearing the gradients."""
+        if passes.finite_everywhere(loss, model):
+            return
+        passes.restore(stats)
+        self.zero_grad()
+        raise NonFiniteLossError(self.rule.name, float(loss))
 
     def _check_step(self, model: nn.Module, batch: int) -> None:
         """Rule-specific checks of a step's arguments, before any work (none by default)."""

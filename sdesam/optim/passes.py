@@ -9,7 +9,9 @@ descent at the perturbed point). This module holds what they share:
   normalise with the statistics of the batch they see; only the running averages are kept.
 * DistributedDataParallel: the module inside it for functional passes, and ``no_sync`` for
   passes whose gradient must stay local;
-* autocast for the forward passes, and the split of a batch into accumulation chunks.
+* autocast for the forward passes, and the split of a batch into accumulation chunks;
+* the finiteness check of a step's loss (agreed by every process under DDP) and the snapshot
+  of the running statistics that lets a refused step leave the model as it was.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
@@ -109,6 +112,27 @@ def running_stats_frozen(model: nn.Module, frozen: bool = True) -> Iterator[None
     finally:
         for layer in layers:
             layer.track_running_stats = True
+
+
+def running_stats_snapshot(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(buffer, copy) of every BatchNorm running statistic of ``model``, for :func:`restore`."""
+    return [(buffer, buffer.clone()) for layer in batch_norms(model) for buffer in layer.buffers()]
+
+
+@torch.no_grad()
+def restore(snapshot: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Copy the values of a :func:`running_stats_snapshot` back into their buffers."""
+    for buffer, saved in snapshot:
+        buffer.copy_(saved)
+
+
+def finite_everywhere(value: torch.Tensor, model: nn.Module | None) -> bool:
+    """Whether ``value`` is finite on this process and, when ``model`` is DDP-wrapped, on every
+    process (one all-reduce of a flag, so that all of them take or refuse the step together)."""
+    bad = (~torch.isfinite(value)).any().to(torch.float32)
+    if is_distributed(model) and dist.is_initialized():
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return not bool(bad)
 
 
 def split(inputs: torch.Tensor, targets: torch.Tensor, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

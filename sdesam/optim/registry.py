@@ -64,8 +64,17 @@ def create(rule: Rule | str, params: Iterable[Any], base: Any = torch.optim.SGD,
             f"rule {rule.name!r} has no optimizer (optimizer=False); optimizer rules: "
             f"{', '.join(optimizer_names())}")
     given = {word: kwargs.pop(word) for word in RULE_KEYWORDS if word in kwargs}
-    check_keywords(rule, **{"micro": None, **given})
-    if given.get("rho") is not None and "rho" not in rule.keywords:
-        raise validation.InputError(f"rho is not accepted by {rule.name!r} (it has no perturbation)")
+    check_rule_keywords(rule, **given)
     kwargs.update({word: value for word, value in given.items() if value is not None})
     return implementation(rule)(params, base, rule=rule, **kwargs)
+
+
+def check_rule_keywords(rule: Rule | str, **given: Any) -> Rule:
+    """Refuse every rule keyword in ``given`` (``rho``, ``micro``, ``lam``, ``delta``; None means
+    not given) that ``rule`` does not take, read from ``rule.keywords``, and a missing ``micro``
+    for a rule with micro-batches: the one check of :func:`create` and of the trainer's settings."""
+    rule = check_keywords(rule, **{"micro": None, **given})
+    if given.get("rho") is not None and "rho" not in rule.keywords:
+        raise validation.InputError(f"rho is not accepted by {rule.name!r} (it has no perturbation; "
+                                    f"it accepts: {', '.join(rule.keywords) or 'no rule keywords'})")
+    return rule

@@ -38,9 +38,12 @@ from sdesam.optim.base import PerturbedOptimizer
 from sdesam.optim.passes import LossFn
 from sdesam.per_sample import trainable_parameters
 
-__all__ = ["DEFAULT_DELTA", "RWSAM", "estimate_grad_norms", "gibbs_weights", "rademacher"]
+__all__ = ["DEFAULT_DELTA", "DEFAULT_LAM", "RWSAM", "estimate_grad_norms", "gibbs_weights", "rademacher"]
 
 DEFAULT_DELTA = 1e-3
+"""The default finite-difference step of the gradient-norm probe."""
+DEFAULT_LAM = 1.0
+"""The default inverse temperature of the Gibbs weights (not from the paper; tune it)."""
 
 
 def rademacher(params: Iterable[torch.Tensor], generator: torch.Generator | None = None) -> list[torch.Tensor]:
@@ -103,7 +106,7 @@ class RWSAM(PerturbedOptimizer):
     handles: ClassVar[dict[str, tuple[Any, ...]]] = {"ascent": ("reweighted",)}
 
     def __init__(self, params: Iterable[Any], base: Any = torch.optim.SGD, *, rho: float = 0.05,
-                 lam: float = 1.0, delta: float = DEFAULT_DELTA, local_perturbation: bool = False,
+                 lam: float = DEFAULT_LAM, delta: float = DEFAULT_DELTA, local_perturbation: bool = False,
                  generator: torch.Generator | None = None, **kwargs: Any) -> None:
         """See the class docstring; the other keywords are those of every rule."""
         if not isinstance(local_perturbation, bool):

@@ -23,7 +23,7 @@ from torch import nn
 from sdesam import validation
 from sdesam.algorithms import check_keywords, check_sizes
 from sdesam.optim import passes
-from sdesam.optim.base import PerturbedOptimizer, RuleOptimizer, StepResult
+from sdesam.optim.base import NonFiniteLossError, PerturbedOptimizer, RuleOptimizer, StepResult
 from sdesam.optim.passes import LossFn
 
 
@@ -77,7 +77,10 @@ class SAM(PerturbedOptimizer):
     returns the loss (the gradient at x must already be in ``.grad``). ``adaptive=True`` gives
     ASAM's scale-invariant perturbation ``rho T^2 g / |T g|``, ``T = |x|``. In the drop-in
     interface the caller owns the forward passes, so ``bn``, ``autocast_dtype`` and
-    ``accumulate`` do not apply there.
+    ``accumulate`` do not apply there, and neither does the check of the first pass's loss:
+    ``step(closure)`` refuses a non-finite closure loss (x restored, no base step,
+    :class:`~sdesam.optim.base.NonFiniteLossError`); ``first_step``/``second_step`` leave the
+    losses to the caller.
     """
 
     rule_name: ClassVar[str] = "sam"
@@ -115,6 +118,11 @@ class SAM(PerturbedOptimizer):
             self.first_step(zero_grad=True)
             with torch.enable_grad():
                 loss = closure()
+            if isinstance(loss, torch.Tensor) and not passes.finite_everywhere(loss.detach(), None):
+                self._restore(self._anchors)
+                self._anchors = None
+                self.zero_grad()
+                raise NonFiniteLossError(self.rule.name, float(loss.detach()))
             self.second_step()
             return loss
         return super().step(model, loss_fn, inputs, targets, return_outputs=return_outputs)
