@@ -8,6 +8,7 @@ library versions, the git commit, the machine and the time.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import os
 import platform
@@ -16,24 +17,81 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from ..validation import InputError
+from .outputs import device_of
+
+
+class NoSpaceError(InputError):
+    """The file system filled up while a file was being written (nothing was written)."""
+
+
+class _WriteErrors:
+    """A file handle that remembers the OSError its ``write`` raised: writers such as
+    ``torch.save`` replace it by an error of their own ("unexpected pos")."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> Any:
+        """The handle's write, remembering its OSError."""
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def writelines(self, lines: Any) -> None:
+        """The lines, one :meth:`write` each."""
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.handle, name)
+
+
+def _no_space(error: BaseException, recorded: OSError | None) -> bool:
+    """Whether the file system was full: ENOSPC (or a full quota) on a write or in the chain of
+    the error that ended the writing."""
+    chain, seen = [recorded, error], set()
+    while chain:
+        item = chain.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, OSError) and item.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        chain += [item.__cause__, item.__context__]
+    return False
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "w") -> Path:
-    """Create ``path`` by calling ``write(file)`` on a temporary sibling, then renaming it."""
+    """Create ``path`` by calling ``write(file)`` on a temporary sibling, then renaming it.
+
+    On any failure the temporary file is removed and ``path`` keeps its old content (or stays
+    absent); a full file system raises :class:`NoSpaceError`, one line naming the file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)          # mkstemp's 0600 would make every output private
+    recorder = None
     try:
         with os.fdopen(fd, mode) as handle:
-            write(handle)
+            recorder = _WriteErrors(handle)
+            write(recorder)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if _no_space(error, recorder and recorder.error):
+            kept = "its previous version is kept" if path.exists() else "it was not created"
+            raise NoSpaceError(f"no space left on {device_of(path.parent)} while writing "
+                               f"{str(path)!r}; {kept}") from None
         raise
     return path
 
@@ -116,8 +174,6 @@ def merge_tables(parts: list[dict[str, list[dict[str, Any]]]]) -> dict[str, list
 
 def validate_record(data: Any, source: str | os.PathLike) -> dict[str, Any]:
     """``data`` if it follows the schema of :data:`RECORD_KEYS`, else a ValueError naming ``source``."""
-    from ..validation import InputError
-
     where = str(source)
     if not isinstance(data, dict) or set(data) != set(RECORD_KEYS):
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__
@@ -143,8 +199,6 @@ def validate_record(data: Any, source: str | os.PathLike) -> dict[str, Any]:
 
 def read_record(path: str | os.PathLike) -> dict[str, Any]:
     """Load and validate an experiment record; every failure names the file and what is wrong."""
-    from ..validation import InputError
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"data file {str(path)!r} does not exist")
