@@ -89,6 +89,14 @@ def recorded_steps(steps: int, every: int | None) -> list[int]:
     return kept if kept[-1] == steps else kept + [steps]
 
 
+def record_count(steps: int, every: int | None) -> int:
+    """``len(recorded_steps(steps, every))``, without building the list."""
+    if every is None:
+        return 2
+    validation.positive_int("every", every)
+    return steps // every + 1 + (1 if steps % every else 0)
+
+
 @dataclass
 class Moments:
     """Mean and variance of one test function at each recorded step, over ``count [R]`` live

@@ -19,10 +19,12 @@ from typing import Any, Iterable
 import torch
 from sdesam.progress import progress_bar
 
+from . import memory
 from .. import validation
 from ..algorithms import (check_keywords, check_rho, check_sampling, check_sizes, get_rule,
                          reweighted_gradient, scaled)
-from .chains import DIVERGE_AT, ChainRun, Recorder, bound_test_functions, chunk_size, chunks
+from .chains import (DIVERGE_AT, ChainRun, Recorder, bound_test_functions, chunk_size, chunks,
+                     record_count)
 from ..problems.base import Problem
 
 DEFAULT_LAM = 1.0
@@ -43,14 +45,15 @@ def rule_lam(rule: Any, lam: float | None) -> float:
     return validation.non_negative_number("lam", DEFAULT_LAM if lam is None else lam)
 
 
+def start_dtype(x0: Any) -> torch.dtype:
+    """The dtype of the start points made from ``x0``: a floating tensor's own, else float64."""
+    return x0.dtype if isinstance(x0, torch.Tensor) and x0.is_floating_point() else torch.float64
+
+
 def start_points(x0: Any, chains: int, dim: int, device: str | torch.device) -> torch.Tensor:
     """The ``[chains, d]`` starting points from ``x0`` of shape ``[d]`` (shared) or
-    ``[chains, d]``; a floating tensor keeps its dtype, anything else becomes float64.
-    Non-finite start points are refused."""
-    if isinstance(x0, torch.Tensor) and x0.is_floating_point():
-        x0 = x0.to(device)
-    else:
-        x0 = torch.as_tensor(x0, dtype=torch.float64, device=device)
+    ``[chains, d]``, of :func:`start_dtype`. Non-finite start points are refused."""
+    x0 = torch.as_tensor(x0, dtype=start_dtype(x0), device=device)
     if x0.shape not in ((dim,), (chains, dim)):
         raise validation.InputError(f"x0 must have shape [{dim}] or [{chains}, {dim}]; "
                                     f"got {tuple(x0.shape)}")
@@ -116,6 +119,12 @@ def update_direction(problem: Problem, algorithm: str, x: torch.Tensor, batch_id
     return part_grads(problem, points, parts).mean(dim=-2)
 
 
+def batch_bytes(n: int, batch: int, sampling: str) -> int:
+    """Bytes per chain :func:`draw_batches` allocates for one step: the indices (int64), and
+    without replacement the float32 sort keys of every sample and the top-``batch`` values."""
+    return batch * 8 if sampling == "with-replacement" else n * 4 + batch * 12
+
+
 def draw_batches(generator: torch.Generator, chains: int, n: int, batch: int,
                  sampling: str) -> torch.Tensor:
     """``[chains, batch]`` uniform sample indices, independent across chains: i.i.d. draws
@@ -144,7 +153,8 @@ def run(problem: Problem, algorithm: str, *, eta: float, rho: float, batch: int,
     ``lam`` is RW-SAM's inverse temperature (refused by rules that do not take it);
     ``chunk`` chains are updated at a time (default: temporaries of about
     :data:`sdesam.simulation.chains.CHUNK_BYTES`). The same seed, device and dtype of ``x0`` give the
-    same iterates, whatever the chunk.
+    same iterates, whatever the chunk. A run that would not fit in the device's available
+    memory is refused before anything is allocated (:mod:`sdesam.simulation.memory`).
     """
     rule = get_rule(algorithm)
     eta = check_eta(eta)
@@ -154,9 +164,16 @@ def run(problem: Problem, algorithm: str, *, eta: float, rho: float, batch: int,
     micro = check_sizes(rule, batch, micro, problem.n, sampling)
     validation.positive_int("steps", steps)
     validation.positive_int("chains", chains)
+    validation.device("device", str(device))
     statistics = bound_test_functions(problem, test_fns)
+    footprint = (3 * batch + problem.n) * problem.dim
+    chunk = chunk_size(chains, footprint) if chunk is None else validation.positive_int("chunk", chunk)
+    memory.require(memory.chain_run_parts(
+        chains, problem.dim, element_size=start_dtype(x0).itemsize,
+        records=record_count(steps, every), every=every, keep_states=keep_states,
+        statistics=len(statistics), step_random_bytes=batch_bytes(problem.n, batch, sampling),
+        chunk=chunk, chunk_elements=footprint), device)
     x = start_points(x0, chains, problem.dim, device)
-    chunk = chunk_size(chains, (3 * batch + problem.n) * problem.dim) if chunk is None else chunk
     recorder = Recorder(x, steps=steps, every=every, keep_states=keep_states,
                         statistics=statistics, diverge_at=diverge_at, chunk=chunk)
     generator = torch.Generator(device=x.device).manual_seed(seed)

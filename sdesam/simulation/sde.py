@@ -42,12 +42,13 @@ import torch
 import torchsde
 from sdesam.progress import progress_bar
 
+from . import memory
 from .. import validation
 from ..algorithms import check_rho, check_sampling, check_sizes, get_rule, rule_names, sampling_factor
 from .brownian import FixedGridBrownian, time_grid
 from .chains import (DIVERGE_AT, ChainRun, Recorder, bound_test_functions, chunk_size, chunks,
-                     is_diverged)
-from .ensemble import check_eta, draw_batches, rule_lam, start_points
+                     is_diverged, record_count)
+from .ensemble import check_eta, draw_batches, rule_lam, start_dtype, start_points
 from ..problems.base import Problem
 
 DROPPABLE_TERMS: dict[str, str] = {
@@ -224,6 +225,37 @@ class AlgorithmSDE(torch.nn.Module):
 
 
 # ---------------------------------------------------------------------- simulation
+def footprint(sde: Any, channels: int, dim: int) -> int:
+    """Elements per chain of the temporaries of one drift and diffusion evaluation of ``sde``
+    (its own ``footprint()`` where it has one) with ``channels`` Brownian channels in ``dim``
+    dimensions."""
+    return sde.footprint() if hasattr(sde, "footprint") else 3 * channels * dim
+
+
+def check_memory(sde: Any, *, chains: int, channels: int, dim: int, x0: Any, steps: int,
+                 every: int | None, keep_states: bool, statistics: int, chunk: int | None,
+                 device: str | torch.device, path_points: int = 0) -> int:
+    """Refuse, before anything is allocated, an integration of ``sde`` over ``steps`` steps of
+    ``chains`` chains that would not fit in ``device``'s memory (``path_points``: grid points
+    of a whole path the solver keeps, as torchsde does); the chunk of chains it will use."""
+    validation.device("device", str(device))
+    itemsize = start_dtype(x0).itemsize
+    elements = footprint(sde, channels, dim)
+    chunk = (chunk_size(chains, elements, itemsize) if chunk is None
+             else validation.positive_int("chunk", chunk))
+    parts = memory.chain_run_parts(
+        chains, dim, element_size=itemsize, records=record_count(steps, every), every=every,
+        keep_states=keep_states, statistics=statistics,
+        step_random_bytes=2 * channels * itemsize,       # an increment and its scaled copy
+        chunk=chunk, chunk_elements=elements)
+    if path_points:
+        parts.append(memory.Part(f"the solver's whole path of {path_points} grid points", "chains",
+                                 chains, chains * path_points * dim * itemsize,
+                                 "lower chains, or use solver='fast'"))
+    memory.require(parts, device)
+    return chunk
+
+
 def euler_maruyama(sde: Any, y0: torch.Tensor, bm: FixedGridBrownian, *,
                    record_every: int = 1, every: int | None = 1, keep_states: bool = True,
                    statistics: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
@@ -249,8 +281,7 @@ def euler_maruyama(sde: Any, y0: torch.Tensor, bm: FixedGridBrownian, *,
                                     f"got {record_every}")
     chains = y0.shape[0]
     if chunk is None:
-        footprint = sde.footprint() if hasattr(sde, "footprint") else 3 * bm.shape[1] * y0.shape[1]
-        chunk = chunk_size(chains, footprint, y0.element_size())
+        chunk = chunk_size(chains, footprint(sde, bm.shape[1], y0.shape[1]), y0.element_size())
     y = y0.clone()
     recorder = Recorder(y, steps=cells // record_every, every=every, keep_states=keep_states,
                         statistics=statistics or {}, diverge_at=diverge_at, chunk=chunk)
@@ -322,14 +353,19 @@ def simulate(problem: Problem, algorithm: str, *, eta: float, rho: float, batch:
         raise validation.InputError(f"horizon must be a positive multiple of eta={eta}; got {horizon!r}")
     statistics = bound_test_functions(problem, test_fns)
     sde = AlgorithmSDE(problem, rule.name, eta=eta, rho=rho, batch=batch, micro=micro, lam=lam,
-                       sampling=sampling, drop_terms=drop_terms, seed=seed).to(device)
+                       sampling=sampling, drop_terms=drop_terms, seed=seed)
+    steps = round(horizon / eta)
+    chunk = check_memory(sde, chains=chains, channels=problem.n, dim=problem.dim, x0=x0,
+                         steps=steps, every=every, keep_states=keep_states,
+                         statistics=len(statistics), chunk=chunk, device=device,
+                         path_points=steps * substeps + 1 if solver == "torchsde" else 0)
+    sde = sde.to(device)
     y0 = start_points(x0, chains, problem.dim, device)
-    grid = time_grid(round(horizon / eta) * substeps * float(dt), float(dt))
+    grid = time_grid(steps * substeps * float(dt), float(dt))
     bm = FixedGridBrownian(grid, (chains, problem.n), seed, dtype=y0.dtype, device=y0.device)
     options = dict(every=every, keep_states=keep_states, statistics=statistics,
                    diverge_at=diverge_at)
     if solver == "fast":
         return euler_maruyama(sde, y0, bm, record_every=substeps, chunk=chunk, progress=progress,
                               **options)
-    chunk = chunk or chunk_size(chains, sde.footprint(), y0.element_size())
     return _torchsde_run(sde, y0, bm, grid[::substeps], float(dt), chunk=chunk, **options)
