@@ -19,7 +19,8 @@ has, on the same problems, a linear drift ``b(x) = J x + beta`` and noise column
 points). Its moments solve the Ito moment ODE ``dz/dt = L z``:
 
     dm/dt = J m + beta,
-    dM/dt = J M + M J^T + beta m^T + m beta^T + sum_i (P_i M P_i^T + P_i m q_i^T + q_i m^T P_i^T + q_i q_i^T),
+    dM/dt = J M + M J^T + beta m^T + m beta^T
+            + sum_i (P_i M P_i^T + P_i m q_i^T + q_i m^T P_i^T + q_i q_i^T),
 
 solved exactly by a matrix exponential (no dt). Test functions that are quadratic in x (the
 loss, |x|^2, x_0, tr V on these problems) have expectations linear in z, so weak errors at
