@@ -35,11 +35,11 @@ import torch
 from sdesam.progress import progress_bar
 
 from sdesam.experiment import digits
-from sdesam.simulation import ensemble, sde
+from sdesam.simulation import ensemble, memory, sde
 from sdesam import stats
 from sdesam.algorithms import get_rule, sampling_factor
 from sdesam.cli import guarded
-from sdesam.experiment.arguments import experiment_parser, prepare_out
+from sdesam.experiment.arguments import check_device, experiment_parser, prepare_out
 from sdesam.plotting import publish
 from sdesam.problems import SharpFlatLandscape
 from sdesam.experiment.records import make_record, merge_tables, timed_metadata
@@ -65,6 +65,8 @@ STABLE_GRID = 461
 """Grid points on [-2, 2.6] (spacing 0.01) where the rules' mean drifts are evaluated."""
 STABLE_MATCH = 0.1
 """A stable point of a rule's drift within this distance of a minimum of f is that minimum."""
+PER_CHAIN_RECORD_BYTES = 512
+"""Memory of one chain's paired exit record (a dict of five entries) while the tables are built."""
 
 
 def micro_sizes(batch: int) -> list[int]:
@@ -280,20 +282,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def landscape_memory(settings: dict[str, Any]) -> list[memory.Part]:
+    """What the landscape protocol holds at its peak: the larger of a discrete run and an SDE
+    run (every step's state kept, for the exit times), and the per-chain exit records of every
+    rule."""
+    problem = SharpFlatLandscape(n=settings["n"])
+    steps, batch, sampling = settings["steps"], settings["batch"], settings["sampling"]
+    discrete = ensemble.run_parts(problem, batch=batch, sampling=sampling, steps=steps,
+                                  chains=settings["chains"])
+    model = sde.AlgorithmSDE(problem, "usam", eta=settings["eta"], rho=settings["rho"],
+                             batch=batch, sampling=sampling)
+    continuous = sde.integration_parts(model, chains=settings["sde_chains"], channels=problem.n,
+                                       dim=problem.dim, steps=steps)
+    rules = 3 + 2 * len(settings["micros"]) + len(settings["sde_micros"]) + 1
+    records = memory.Part(f"the per-chain exit records of {rules} rules", "chains",
+                          settings["chains"], rules * settings["chains"] * PER_CHAIN_RECORD_BYTES,
+                          "lower chains")
+    return [records, *max(discrete, continuous, key=lambda parts: sum(p.nbytes for p in parts))]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen protocols and write the data file and figure."""
     args = parse_args(argv)
-    out = prepare_out(args, "escape_speed")
-    wall, cpu = time.perf_counter(), time.process_time()
+    check_device(args.device)
     settings: dict[str, Any] = {"experiment": "escape_speed", "protocol": args.protocol,
                                 "quick": args.quick, "seed": args.seed, "device": args.device}
-    progress = not args.no_progress
-    parts = []
     if args.protocol in ("landscape", "all"):
         settings["landscape"] = {**LANDSCAPE, **(LANDSCAPE_QUICK if args.quick else {})}
-        parts.append(landscape_protocol(settings["landscape"], args.seed, args.device, progress))
+        memory.require(landscape_memory(settings["landscape"]), args.device)
     if args.protocol in ("network", "all"):
         settings["network"] = {**NETWORK, **(NETWORK_QUICK if args.quick else {})}
+        digits.check_protocol_cache(settings["network"], args.cache)
+    out = prepare_out(args, "escape_speed")
+    wall, cpu = time.perf_counter(), time.process_time()
+    progress = not args.no_progress
+    parts = []
+    if "landscape" in settings:
+        parts.append(landscape_protocol(settings["landscape"], args.seed, args.device, progress))
+    if "network" in settings:
         parts.append(network_protocol(settings["network"], args.seed, args.device, args.cache,
                                       progress))
     record = make_record(settings, merge_tables(parts), timed_metadata(args.device, wall, cpu))

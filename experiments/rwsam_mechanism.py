@@ -30,7 +30,7 @@ from sdesam.experiment import digits
 from sdesam import implicit
 from sdesam.algorithms import get_rule, rule_names
 from sdesam.cli import guarded
-from sdesam.experiment.arguments import experiment_parser, prepare_out
+from sdesam.experiment.arguments import check_device, experiment_parser, prepare_out
 from sdesam.plotting import publish
 from sdesam.problems import LogisticRegression, SharpFlatLandscape
 from sdesam.experiment.records import make_record, timed_metadata
@@ -145,6 +145,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Diagnose every rule on every problem and write the data file and figure."""
     args = parse_args(argv)
+    check_device(args.device)
+    if "network" in args.problems:
+        digits.check_protocol_cache({**NETWORK, **(NETWORK_QUICK if args.quick else {})},
+                                    args.cache)
     out = prepare_out(args, "rwsam_mechanism")
     began, cpu_began = time.perf_counter(), time.process_time()
     lams = LAMS_QUICK if args.quick else LAMS

@@ -38,7 +38,7 @@ import torch
 from sdesam.progress import progress_bar
 
 from sdesam import algorithms, problems, validation
-from sdesam.simulation import compare, ensemble
+from sdesam.simulation import compare, ensemble, memory
 from sdesam.algorithms import Rule
 from sdesam.simulation.brownian import FixedGridBrownian
 from sdesam.simulation.chains import ChainRun
@@ -46,7 +46,7 @@ from sdesam.simulation.derived_sde import DerivedSDE, integration_grid, noise_fa
 from sdesam.simulation.ensemble import start_points
 from sdesam.simulation.sde import euler_maruyama
 from sdesam.cli import guarded
-from sdesam.experiment.arguments import experiment_parser, prepare_out
+from sdesam.experiment.arguments import check_device, experiment_parser, prepare_out
 from sdesam.experiment.records import make_record, run_metadata, write_json
 from sdesam.symbolic import Derivation, derive, eta as ETA, example_losses
 
@@ -230,13 +230,28 @@ def print_table(rows: list[dict[str, Any]]) -> None:
               f"{r['shift_vs_first_order']:>13.5f} ± {r['shift_vs_first_order_stderr']:.5f}")
 
 
+def memory_parts(settings: dict[str, Any], problem: problems.Problem) -> list[memory.Part]:
+    """What a run with ``settings`` holds at its peak: every chain's end value of each test
+    function for the discrete rule and every variant, and one block of ``chunk`` chains of the
+    discrete ensemble (the SDE blocks hold no more: d Brownian channels and only end points)."""
+    chains, kept = settings["chains"], len(settings["test_fns"]) * (1 + len(VARIANTS))
+    steps = max(round(settings["horizon"] / eta) for eta, _ in settings["points"])
+    values = memory.Part(f"every chain's end values ({kept} per chain)", "--chains", chains,
+                         2 * 8 * kept * chains, "lower --chains")        # the parts and their cat
+    return [values, *ensemble.run_parts(problem, batch=settings["batch"],
+                                        sampling=settings["sampling"], steps=steps,
+                                        chains=settings["chunk"], every=None, keep_states=False,
+                                        chains_argument="--chains")]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the measurement and write the record."""
-    parser = experiment_parser(__doc__, "small settings (under a minute on one CPU core)")
+    parser = experiment_parser(__doc__, "small settings (under a minute on one CPU core)",
+                               cache=False)
     parser.set_defaults(out=None)
     parser.add_argument("--chains", type=int, default=None, help="override the chain count")
     args = parser.parse_args(argv)
-    out = prepare_out(args, "sde_corrections")
+    check_device(args.device)
     settings = {**DEFAULT, **(QUICK if args.quick else {}), "experiment": "sde_corrections",
                 "quick": args.quick, "device": args.device, "seed": args.seed}
     if args.chains is not None:
@@ -244,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         settings["chunk"] = min(settings["chunk"], settings["chains"])
     losses, variables = example_losses(settings["dim"])
     problem = problems.from_sympy(losses, variables)
+    memory.require(memory_parts(settings, problem), args.device)
+    out = prepare_out(args, "sde_corrections")
     start, cpu_start = time.time(), time.process_time()
     rows = []
     with algorithms.registered(SCALED_USAM):

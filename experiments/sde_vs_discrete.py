@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from sdesam.progress import progress_bar
 
-from sdesam.simulation import compare, sde
+from sdesam.simulation import compare, memory, sde
 from sdesam import validation
 from sdesam.cli import guarded
 from sdesam.experiment.arguments import bare_parser, prepare_out
@@ -68,6 +68,17 @@ def sweep_points(settings: dict[str, Any]) -> list[tuple[str, str, int | None, f
     points += [("fixed_eta", algorithm, micro, lam, settings["fixed_eta"], rho)
                for rho in settings["rhos"]]
     return points
+
+
+def memory_parts(settings: dict[str, Any], problem: LogisticRegression) -> list[memory.Part]:
+    """The memory of the largest comparison of the sweeps (one block of ``chunk`` chains with
+    running moments: :func:`sdesam.simulation.compare.comparison_parts`)."""
+    candidates = [compare.comparison_parts(
+        problem, algorithm, eta=eta, rho=rho, batch=settings["batch"], micro=micro, lam=lam,
+        horizon=settings["horizon"], chains=settings["chains"], chunk=settings["chunk"],
+        test_fns=settings["test_fns"], sampling=settings["sampling"], chains_argument="--chains")
+        for _, algorithm, micro, lam, eta, rho in sweep_points(settings)]
+    return max(candidates, key=lambda parts: sum(part.nbytes for part in parts))
 
 
 def fitted_orders(rows: list[dict[str, Any]], test_fn: str) -> list[dict[str, Any]]:
@@ -114,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         settings["chunk"] = min(settings["chunk"], settings["chains"])
     if args.seed is not None:
         settings["seed"] = args.seed
+    problem = make_problem(settings)
+    memory.require(memory_parts(settings, problem), args.device)
     out = prepare_out(args, "sde_vs_discrete")
     partial = Path(out) / ".sde_vs_discrete.partial.json"
     done: dict[str, list[dict[str, Any]]] = {}
@@ -122,7 +135,6 @@ def main(argv: list[str] | None = None) -> int:
         if saved.get("settings") == settings:
             done = saved["rows"]
             print(f"resuming: {len(done)} settings already done", flush=True)
-    problem = make_problem(settings)
     x0 = torch.tensor(settings["x0"], dtype=torch.float64)
     start, cpu = time.time(), time.process_time()
     rows = []

@@ -26,11 +26,11 @@ import numpy as np
 from sdesam.progress import progress_bar
 
 from sdesam.experiment import digits
-from sdesam.simulation import ensemble
+from sdesam.simulation import ensemble, memory
 from sdesam import sgn, stats
 from sdesam.algorithms import get_rule
 from sdesam.cli import guarded
-from sdesam.experiment.arguments import experiment_parser, prepare_out
+from sdesam.experiment.arguments import check_device, experiment_parser, prepare_out
 from sdesam.plotting import publish
 from sdesam.problems import SharpFlatLandscape
 from sdesam.experiment.records import make_record, merge_tables, timed_metadata
@@ -106,11 +106,11 @@ def landscape_runs(settings: dict[str, Any], seed: int, device: str,
                             x0=problem.poor_minimum.to(device), steps=settings["steps"],
                             chains=settings["chains"], seed=seed,
                             sampling=settings["sampling"], device=device,
-                            lam=lam if "lam" in get_rule(rule).keywords else None)
-        logged = result.states[:: settings["log_every"]]
-        mean, stderr = sgn.trace_along_path(problem, logged)
+                            lam=lam if "lam" in get_rule(rule).keywords else None,
+                            every=settings["log_every"])
+        mean, stderr = sgn.trace_along_path(problem, result.states)
         curves.append({"protocol": "landscape", "rule": rule, "micro": micro,
-                       "step": list(range(0, settings["steps"] + 1, settings["log_every"])),
+                       "step": result.steps.tolist(),
                        "trace_V": mean.tolist(), "trace_V_stderr": stderr.tolist(),
                        "chains": settings["chains"],
                        "diverged": result.diverged_count})
@@ -125,20 +125,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def landscape_memory(settings: dict[str, Any]) -> list[memory.Part]:
+    """What one landscape ensemble holds: the states at every logged step."""
+    return ensemble.run_parts(SharpFlatLandscape(n=settings["n"]), batch=settings["batch"],
+                              sampling=settings["sampling"], steps=settings["steps"],
+                              chains=settings["chains"], every=settings["log_every"])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen protocols and write the data file and figure."""
     args = parse_args(argv)
-    out = prepare_out(args, "sgn_trace")
-    wall, cpu = time.perf_counter(), time.process_time()
+    check_device(args.device)
     settings: dict[str, Any] = {"experiment": "sgn_trace", "protocol": args.protocol,
                                 "quick": args.quick, "seed": args.seed, "device": args.device}
-    progress = not args.no_progress
-    parts = []
     if args.protocol in ("landscape", "all"):
         settings["landscape"] = {**LANDSCAPE, **(LANDSCAPE_QUICK if args.quick else {})}
-        parts.append(landscape_runs(settings["landscape"], args.seed, args.device, progress))
+        memory.require(landscape_memory(settings["landscape"]), args.device)
     if args.protocol in ("network", "all"):
         settings["network"] = {**NETWORK, **(NETWORK_QUICK if args.quick else {})}
+        digits.check_protocol_cache(settings["network"], args.cache)
+    out = prepare_out(args, "sgn_trace")
+    wall, cpu = time.perf_counter(), time.process_time()
+    progress = not args.no_progress
+    parts = []
+    if "landscape" in settings:
+        parts.append(landscape_runs(settings["landscape"], args.seed, args.device, progress))
+    if "network" in settings:
         parts.append(network_runs(settings["network"], args.seed, args.device, args.cache,
                                   progress))
     record = make_record(settings, merge_tables(parts), timed_metadata(args.device, wall, cpu))

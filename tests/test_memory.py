@@ -98,3 +98,42 @@ def test_available_memory_is_read_from_proc_meminfo(tmp_path, monkeypatch):
     monkeypatch.setattr(memory, "MEMINFO", fake)
     assert memory.available_bytes("cpu") == 1536 * 1024
     assert memory.size_text(1536 * 1024) == "1.5 MiB"
+
+
+def test_sde_corrections_refuses_a_billion_chains_at_once(tmp_path):
+    """The issue's case: it ran 400 s at 1.2 GB with no progress; now one line, exit 2."""
+    import subprocess
+    import sys
+    from script_module import ROOT
+    began = time.perf_counter()
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "sde_corrections.py"), "--quick",
+                           "--chains", str(HUGE), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert time.perf_counter() - began < 60
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert f"--chains={HUGE}" in done.stderr and "bytes" in done.stderr and "available" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name, argv, settings", [
+    ("sde_corrections", ["--chains", str(HUGE)], {}),
+    ("sde_vs_discrete", ["--chains", str(HUGE)], {"QUICK": {"chunk": HUGE}}),
+    ("escape_speed", ["--protocol", "landscape"], {"LANDSCAPE_QUICK": {"chains": HUGE}}),
+    ("sgn_trace", ["--protocol", "landscape"], {"LANDSCAPE_QUICK": {"chains": HUGE}}),
+])
+def test_every_simulating_experiment_checks_memory_before_any_work(name, argv, settings, tmp_path,
+                                                                   monkeypatch):
+    from script_module import load_script
+    script = load_script(f"experiments/{name}.py", f"{name}_memory_script")
+    for key, value in settings.items():
+        monkeypatch.setattr(script, key, {**getattr(script, key), **value})
+    from sdesam.simulation import compare
+    work = lambda *a, **k: pytest.fail("work started")
+    monkeypatch.setattr(compare, "compare_algorithm", work)
+    for function in ("measure_run", "landscape_protocol", "landscape_runs", "make_record"):
+        if hasattr(script, function):
+            monkeypatch.setattr(script, function, work)
+    with pytest.raises(InputError) as refused:
+        script.main([*argv, "--quick", "--no-progress", "--out", str(tmp_path / "out")])
+    check_refusal(refused.value, "--chains" if "--chains" in argv else "chains")
+    assert not (tmp_path / "out").exists()

@@ -1,7 +1,7 @@
 """Command-line options every experiment shares, and where it writes.
 
 ``--quick``, ``--seed``, ``--out``, ``--device``, ``--cache`` and ``--no-progress`` mean the same
-in every experiment. Without ``--out`` a run goes to a fresh ``runs/<experiment>-<time>/``
+in every experiment that takes them. Without ``--out`` a run goes to a fresh ``runs/<experiment>-<time>/``
 folder (:mod:`sdesam.experiment.outputs`), so nothing committed is overwritten unless the user names
 ``--out figures``; the folder is checked writable before any work.
 """
@@ -35,16 +35,20 @@ def bare_parser(description: str | None, quick_help: str) -> argparse.ArgumentPa
     return parser
 
 
-def experiment_parser(description: str | None, quick_help: str) -> argparse.ArgumentParser:
-    """A parser with --quick, --seed, --out, --device, --cache and --no-progress."""
+def experiment_parser(description: str | None, quick_help: str, *,
+                      cache: bool = True) -> argparse.ArgumentParser:
+    """A parser with --quick, --seed, --out, --device, --no-progress and, for experiments that
+    reach the digits poor minimum (``cache``), --cache."""
     parser = bare_parser(description, quick_help)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None,
                         help="folder for the data file and figure (default: a fresh "
                              "runs/<experiment>-<time>/; --out figures regenerates the committed ones)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--cache", default=None,
-                        help="folder for the cached poor-minimum weights (default: runs/cache)")
+    if cache:
+        parser.add_argument("--cache", default=None,
+                            help="folder for the cached poor-minimum weights (default: "
+                                 "runs/cache); checked writable before any work")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from sdesam.progress import progress_bar
 
 from .. import per_sample
+from .outputs import RUNS_DIR, check_writable
 from .records import atomic_write
 
 
@@ -102,22 +103,19 @@ def poor_minimum(data: DigitsData, *, hidden: int = 128, lr: float = 0.5, steps:
 
     Returns the model and a summary (losses, accuracies). With ``cache_dir`` the weights are
     stored in a file named by a hash of the settings and of the data, and loaded from there on
-    the next call, so every optimizer and seed starts from the same point.
+    the next call, so every optimizer and seed starts from the same point; a ``cache_dir`` that
+    cannot take that file is refused before the descent (:func:`check_cache`).
     """
     if not lr > 0 or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"lr must be > 0 and steps a positive integer; got lr={lr!r}, steps={steps!r}")
     device = data.train_x.device
-    settings = {"hidden": hidden, "lr": lr, "steps": steps, "seed": seed,
-                "data": _fingerprint(data)}
+    settings = _minimum_settings(data, hidden=hidden, lr=lr, steps=steps, seed=seed)
+    path = None if cache_dir is None else check_cache(cache_dir, settings, argument="cache_dir")
     model = make_model(hidden, seed).to(device)
-    path = None
-    if cache_dir is not None:
-        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-        path = Path(cache_dir) / f"digits_poor_minimum_{key}.pt"
-        if path.exists():
-            stored = torch.load(path, map_location=device, weights_only=True)
-            model.load_state_dict(stored["state_dict"])
-            return model, stored["summary"]
+    if path is not None and path.exists():
+        stored = torch.load(path, map_location=device, weights_only=True)
+        model.load_state_dict(stored["state_dict"])
+        return model, stored["summary"]
     inputs = torch.cat([data.train_x, data.random_x])
     targets = torch.cat([data.train_y, data.random_y])
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
@@ -208,9 +206,37 @@ def continue_training(start: nn.Module, rule: str, data: DigitsData, *, lr: floa
 def default_cache_dir() -> Path:
     """Where the poor-minimum weights are cached unless ``--cache`` says otherwise:
     ``runs/cache`` (git-ignored, shared by every run, so the minimum is computed once)."""
-    from .outputs import RUNS_DIR
-
     return Path(RUNS_DIR) / "cache"
+
+
+def _minimum_settings(data: DigitsData, *, hidden: int, lr: float, steps: int,
+                      seed: int) -> dict[str, Any]:
+    """What a poor minimum depends on (its cache key): the GD settings and the data's hash."""
+    return {"hidden": hidden, "lr": lr, "steps": steps, "seed": seed, "data": _fingerprint(data)}
+
+
+def check_cache(cache_dir: str | Path, settings: dict[str, Any], *, argument: str) -> Path:
+    """The cache file of the poor minimum of ``settings`` (see :func:`_minimum_settings`) in
+    ``cache_dir``; unless it is there already, ``cache_dir`` must take a file (an
+    :class:`~sdesam.validation.InputError` naming ``argument`` otherwise), checked before the
+    gradient descent rather than after it."""
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"digits_poor_minimum_{key}.pt"
+    if not path.is_file():
+        check_writable(cache_dir, argument=argument)
+    return path
+
+
+def check_protocol_cache(settings: dict[str, Any], cache_dir: str | Path | None, *,
+                         argument: str = "--cache") -> None:
+    """Refuse, before any work, a cache folder that cannot take the poor minimum of a theory
+    experiment whose ``settings`` are those of :func:`protocol_start` (the digits are loaded
+    on the CPU to find its key; a folder that holds it already may be read-only)."""
+    data = load_digits_data(settings["n_train"], settings["n_random"], seed=0)
+    minimum = _minimum_settings(data, hidden=settings["hidden"], lr=settings["gd_lr"],
+                                steps=settings["gd_steps"], seed=0)
+    check_cache(default_cache_dir() if cache_dir is None else cache_dir, minimum,
+                argument=argument)
 
 
 def protocol_start(settings: dict[str, Any], *, cache_dir: str | Path | None = None,

@@ -20,14 +20,14 @@ import torch
 from scipy import stats
 from sdesam.progress import progress_bar
 
-from . import ensemble, sde
+from . import ensemble, memory, sde
 from .. import validation
 from ..algorithms import get_rule
 from .chains import TEST_FUNCTIONS, ChainRun, Moments, check_test_functions, recorded_steps
 from ..problems.base import Problem
 
 __all__ = ["TEST_FUNCTIONS", "Moments", "check_test_functions", "sample_moments", "weak_error",
-           "compare_algorithm", "fit_order", "VARIANTS"]
+           "compare_algorithm", "comparison_parts", "fit_order", "VARIANTS"]
 
 VARIANTS: dict[str, tuple[str, ...]] = {"full": (), "without_noise_term": ("trace_V",)}
 """The SDE variants compared against the discrete rule: the full first-order SDE, and the
@@ -70,6 +70,27 @@ def weak_error(a: Moments, b: Moments) -> dict[str, Any]:
             "weak_error_T_stderr": stderr(last)}
 
 
+def comparison_parts(problem: Problem, algorithm: str, *, eta: float, rho: float, batch: int,
+                     micro: int | None = None, lam: float | None = None, horizon: float,
+                     chains: int, chunk: int = 50_000, test_fns: Sequence[str] = ("loss",),
+                     sampling: str = "with-replacement", every: int | None = 1,
+                     chains_argument: str = "chains") -> list[memory.Part]:
+    """What :func:`compare_algorithm` holds at its peak: one block of ``min(chunk, chains)``
+    chains, discrete or SDE (the larger), with running moments only (see
+    :mod:`sdesam.simulation.memory`); its chain count shown as ``chains_argument``."""
+    validation.positive_int("chains", chains)
+    block = min(validation.positive_int("chunk", chunk), chains)
+    steps = round(horizon / ensemble.check_eta(eta))
+    common = dict(chains=block, every=every, keep_states=False, statistics=len(test_fns),
+                  chains_argument=chains_argument)
+    discrete = ensemble.run_parts(problem, batch=batch, sampling=sampling, steps=steps, **common)
+    model = sde.AlgorithmSDE(problem, algorithm, eta=eta, rho=rho, batch=batch, micro=micro,
+                             lam=lam, sampling=sampling)
+    continuous = sde.integration_parts(model, channels=problem.n, dim=problem.dim, steps=steps,
+                                       **common)
+    return max(discrete, continuous, key=lambda parts: sum(part.nbytes for part in parts))
+
+
 def compare_algorithm(problem: Problem, algorithm: str, *, eta: float, rho: float, batch: int,
                       micro: int | None = None, lam: float | None = None, x0: Any,
                       horizon: float, chains: int, seed: int,
@@ -83,6 +104,8 @@ def compare_algorithm(problem: Problem, algorithm: str, *, eta: float, rho: floa
     algorithm: one flat record per test function and variant, each with the chain counts.
 
     Moments are recorded at steps ``0, every, ..., T/eta`` (``every=None``: start and end).
+    A comparison whose blocks of ``chunk`` chains would not fit in memory is refused before
+    any work (:func:`comparison_parts`).
     """
     test_fns = check_test_functions(test_fns)
     rule = get_rule(algorithm)
@@ -91,6 +114,10 @@ def compare_algorithm(problem: Problem, algorithm: str, *, eta: float, rho: floa
     if not rule.noise_induced:
         variants = [v for v in variants if not VARIANTS[v]]
     steps = round(horizon / ensemble.check_eta(eta))
+    memory.require(comparison_parts(problem, algorithm, eta=eta, rho=rho, batch=batch, micro=micro,
+                                    lam=lam, horizon=horizon, chains=chains, chunk=chunk,
+                                    test_fns=test_fns, sampling=sampling, every=every),
+                   validation.device("device", str(device)))
     common = dict(eta=eta, rho=rho, batch=batch, micro=micro, lam=lam, x0=x0, sampling=sampling,
                   device=device, every=every, keep_states=False, test_fns=test_fns,
                   progress=progress)

@@ -75,8 +75,10 @@ def chain_run_parts(chains: int, dim: int, *, element_size: int, records: int, e
                       records * (RECORD_BYTES + MOMENT_BYTES * statistics),
                       "record fewer steps (a larger every, or every=None)"))
     at_once = min(chunk, chains)
-    parts.append(Part(f"the temporaries of {at_once} chains updated at once", "chunk", at_once,
-                      2 * at_once * chunk_elements * element_size, "lower chunk"))
+    temporaries = 2 * at_once * chunk_elements * element_size
+    what = f"the temporaries of {at_once} chains updated at once"
+    parts.append(Part(what, chains_argument, chains, temporaries, lower) if at_once == chains
+                 else Part(what, "chunk", chunk, temporaries, "lower chunk"))
     return parts
 
 
