@@ -31,11 +31,12 @@ from typing import Any, Sequence
 import sympy
 import torch
 
+from . import memory
 from .. import algorithms, validation
 from .brownian import FixedGridBrownian, time_grid
 from .chains import ChainRun
-from .ensemble import start_points
-from .sde import check_memory, euler_maruyama
+from .ensemble import start_dtype, start_points
+from .sde import euler_maruyama, integration_parts
 from ..symbolic import Derivation, eta as ETA, rho as RHO
 
 LAM_NAMES: tuple[str, ...] = ("lam", "lambda")
@@ -217,12 +218,11 @@ def integrate(sde: DerivedSDE, *, x0: Any, horizon: float, chains: int, seed: in
     chains = validation.positive_int("chains", chains)
     device = validation.device("device", str(device))
     grid, substeps = integration_grid(sde.eta, horizon, dt)
-    recording["chunk"] = check_memory(
-        sde, chains=chains, channels=sde.dim, dim=sde.dim, x0=x0,
-        steps=(grid.numel() - 1) // substeps, every=recording.get("every", 1),
-        keep_states=recording.get("keep_states", True),
+    memory.require(integration_parts(
+        sde, chains=chains, channels=sde.dim, dim=sde.dim, steps=(grid.numel() - 1) // substeps,
+        every=recording.get("every", 1), keep_states=recording.get("keep_states", True),
         statistics=len(recording.get("statistics") or ()), chunk=recording.get("chunk"),
-        device=device)
+        dtype=start_dtype(x0)), device)
     y0 = start_points(x0, chains, sde.dim, device)
     bm = FixedGridBrownian(grid, (chains, sde.dim), seed, dtype=y0.dtype, device=y0.device)
     return euler_maruyama(sde, y0, bm, record_every=substeps, progress=progress, **recording)

@@ -136,6 +136,34 @@ def draw_batches(generator: torch.Generator, chains: int, n: int, batch: int,
     return keys.topk(batch, dim=-1, sorted=True).indices
 
 
+def update_footprint(problem: Problem, batch: int) -> int:
+    """Elements per chain of the temporaries of one update (points, perturbed points and
+    gradient rows of a batch; a VJP's per-sample values)."""
+    return (3 * batch + problem.n) * problem.dim
+
+
+def run_chunk(problem: Problem, batch: int, chains: int, chunk: int | None) -> int:
+    """The chains :func:`run` updates at once: ``chunk``, or by default as many as keep one
+    update's temporaries within :data:`sdesam.simulation.chains.CHUNK_BYTES`."""
+    if chunk is None:
+        return chunk_size(chains, update_footprint(problem, batch))
+    return validation.positive_int("chunk", chunk)
+
+
+def run_parts(problem: Problem, *, batch: int, sampling: str, steps: int, chains: int,
+              every: int | None = 1, keep_states: bool = True, statistics: int = 0,
+              chunk: int | None = None, dtype: torch.dtype = torch.float64,
+              chains_argument: str = "chains") -> list[memory.Part]:
+    """What :func:`run` with these settings holds in memory (see :mod:`sdesam.simulation.memory`;
+    ``statistics``: the number of test functions), its chain count shown as ``chains_argument``."""
+    return memory.chain_run_parts(
+        chains, problem.dim, element_size=dtype.itemsize, records=record_count(steps, every),
+        every=every, keep_states=keep_states, statistics=statistics,
+        step_random_bytes=batch_bytes(problem.n, batch, sampling),
+        chunk=run_chunk(problem, batch, chains, chunk), chunk_elements=update_footprint(problem, batch),
+        chains_argument=chains_argument)
+
+
 def run(problem: Problem, algorithm: str, *, eta: float, rho: float, batch: int,
         micro: int | None = None, x0: Any, steps: int, chains: int, seed: int,
         sampling: str = "with-replacement", device: str | torch.device = "cpu",
@@ -166,13 +194,10 @@ def run(problem: Problem, algorithm: str, *, eta: float, rho: float, batch: int,
     validation.positive_int("chains", chains)
     validation.device("device", str(device))
     statistics = bound_test_functions(problem, test_fns)
-    footprint = (3 * batch + problem.n) * problem.dim
-    chunk = chunk_size(chains, footprint) if chunk is None else validation.positive_int("chunk", chunk)
-    memory.require(memory.chain_run_parts(
-        chains, problem.dim, element_size=start_dtype(x0).itemsize,
-        records=record_count(steps, every), every=every, keep_states=keep_states,
-        statistics=len(statistics), step_random_bytes=batch_bytes(problem.n, batch, sampling),
-        chunk=chunk, chunk_elements=footprint), device)
+    chunk = run_chunk(problem, batch, chains, chunk)
+    memory.require(run_parts(problem, batch=batch, sampling=sampling, steps=steps, chains=chains,
+                             every=every, keep_states=keep_states, statistics=len(statistics),
+                             chunk=chunk, dtype=start_dtype(x0)), device)
     x = start_points(x0, chains, problem.dim, device)
     recorder = Recorder(x, steps=steps, every=every, keep_states=keep_states,
                         statistics=statistics, diverge_at=diverge_at, chunk=chunk)

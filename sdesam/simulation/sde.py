@@ -232,28 +232,34 @@ def footprint(sde: Any, channels: int, dim: int) -> int:
     return sde.footprint() if hasattr(sde, "footprint") else 3 * channels * dim
 
 
-def check_memory(sde: Any, *, chains: int, channels: int, dim: int, x0: Any, steps: int,
-                 every: int | None, keep_states: bool, statistics: int, chunk: int | None,
-                 device: str | torch.device, path_points: int = 0) -> int:
-    """Refuse, before anything is allocated, an integration of ``sde`` over ``steps`` steps of
-    ``chains`` chains that would not fit in ``device``'s memory (``path_points``: grid points
-    of a whole path the solver keeps, as torchsde does); the chunk of chains it will use."""
-    validation.device("device", str(device))
-    itemsize = start_dtype(x0).itemsize
-    elements = footprint(sde, channels, dim)
-    chunk = (chunk_size(chains, elements, itemsize) if chunk is None
-             else validation.positive_int("chunk", chunk))
+def integration_chunk(sde: Any, chains: int, channels: int, dim: int, element_size: int,
+                      chunk: int | None) -> int:
+    """The chains :func:`euler_maruyama` integrates at once: ``chunk``, or by default as many
+    as keep one evaluation's temporaries within :data:`sdesam.simulation.chains.CHUNK_BYTES`."""
+    if chunk is None:
+        return chunk_size(chains, footprint(sde, channels, dim), element_size)
+    return validation.positive_int("chunk", chunk)
+
+
+def integration_parts(sde: Any, *, chains: int, channels: int, dim: int, steps: int,
+                      every: int | None = 1, keep_states: bool = True, statistics: int = 0,
+                      chunk: int | None = None, dtype: torch.dtype = torch.float64,
+                      path_points: int = 0, chains_argument: str = "chains") -> list[memory.Part]:
+    """What an Euler-Maruyama integration of ``sde`` over ``steps`` recorded steps holds in
+    memory (see :mod:`sdesam.simulation.memory`; ``path_points``: grid points of a whole path
+    the solver keeps, as torchsde does), its chain count shown as ``chains_argument``."""
+    itemsize = dtype.itemsize
     parts = memory.chain_run_parts(
         chains, dim, element_size=itemsize, records=record_count(steps, every), every=every,
         keep_states=keep_states, statistics=statistics,
         step_random_bytes=2 * channels * itemsize,       # an increment and its scaled copy
-        chunk=chunk, chunk_elements=elements)
+        chunk=integration_chunk(sde, chains, channels, dim, itemsize, chunk),
+        chunk_elements=footprint(sde, channels, dim), chains_argument=chains_argument)
     if path_points:
-        parts.append(memory.Part(f"the solver's whole path of {path_points} grid points", "chains",
-                                 chains, chains * path_points * dim * itemsize,
-                                 "lower chains, or use solver='fast'"))
-    memory.require(parts, device)
-    return chunk
+        parts.append(memory.Part(f"the solver's whole path of {path_points} grid points",
+                                 chains_argument, chains, chains * path_points * dim * itemsize,
+                                 f"lower {chains_argument}, or use solver='fast'"))
+    return parts
 
 
 def euler_maruyama(sde: Any, y0: torch.Tensor, bm: FixedGridBrownian, *,
@@ -280,8 +286,7 @@ def euler_maruyama(sde: Any, y0: torch.Tensor, bm: FixedGridBrownian, *,
         raise validation.InputError(f"record_every must divide the {cells} grid cells; "
                                     f"got {record_every}")
     chains = y0.shape[0]
-    if chunk is None:
-        chunk = chunk_size(chains, footprint(sde, bm.shape[1], y0.shape[1]), y0.element_size())
+    chunk = integration_chunk(sde, chains, bm.shape[1], y0.shape[1], y0.element_size(), chunk)
     y = y0.clone()
     recorder = Recorder(y, steps=cells // record_every, every=every, keep_states=keep_states,
                         statistics=statistics or {}, diverge_at=diverge_at, chunk=chunk)
@@ -355,10 +360,12 @@ def simulate(problem: Problem, algorithm: str, *, eta: float, rho: float, batch:
     sde = AlgorithmSDE(problem, rule.name, eta=eta, rho=rho, batch=batch, micro=micro, lam=lam,
                        sampling=sampling, drop_terms=drop_terms, seed=seed)
     steps = round(horizon / eta)
-    chunk = check_memory(sde, chains=chains, channels=problem.n, dim=problem.dim, x0=x0,
-                         steps=steps, every=every, keep_states=keep_states,
-                         statistics=len(statistics), chunk=chunk, device=device,
-                         path_points=steps * substeps + 1 if solver == "torchsde" else 0)
+    validation.device("device", str(device))
+    chunk = integration_chunk(sde, chains, problem.n, problem.dim, start_dtype(x0).itemsize, chunk)
+    memory.require(integration_parts(
+        sde, chains=chains, channels=problem.n, dim=problem.dim, steps=steps, every=every,
+        keep_states=keep_states, statistics=len(statistics), chunk=chunk, dtype=start_dtype(x0),
+        path_points=steps * substeps + 1 if solver == "torchsde" else 0), device)
     sde = sde.to(device)
     y0 = start_points(x0, chains, problem.dim, device)
     grid = time_grid(steps * substeps * float(dt), float(dt))
