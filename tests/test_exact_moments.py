@@ -236,3 +236,25 @@ def test_weak_error_is_order_one_with_the_term_and_leaves_sqrt_eta_without(sampl
     ratio = float(sampling_factor(1, 4, sampling) / sampling_factor(2, 4, sampling))
     assert fitted[1] / fitted[2] == pytest.approx(ratio, rel=0.1)
     assert math.isfinite(ratio)
+
+
+def test_the_experiment_writes_its_table_and_figure(tmp_path, capsys, monkeypatch):
+    """The script end to end on a smaller grid than --quick (two runs, five etas)."""
+    import script_module
+    from sdesam.experiment.records import read_record
+
+    script = script_module.load_script("experiments/weak_error_exact.py", "weak_error_exact_script")
+    monkeypatch.setitem(script.QUICK, "etas", [0.1 / 4**k for k in range(5)])
+    monkeypatch.setitem(script.QUICK, "runs", [["sgd", None], ["m-usam", 1]])
+    assert script.main(["--quick", "--out", str(tmp_path)]) == 0
+    data = read_record(tmp_path / "weak_error_exact.json")
+    settings, results = data["settings"], data["results"]
+    assert settings["experiment"] == "weak_error_exact" and settings["quick"]
+    assert set(results) == {"errors", "expansions"} and data["metadata"]["wall_time_s"] > 0
+    for table in results.values():
+        assert all(not isinstance(value, (dict, list)) for row in table for value in row.values())
+    runs = {(r["rule"], r["micro"], r["sampling"], r["variant"]) for r in results["expansions"]}
+    assert len(runs) == 2 * 3                     # m-usam also without the term, two schemes
+    assert all(r["weak_error_loss"] >= r["weak_error_T_loss"] for r in results["errors"])
+    assert (tmp_path / "weak_error_exact.png").stat().st_size > 0
+    assert "predicted a" in capsys.readouterr().out
