@@ -179,6 +179,8 @@ def test_a_user_rule_with_a_state_dependent_scale_and_a_non_quadratic_problem_ar
         exact_moments.step_maps(logistic, "sgd", eta=0.1, rho=0.0, batch=2)
     with pytest.raises(ValueError, match="horizon must be a positive multiple"):
         exact_moments.sde_moments(quadratic(), "sgd", eta=0.3, rho=0.0, batch=2, x0=X0, horizon=1.0)
+    with pytest.raises(ValueError, match="exact moments enumerate every ordered batch"):
+        exact_moments.step_maps(quadratic(n=40), "sgd", eta=0.1, rho=0.0, batch=4)
     with pytest.raises(ValueError, match="variant must be one of"):
         exact_moments.linear_sde(quadratic(), "usam", eta=0.1, rho=0.1, batch=2, variant="none")
 

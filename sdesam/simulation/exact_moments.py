@@ -24,11 +24,13 @@ points). Its moments solve the Ito moment ODE ``dz/dt = L z``:
 
 solved exactly by a matrix exponential (no dt). Test functions that are quadratic in x (the
 loss, |x|^2, x_0, tr V on these problems) have expectations linear in z, so weak errors at
-T = K eta are exact numbers, free of Monte Carlo noise.
+T = K eta are exact numbers, free of Monte Carlo noise (:mod:`sdesam.simulation.exact_expansion`:
+the errors, their expansion in sqrt(eta) and the predicted sqrt(eta) coefficient).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -38,7 +40,7 @@ import torch
 
 from .. import validation
 from ..algorithms import Rule, check_rho, check_sizes, direction, get_rule, reweighted_gradient
-from ..implicit import enumerate_batches
+from ..implicit import MAX_ENUMERATED, enumerate_batches
 from ..problems.base import Problem
 from .chains import TEST_FUNCTIONS, check_test_functions, recorded_steps
 from .compare import VARIANTS
@@ -179,6 +181,11 @@ def step_maps(problem: Problem, algorithm: "str | Rule", *, eta: float, rho: flo
     if rule.ascent_draw and rho != 0:
         raise NotAffineError(f"rule {rule.name!r} draws its perturbation inside the batch: its step "
                              "is random given the batch, not one affine map per batch")
+    count = problem.n**batch if sampling == "with-replacement" else math.perm(problem.n, batch)
+    if count > MAX_ENUMERATED:
+        raise validation.InputError(
+            f"exact moments enumerate every ordered batch: n={problem.n}, batch={batch} "
+            f"({sampling}) gives {count} > {MAX_ENUMERATED}; use fewer samples or a smaller batch")
     batches = enumerate_batches(problem.n, batch, sampling)
     idx = batches.idx
 
