@@ -34,7 +34,8 @@ def test_cli_trains_rw_sam_and_writes_metrics_and_checkpoint(tmp_path):
     saved = torch.load(out / "checkpoint.pt", weights_only=True)
     assert saved["epoch"] == 1 and saved["config"]["optimizer"] == "rw-sam"
     config = json.loads((out / "config.json").read_text())
-    assert config["settings"]["lam"] == 1.0 and "torch" in config["metadata"]["versions"]
+    assert config["settings"]["lam"] is None and config["resolved"]["lam"] == 1.0  # RW-SAM's default
+    assert config["diverged"] is None and "torch" in config["metadata"]["versions"]
 
 
 def test_sgd_run_equals_a_plain_reference_loop(tmp_path):
@@ -142,7 +143,7 @@ def test_trace_v_is_recorded_and_matches_a_hand_computation(tmp_path):
 @pytest.mark.parametrize("changes, message", [
     ({"optimizer": "m-sam"}, "m-sam needs micro"),
     ({"optimizer": "m-sam", "micro": 5}, "micro must divide"),
-    ({"optimizer": "sam", "micro": 4}, "micro is only accepted"),
+    ({"optimizer": "sam", "micro": 4}, "micro is not accepted by 'sam' \\(it accepts: rho\\)"),
     ({"optimizer": "adam"}, "optimizer must be one of"),
     ({"dataset": "cifar10"}, "data_dir is required"),
     ({"lr": -1.0}, "lr must be a non-negative"),

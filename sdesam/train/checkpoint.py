@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from sdesam.experiment.records import atomic_write
 from sdesam.validation import InputError
@@ -21,6 +22,30 @@ from sdesam.validation import InputError
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
 TRAINING_KEYS: tuple[str, ...] = ("epoch", "step", "model", "optimizer", "rng", "config", "metrics")
+OPTIMIZER_SLOTS = 2
+"""Parameter-sized tensors an optimizer keeps per parameter, at most, before its first step has
+created them: SGD's momentum buffer is one, Adam's two moments two."""
+
+
+def _tensor_bytes(value: Any) -> int:
+    """The bytes of every tensor in ``value`` (nested dicts, lists and tuples)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def checkpoint_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """A bound on the tensor bytes of a training checkpoint of ``model`` and ``optimizer``: the
+    model's parameters and buffers, and the optimizer's state -- what it holds, or
+    :data:`OPTIMIZER_SLOTS` copies of the trainable parameters if that is more (its state is
+    created by its first step)."""
+    parameters = sum(_tensor_bytes(p) for p in model.parameters() if p.requires_grad)
+    return (_tensor_bytes(model.state_dict())
+            + max(_tensor_bytes(optimizer.state_dict()), OPTIMIZER_SLOTS * parameters))
 
 
 def rng_state() -> dict[str, Any]:

@@ -5,7 +5,13 @@ and checksum, the flipped labels under --label-noise --, versions, machine), OUT
 (one JSON object per epoch: epoch, train_loss, train_acc, val_loss/val_acc with
 --val-fraction, test_loss, test_acc, lr, step_time_s, images_per_s and, with --trace-every,
 trace_V) and OUT/checkpoint.pt (each epoch, atomically). An OUT that already holds a run is
-refused unless --resume (continue it exactly) or --overwrite (start afresh) is given.
+refused unless --resume (continue it exactly) or --overwrite (start afresh) is given, and so is
+an OUT another sdesam train is using.
+
+Exit status: 0 done; 1 training diverged (a non-finite training loss or parameters: the run
+stops, config.json records where, the last checkpoint is kept); 2 bad input, or no room left
+for the checkpoint; 130 interrupted (Ctrl-C): one line gives the last checkpoint and the exact
+command that continues the run.
 
 Data sets: CIFAR-10/100 from local files, a synthetic CIFAR-shaped set, MNIST-1D (generated
 locally by the mnist1d package from its templates, cached under --data-dir, default
@@ -35,13 +41,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from dataclasses import fields
 
 from sdesam.algorithms import get_rule
 from sdesam.train.data import DATASETS, FILE_DATASETS, find_cifar_folder
-from sdesam.optim import optimizer_names
-from sdesam.train.loop import BN_POLICIES, PRECISIONS, TrainConfig, train
+from sdesam.experiment.records import NoSpaceError
+from sdesam.optim import DEFAULT_DELTA, DEFAULT_LAM, optimizer_names
+from sdesam.train.loop import BN_POLICIES, PRECISIONS, Interrupted, TrainConfig, TrainResult, train
 from sdesam.train.models import MODELS, NORMS
 from sdesam.train.schedule import SCHEDULES
 from sdesam.validation import InputError
@@ -105,14 +113,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      + "; ".join(f"{name}: {get_rule(name).description}" for name in optimizer_names())
                      .replace("%", "%%") + " (default %(default)s)")
     opt.add_argument("--rho", type=float, default=None,
-                     help="perturbation radius (default 0.05; 0.1 for cifar100)")
+                     help="rules that perturb: perturbation radius (default 0.05; 0.1 for cifar100)")
     opt.add_argument("--micro", type=int, default=None,
-                     help="micro-batch size m of the m-rules (divides the per-device batch)")
-    opt.add_argument("--lam", type=float, default=d["lam"],
-                     help="reweighted rules: inverse temperature of the Gibbs weights "
-                          "(default %(default)s)")
-    opt.add_argument("--delta", type=float, default=d["delta"],
-                     help="reweighted rules: finite-difference step (default %(default)s)")
+                     help="m-rules: micro-batch size m (divides the per-device batch)")
+    opt.add_argument("--lam", type=float, default=None,
+                     help=f"reweighted rules: inverse temperature of the Gibbs weights "
+                          f"(default {DEFAULT_LAM:g})")
+    opt.add_argument("--delta", type=float, default=None,
+                     help=f"reweighted rules: finite-difference step (default {DEFAULT_DELTA:g}); "
+                          "a rule keyword the chosen rule does not take is refused")
     opt.add_argument("--local-perturbation", action="store_true",
                      help="RW-SAM under DDP: perturb each device along its own gradient")
     opt.add_argument("--bn", choices=BN_POLICIES, default=d["bn"],
@@ -157,14 +166,51 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values)
 
 
+EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 130
+"""Exit statuses of a run that diverged (a failed check) and of one stopped by Ctrl-C (128 + SIGINT)."""
+
+
+def _say(message: str) -> None:
+    """Print one line on standard error (from the first process only under torchrun)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"sdesam train: {message}", file=sys.stderr)
+
+
 def _refuse(error: Exception) -> int:
     """Print the one-line error and return exit status 2."""
-    print(f"sdesam train: error: {error}", file=sys.stderr)
+    _say(f"error: {error}")
     return 2
 
 
+def resume_command(args: argparse.Namespace) -> str:
+    """The ``sdesam train`` command that continues the run ``args`` describe: each flag whose
+    value differs from its default, then ``--resume`` (``--overwrite`` left out)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    words = ["sdesam", "train"]
+    for action in parser._actions:
+        value = getattr(args, action.dest, action.default)
+        if action.dest in ("resume", "overwrite") or value == action.default:
+            continue
+        words.append(action.option_strings[0])
+        if action.nargs != 0:
+            words += [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+    return shlex.join([*words, "--resume"])
+
+
+def _diverged(result: TrainResult) -> int:
+    """Say where training diverged and what was kept; return exit status 1."""
+    where = result.diverged
+    kept = (f"the last checkpoint, {result.out / 'checkpoint.pt'}, holds epoch "
+            f"{len(result.metrics)}" if result.metrics else "no checkpoint was written")
+    _say(f"diverged at epoch {where['epoch']}, step {where['step']}: {where['reason']}; stopped "
+         f"(recorded in {result.out / 'config.json'}; {kept})")
+    return EXIT_DIVERGED
+
+
 def run(args: argparse.Namespace) -> int:
-    """Check the settings (exit status 2 with a message when one is wrong), then train."""
+    """Check the settings (exit status 2 with a message when one is wrong), then train: 0 done,
+    1 diverged, 2 bad input or a full disk, 130 interrupted (each with its one line)."""
     config = config_from_args(args)
     try:
         config.validate(int(os.environ.get("WORLD_SIZE", "1")))
@@ -174,9 +220,19 @@ def run(args: argparse.Namespace) -> int:
         return _refuse(error)
     try:
         result = train(config)
-    except InputError as error:  # an out folder that holds a run, a damaged file
+    except NoSpaceError as error:
+        return _refuse(f"{error}; free some space, then continue with: {resume_command(args)}")
+    except InputError as error:  # an out folder that holds a run or is in use, a damaged file
         return _refuse(error)
+    except Interrupted as stop:
+        where = ("no checkpoint was written yet" if stop.checkpoint is None else
+                 f"the last checkpoint is {stop.checkpoint}"
+                 + ("" if stop.epoch is None else f" (epoch {stop.epoch})"))
+        _say(f"interrupted; {where}; continue with: {resume_command(args)}")
+        return EXIT_INTERRUPTED
     print(result.data)
+    if result.diverged is not None:
+        return _diverged(result)
     if result.metrics:
         last = result.metrics[-1]
         print(f"done: epoch {last['epoch']}, test accuracy {last['test_acc']:.2f}%, "

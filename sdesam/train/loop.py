@@ -10,6 +10,13 @@ splits, a JSON-lines metrics record -- loss, accuracy, step time, inputs/s and, 
 ``trace_every`` epochs, the gradient-noise trace tr V on a fixed probe batch -- and an
 atomically written checkpoint from which ``resume=True`` continues exactly).
 
+A run holds its out folder for its whole length (:func:`sdesam.experiment.outputs.claimed`: a
+second run on the same folder is refused), checks it has room for a checkpoint of its model and
+optimizer before the first step, stops when training diverges (a non-finite batch loss, which
+every optimizer refuses, or non-finite parameters at the end of an epoch: recorded in
+config.json and :attr:`TrainResult.diverged`, the last checkpoint kept), and turns Ctrl-C into
+:class:`Interrupted`, which says where the last checkpoint is.
+
 Defaults follow the CIFAR set-up of the first author's previous SAM paper (Eigen-SAM,
 NeurIPS 2024), because this paper's own set-up is not known: SGD with momentum 0.9, lr 0.1,
 cosine schedule, 200 epochs, batch 256, weight decay 5e-4, rho 0.05 (CIFAR-10) / 0.1
@@ -21,8 +28,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import time
 import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -34,9 +43,10 @@ from tqdm.auto import tqdm
 from sdesam.progress import progress_bar
 
 from sdesam import validation
-from sdesam.algorithms import Rule, check_sizes, get_rule
-from sdesam.optim import DEFAULT_DELTA, create, optimizer_names
-from sdesam.experiment.outputs import check_writable
+from sdesam.algorithms import RULE_KEYWORDS, Rule, check_sizes, get_rule
+from sdesam.optim import (DEFAULT_DELTA, DEFAULT_LAM, NonFiniteLossError, check_rule_keywords, create,
+                          optimizer_names)
+from sdesam.experiment.outputs import DEFAULT_HEADROOM_BYTES, check_writable, claimed
 from sdesam.experiment.records import atomic_write, run_metadata, write_json
 from sdesam.train import augment, checkpoint, distributed, splits
 from sdesam.train.data import (DATASETS, FILE_DATASETS, ImageDataset, batch_indices,
@@ -72,8 +82,8 @@ class TrainConfig:
     optimizer: str = "sgd"
     rho: float | None = None
     micro: int | None = None
-    lam: float = 1.0
-    delta: float = DEFAULT_DELTA
+    lam: float | None = None
+    delta: float | None = None
     local_perturbation: bool = False
     bn: str = "first-pass"
     lr: float = 0.1
@@ -107,11 +117,28 @@ class TrainConfig:
         return get_rule(self.optimizer)
 
     @property
-    def effective_rho(self) -> float:
-        """rho, or its dataset default: 0.1 for CIFAR-100, 0.05 otherwise."""
-        if self.rho is not None:
+    def effective_rho(self) -> float | None:
+        """rho, or its dataset default (0.1 for CIFAR-100, 0.05 otherwise) for a rule that
+        perturbs; None for one that does not."""
+        if self.rho is not None or "rho" not in self.rule.keywords:
             return self.rho
         return 0.1 if self.dataset == "cifar100" else 0.05
+
+    @property
+    def effective_lam(self) -> float | None:
+        """lam, or RW-SAM's default for a rule with Gibbs weights; None for the others."""
+        return DEFAULT_LAM if self.lam is None and "lam" in self.rule.keywords else self.lam
+
+    @property
+    def effective_delta(self) -> float | None:
+        """delta, or RW-SAM's default for a rule with Gibbs weights; None for the others."""
+        return DEFAULT_DELTA if self.delta is None and "delta" in self.rule.keywords else self.delta
+
+    def rule_options(self) -> dict[str, Any]:
+        """The rule keywords (rho, micro, lam, delta) with their defaults resolved (None: not
+        taken by the rule)."""
+        return {"rho": self.effective_rho, "micro": self.micro, "lam": self.effective_lam,
+                "delta": self.effective_delta}
 
     @property
     def effective_model(self) -> str:
@@ -138,10 +165,9 @@ class TrainConfig:
         validation.one_of("precision", self.precision, PRECISIONS)
         for name in ("epochs", "batch_size", "accumulate", "eval_batch_size", "probe_size"):
             validation.positive_int(name, getattr(self, name))
-        for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "lam", "gamma",
-                     "trace_every", "padding", "effective_rho"):
-            validation.non_negative_number(name.removeprefix("effective_"), getattr(self, name))
-        validation.positive_number("delta", self.delta)
+        for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "gamma", "trace_every",
+                     "padding"):
+            validation.non_negative_number(name, getattr(self, name))
         validation.fraction("label_smoothing", self.label_smoothing)
         validation.fraction("val_fraction", self.val_fraction)
         validation.fraction("label_noise", self.label_noise)
@@ -153,16 +179,24 @@ class TrainConfig:
             raise validation.InputError(f"batch_size must be divisible by the number of processes "
                                         f"{world_size}; got {self.batch_size}")
         self._validate_rule(self.batch_size // world_size)
+        for name in ("rho", "lam"):
+            if getattr(self, name) is not None:
+                validation.non_negative_number(name, getattr(self, name))
+        if self.delta is not None:
+            validation.positive_number("delta", self.delta)
         self._validate_data_and_model()
         if self.precision == "fp16" and not self.device.startswith("cuda"):
             raise validation.InputError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
 
     def _validate_rule(self, per_device: int) -> None:
-        """The options of the chosen rule: micro for the m-rules, lam/delta for reweighting."""
+        """The options of the chosen rule: micro for the m-rules, and no rule keyword the rule
+        does not take (read from ``rule.keywords``: a value given for another rule is refused,
+        not silently ignored)."""
         rule = self.rule
         if rule.micro and self.micro is None:
             raise validation.InputError(f"optimizer {rule.name} needs micro, the micro-batch size "
                                         f"m (m divides the per-device batch)")
+        check_rule_keywords(rule, **{word: getattr(self, word) for word in RULE_KEYWORDS})
         check_sizes(rule, per_device, self.micro)
         if per_device % self.accumulate:
             raise validation.InputError(f"accumulate must divide the per-device batch {per_device}; "
@@ -203,6 +237,27 @@ class TrainResult:
     settings: dict[str, Any] = field(default_factory=dict)
     data: str = ""
     """One line naming the data and its checksum (:func:`data_line`)."""
+    diverged: dict[str, Any] | None = None
+    """None, or where training diverged and stopped: ``epoch``, ``step`` and ``reason`` (also
+    in config.json; ``metrics`` and the checkpoint hold the epochs before it)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`train`: ``checkpoint`` is the run's checkpoint file (None when
+    none was written yet) and ``epoch`` the last epoch it holds (None when not known)."""
+
+    def __init__(self, checkpoint: Path | None, epoch: int | None) -> None:
+        self.checkpoint, self.epoch = checkpoint, epoch
+        where = "no checkpoint yet" if checkpoint is None else f"last checkpoint {checkpoint}"
+        super().__init__(f"interrupted; {where}" + ("" if epoch is None else f" (epoch {epoch})"))
+
+
+class _Diverged(Exception):
+    """Training diverged at ``epoch`` (1-based), ``step`` (the global step count), for ``reason``."""
+
+    def __init__(self, epoch: int, step: int, reason: str) -> None:
+        super().__init__(reason)
+        self.record = {"epoch": epoch, "step": step, "reason": reason}
 
 
 def per_sample_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor,
@@ -223,22 +278,17 @@ def build_optimizer(config: TrainConfig, model: nn.Module, device: torch.device,
                     ascent_data: tuple[torch.Tensor, torch.Tensor] | None = None) -> Any:
     """The optimizer of ``config``'s rule over ``model``'s parameters, SGD as base.
 
-    The rule's attributes decide its options: a perturbation radius unless ``ascent`` is
-    ``"none"``, ``micro`` for the m-rules, ``lam``/``delta`` for the reweighted ascent, and
-    ``ascent_data`` (the normalised training set) for the full-gradient ascent of n-(U)SAM.
+    The rule keywords come from :meth:`TrainConfig.rule_options` (None for those the rule
+    does not take); ``local_perturbation`` goes to the reweighted rules and ``ascent_data``
+    (the normalised training set) to the full-gradient ascent of n-(U)SAM.
     """
     rule = config.rule
     options: dict[str, Any] = dict(base=torch.optim.SGD, lr=config.lr, momentum=config.momentum,
                                    nesterov=config.nesterov, weight_decay=config.weight_decay,
                                    bn=config.bn, autocast_dtype=autocast_dtype(config.precision, device),
-                                   accumulate=config.accumulate)
-    if rule.ascent != "none":
-        options["rho"] = config.effective_rho
-    if rule.micro:
-        options["micro"] = config.micro
+                                   accumulate=config.accumulate, **config.rule_options())
     if rule.ascent == "reweighted":
-        options.update(lam=config.lam, delta=config.delta,
-                       local_perturbation=config.local_perturbation)
+        options["local_perturbation"] = config.local_perturbation
     if rule.ascent == "full":
         options["ascent_data"] = ascent_data
     return create(rule.name, model.parameters(), **options)
@@ -270,19 +320,27 @@ def _settings(config: TrainConfig) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-def check_out_folder(config: TrainConfig) -> Path:
-    """Refuse an ``out`` that holds a run unless resume or overwrite is set; check it is
+def check_out_folder(config: TrainConfig, stack: ExitStack) -> Path:
+    """Claim ``out`` for the run (held until ``stack`` closes; a folder another run holds is
+    refused), refuse it when it holds a run unless resume or overwrite is set, check it is
     writable; with overwrite, remove the old run's files. Before any work."""
-    out = Path(config.out)
+    out = check_writable(config.out)
+    stack.enter_context(claimed(out, "--out"))
     held = [name for name in _RUN_FILES if (out / name).exists()]
     if held and not (config.resume or config.overwrite):
         raise validation.InputError(f"--out {str(out)!r} already holds a run ({', '.join(held)}); "
                                     f"pass --resume to continue it or --overwrite to start afresh")
-    check_writable(out)
     if config.overwrite:
         for name in held:
             (out / name).unlink()
     return out
+
+
+def needed_bytes(model: nn.Module, optimizer: Any) -> int:
+    """The free space a run needs in its out folder: a checkpoint of ``model`` and
+    ``optimizer`` (written beside the previous one, then renamed over it) plus room for the
+    metrics and config files."""
+    return checkpoint.checkpoint_bytes(model, optimizer) + DEFAULT_HEADROOM_BYTES
 
 
 def train(config: TrainConfig,
@@ -292,27 +350,43 @@ def train(config: TrainConfig,
     Writes ``out/config.json`` (settings, data provenance and run metadata),
     ``out/metrics.jsonl`` and ``out/checkpoint.pt`` (rank 0 only). ``on_epoch_end(record)`` is
     called after each epoch's files are written. Under torchrun, joins the process group and
-    trains data-parallel.
+    trains data-parallel. Divergence stops the run and is returned in
+    :attr:`TrainResult.diverged`; Ctrl-C raises :class:`Interrupted`.
     """
     context, device = distributed.init_distributed(config.device)
+    run: _Run | None = None
     try:
-        config.validate(context.world_size)
-        if context.is_main:
-            check_out_folder(config)
-        distributed.barrier(context)
-        run = _Run.start(config, context, device)
-        records = _restore(run)
-        if context.is_main:
-            run.write_config(len(records))
-            if run.data.info.get("canonical") is False:
-                warnings.warn(data_line(run.data.name, run.data.info), stacklevel=2)
-        for epoch in range(len(records), config.epochs):
-            sums, seconds = _run_epoch(run, epoch)
-            records.append(_record_epoch(run, epoch, sums, seconds, records))
-            if on_epoch_end is not None:
-                on_epoch_end(records[-1])
-        return TrainResult(records, run.model, run.out, run.settings,
-                           data_line(run.data.name, run.data.info))
+        with ExitStack() as stack:
+            config.validate(context.world_size)
+            if context.is_main:
+                check_out_folder(config, stack)
+            distributed.barrier(context)
+            run = _Run.start(config, context, device)
+            if context.is_main:
+                check_writable(run.out, needed_bytes(run.model, run.optimizer))
+            records = _restore(run)
+            resumed_from = len(records)
+            if context.is_main:
+                run.write_config(resumed_from)
+                if run.data.info.get("canonical") is False:
+                    warnings.warn(data_line(run.data.name, run.data.info), stacklevel=2)
+            diverged = None
+            try:
+                for epoch in range(len(records), config.epochs):
+                    sums, seconds = _run_epoch(run, epoch)
+                    records.append(_record_epoch(run, epoch, sums, seconds, records))
+                    if on_epoch_end is not None:
+                        on_epoch_end(records[-1])
+            except _Diverged as stop:
+                diverged = stop.record
+                if context.is_main:
+                    run.write_config(resumed_from, diverged)
+            return TrainResult(records, run.model, run.out, run.settings,
+                               data_line(run.data.name, run.data.info), diverged)
+    except KeyboardInterrupt:
+        path = Path(config.out) / checkpoint.CHECKPOINT_NAME
+        raise Interrupted(path if path.is_file() else None,
+                          None if run is None else run.saved_epoch) from None
     finally:
         distributed.shutdown(context)
 
@@ -336,6 +410,8 @@ class _Run:
     out: Path
     settings: dict[str, Any]
     step: int = 0
+    saved_epoch: int | None = None
+    """The epoch the run's checkpoint holds (None before the first is written or restored)."""
 
     @classmethod
     def start(cls, config: TrainConfig, context: distributed.DistributedContext,
@@ -388,18 +464,19 @@ class _Run:
                          round(config.warmup_epochs * per_epoch),
                          [m * per_epoch for m in config.milestones], config.gamma)
 
-    def write_config(self, resumed_from_epoch: int) -> None:
-        """config.json: the settings, where the data came from (with the flipped labels), the
-        number of processes and the run metadata."""
+    def write_config(self, resumed_from_epoch: int, diverged: dict[str, Any] | None = None) -> None:
+        """config.json: the settings, the defaults they resolved to, where the data came from
+        (with the flipped labels), the number of processes, the run metadata and, once it
+        happened, where training diverged."""
         data_info = dict(self.data.info)
         if self.data.flipped is not None:
             data_info["flipped_indices"] = self.data.flipped.tolist()
+        resolved = {"model": self.config.effective_model, "augment": self.config.effective_augment,
+                    **self.config.rule_options()}
         write_json(self.out / "config.json", {
-            "settings": self.settings, "resolved": {"model": self.config.effective_model,
-                                                    "augment": self.config.effective_augment,
-                                                    "rho": self.config.effective_rho},
-            "data": data_info, "world_size": self.context.world_size,
-            "resumed_from_epoch": resumed_from_epoch, "metadata": run_metadata(str(self.device))})
+            "settings": self.settings, "resolved": resolved, "data": data_info,
+            "world_size": self.context.world_size, "resumed_from_epoch": resumed_from_epoch,
+            "diverged": diverged, "metadata": run_metadata(str(self.device))})
 
 
 def data_line(name: str, info: dict[str, Any]) -> str:
@@ -440,6 +517,7 @@ def _restore(run: _Run) -> list[dict[str, Any]]:
     run.optimizer.load_state_dict(state["optimizer"])
     checkpoint.set_rng_state(state["rng"])
     run.step = state["step"]
+    run.saved_epoch = state["epoch"]
     return list(state["metrics"])
 
 
@@ -455,23 +533,27 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[torch.Tensor, float]:
     run.model.train()
     _synchronize(run.device)
     started = time.perf_counter()
-    for batch in order:
-        inputs, targets = _training_batch(run, batch, crops)
-        factor = run.learning_rate_factor()
-        for group in run.groups:
-            group["lr"] = group["initial_lr"] * factor
-        loss, outputs = run.optimizer.step(run.runner, run.loss_fn, inputs, targets,
-                                           return_outputs=True)
-        sums[0] += torch.as_tensor(loss, dtype=torch.float64, device=run.device) * len(targets)
-        sums[1] += (outputs.argmax(dim=1) == targets).sum()
-        sums[2] += len(targets)
-        run.step += 1
-        bar.update()
-        if context.is_main and config.progress and run.step % 20 == 0:
-            bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{run.groups[0]['lr']:.4f}")
-    _synchronize(run.device)
-    seconds = time.perf_counter() - started
-    bar.close()
+    with bar:  # closed (and its line cleared) however the epoch ends
+        for batch in order:
+            inputs, targets = _training_batch(run, batch, crops)
+            factor = run.learning_rate_factor()
+            for group in run.groups:
+                group["lr"] = group["initial_lr"] * factor
+            try:
+                loss, outputs = run.optimizer.step(run.runner, run.loss_fn, inputs, targets,
+                                                   return_outputs=True)
+            except NonFiniteLossError as error:
+                raise _Diverged(epoch + 1, run.step + 1,
+                                f"the training loss is {error.loss} at lr {run.groups[0]['lr']:g}") from None
+            sums[0] += torch.as_tensor(loss, dtype=torch.float64, device=run.device) * len(targets)
+            sums[1] += (outputs.argmax(dim=1) == targets).sum()
+            sums[2] += len(targets)
+            run.step += 1
+            bar.update()
+            if context.is_main and config.progress and run.step % 20 == 0:
+                bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{run.groups[0]['lr']:.4f}")
+        _synchronize(run.device)
+        seconds = time.perf_counter() - started
     distributed.all_reduce_sum(sums, context)
     return sums, seconds
 
@@ -494,8 +576,12 @@ def _training_batch(run: _Run, batch: torch.Tensor,
 def _record_epoch(run: _Run, epoch: int, sums: torch.Tensor, seconds: float,
                   records: list[dict[str, Any]]) -> dict[str, Any]:
     """Evaluate; write the metrics file and the checkpoint holding ``records`` and this
-    epoch's record; return the record."""
+    epoch's record; return the record. Parameters that are no longer finite stop the run
+    (:class:`_Diverged`) before anything is written."""
     config, data = run.config, run.data
+    if not all(bool(torch.isfinite(p).all()) for p in run.model.parameters()):
+        raise _Diverged(epoch + 1, run.step, "the parameters are no longer finite at the end of "
+                                             f"the epoch (lr {run.groups[0]['lr']:g})")
     record: dict[str, Any] = {
         "epoch": epoch + 1, "step": run.step,
         "train_loss": sums[0].item() / sums[2].item(),
@@ -510,12 +596,14 @@ def _record_epoch(run: _Run, epoch: int, sums: torch.Tensor, seconds: float,
     if run.probe is not None and run.context.is_main and ((epoch + 1) % config.trace_every == 0
                                                           or epoch + 1 == config.epochs):
         record["trace_V"] = probe_trace(run.model, run.loss_fn, *run.probe)
+    record = {key: _finite_or_none(value) for key, value in record.items()}
     history = [*records, record]
     if run.context.is_main:
         checkpoint.save_checkpoint(run.checkpoint_path, {
             "epoch": epoch + 1, "step": run.step, "model": run.model.state_dict(),
             "optimizer": run.optimizer.state_dict(), "rng": checkpoint.rng_state(),
             "config": run.settings, "metrics": history})
+        run.saved_epoch = epoch + 1
         _write_metrics(run.out / "metrics.jsonl", history)
         if config.progress:
             tqdm.write(_summary_line(record))
@@ -523,9 +611,15 @@ def _record_epoch(run: _Run, epoch: int, sums: torch.Tensor, seconds: float,
     return record
 
 
+def _finite_or_none(value: Any) -> Any:
+    """``value``, or None for a float that is NaN or infinite (JSON has no such numbers)."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def _write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
-    """Rewrite metrics.jsonl atomically: one JSON object per completed epoch."""
-    atomic_write(path, lambda handle: handle.writelines(json.dumps(r) + "\n" for r in records))
+    """Rewrite metrics.jsonl atomically: one strict JSON object per completed epoch."""
+    atomic_write(path, lambda handle: handle.writelines(json.dumps(r, allow_nan=False) + "\n"
+                                                        for r in records))
 
 
 def evaluate(run: _Run, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
@@ -577,12 +671,17 @@ def _synchronize(device: torch.device) -> None:
 
 def _summary_line(record: dict[str, Any]) -> str:
     """One human-readable line per epoch for the console."""
-    line = (f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} "
+    line = (f"epoch {record['epoch']}: train loss {_number(record['train_loss'], '.4f')} "
             f"acc {record['train_acc']:.2f}% | ")
     if "val_acc" in record:
         line += f"val acc {record['val_acc']:.2f}% | "
-    line += (f"test loss {record['test_loss']:.4f} acc {record['test_acc']:.2f}% | "
+    line += (f"test loss {_number(record['test_loss'], '.4f')} acc {record['test_acc']:.2f}% | "
              f"{record['images_per_s']:.0f} inputs/s")
     if "trace_V" in record:
-        line += f" | tr V {record['trace_V']:.4g}"
+        line += f" | tr V {_number(record['trace_V'], '.4g')}"
     return line
+
+
+def _number(value: float | None, spec: str) -> str:
+    """``value`` formatted with ``spec``, or "non-finite" for None (a NaN or inf recorded as null)."""
+    return "non-finite" if value is None else format(value, spec)
