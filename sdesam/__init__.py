@@ -7,3 +7,5 @@ against the discrete algorithms), ``sgn`` (gradient-noise statistics), ``optim``
 """
 
 __version__ = "0.1.0"
+"""The package version, defined here only: pyproject.toml reads it (``[tool.setuptools.dynamic]``)
+and ``sdesam --version`` prints it."""

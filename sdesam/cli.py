@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Callable, NoReturn, Sequence
 
+from . import __version__
 from .validation import InputError
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -34,8 +36,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
 
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.I)
+"""What a negative number looks like on the command line (``-1``, ``-.5``, ``-1e-3``, ``-inf``):
+taken as an option's value, so that the option's own range check can refuse it by name."""
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (``PROG: error: ...``) and exit status 2."""
+    """An ArgumentParser whose errors are one line (``PROG: error: ...``) and exit status 2,
+    and which takes a negative number, scientific notation included, as an option's value
+    (argparse's own pattern misses ``-1e-3`` and answers "expected one argument")."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER
 
     def error(self, message: str) -> NoReturn:
         """Print the one-line error and exit with the bad-input status."""
@@ -72,7 +85,12 @@ def load_experiment(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"sdesam_experiment_{name}",
                                                   EXPERIMENTS_DIR / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[spec.name] = module         # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[spec.name]
+        raise
     return module
 
 
@@ -85,8 +103,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the chosen experiment's ``main`` with its flags."""
-    return int(load_experiment(args.experiment).main(args.flags) or EXIT_OK)
+    """Run the chosen experiment's ``main`` with its flags; its usage and errors name it
+    ``sdesam run NAME`` (argparse takes the program's name from ``sys.argv[0]``)."""
+    module = load_experiment(args.experiment)
+    program, sys.argv[0] = sys.argv[0], f"sdesam run {args.experiment}"
+    try:
+        return guarded(sys.argv[0], lambda: module.main(args.flags))
+    finally:
+        sys.argv[0] = program
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
@@ -95,6 +119,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         prog="sdesam",
         description="Sharpness-aware minimization through stochastic differential equations.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     sub.required = True
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
