@@ -68,15 +68,16 @@ def fraction(name: str, value: Any, *, inclusive_high: bool = False) -> float:
 
 
 def non_negative_or_symbol(name: str, value: Any) -> Any:
-    """``value`` if it is a number >= 0 or a sympy expression (compared symbolically: kept)."""
-    if hasattr(value, "free_symbols") and getattr(value, "free_symbols"):
+    """``value`` if it is a finite number >= 0 or a sympy expression with symbols (compared
+    symbolically: kept); NaN and infinities, float or sympy, are refused."""
+    if getattr(value, "free_symbols", None):
         return value
     try:
-        negative = bool(value < 0)
-    except TypeError:
-        raise InputError(f"{name} must be >= 0 (a number or a sympy symbol); got {value!r}")
-    if negative or (isinstance(value, float) and not math.isfinite(value)):
-        raise InputError(f"{name} must be >= 0 (a number or a sympy symbol); got {value!r}")
+        number = None if isinstance(value, (str, bytes, bool)) else float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not math.isfinite(number) or number < 0:
+        raise InputError(f"{name} must be a finite number >= 0 or a sympy symbol; got {value!r}")
     return value
 
 
@@ -124,10 +125,24 @@ def sympy_variables(name: str, value: Any) -> list:
     return variables
 
 
-def smooth_losses(name: str, value: Any, variables: list, reserved: Iterable[Any] = ()) -> list:
+def no_reserved_names(name: str, value: Any, reserved: Iterable[str]) -> None:
+    """Refuse a sympy expression (or list of them) that uses a symbol whose name is
+    ``reserved``: a user's ``Symbol("rho")`` is another symbol than the package's, yet both
+    print as ``rho``, so a result using both would read as one."""
+    import sympy
+
+    items = value if isinstance(value, (list, tuple)) else [value]
+    used = set().union(*(sympy.sympify(item).free_symbols for item in items))
+    clash = sorted({str(s) for s in used} & set(reserved))
+    if clash:
+        raise InputError(f"{name} uses the reserved symbol name(s) {', '.join(clash)} (the "
+                         f"package's own symbols {', '.join(sorted(reserved))}); rename them")
+
+
+def smooth_losses(name: str, value: Any, variables: list, reserved: Iterable[str] = ()) -> list:
     """``value`` as a list of sympy expressions, smooth in ``variables`` (no Abs, sign,
-    Piecewise, Heaviside, Min/Max, floor... in a loss or its gradient), using none of the
-    ``reserved`` symbols, in which every variable occurs (a variable absent from every loss
+    Piecewise, Heaviside, Min/Max, floor... in a loss or its gradient), using no symbol named
+    as one of ``reserved``, in which every variable occurs (a variable absent from every loss
     would get a zero drift and verify vacuously)."""
     import sympy
 
@@ -139,10 +154,7 @@ def smooth_losses(name: str, value: Any, variables: list, reserved: Iterable[Any
         raise InputError(f"{name} must contain at least one per-sample loss")
     kinds = tuple(getattr(sympy, kind) for kind in NON_SMOOTH_FUNCTIONS)
     for i, loss in enumerate(losses):
-        clash = loss.free_symbols & set(reserved)
-        if clash:
-            raise InputError(f"{name}[{i}] uses the reserved symbol(s) "
-                             f"{', '.join(sorted(map(str, clash)))}; rename them")
+        no_reserved_names(f"{name}[{i}]", loss, reserved)
         for where in [loss] + [sympy.diff(loss, v) for v in variables]:
             bad = where.atoms(*kinds)
             if bad:

@@ -110,7 +110,8 @@ def test_cli_derive_prints_verified_drift(capsys):
 
     assert main(["derive", "m-usam", "--sampling", "without-replacement", "--latex"]) == 0
     out = capsys.readouterr().out
-    assert "drift equals closed form: True" in out and "c = 1/3" in out and r"\operatorname{tr}V" in out
+    assert "drift equals the closed form: True" in out and "c = c(m) = 1/3" in out
+    assert r"\operatorname{tr}V" in out
 
 
 def test_n_sam_one_dimensional_drift_verifies():

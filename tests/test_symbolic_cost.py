@@ -70,11 +70,11 @@ def test_auto_falls_back_to_enumeration_beyond_third_moments():
 def test_progress_bar_over_index_sets_is_switched_by_progress(progress):
     seen = []
 
-    def recording(items, **kwargs):
-        seen.append(kwargs["disable"])
+    def recording(items, *, show, **options):
+        seen.append(show)
         return items
 
-    with mock.patch.object(families, "tqdm", recording):
+    with mock.patch.object(families, "progress_bar", recording):
         derive("m-usam", losses_of(4), [x], batch=4, micro=2, sampling="without-replacement",
                progress=progress)
-    assert seen and all(disabled is not progress for disabled in seen)
+    assert seen and all(shown is progress for shown in seen)

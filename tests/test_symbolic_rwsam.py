@@ -73,7 +73,8 @@ def test_cli_derive_rw_sam_with_lam(capsys):
                               "--no-progress"])
     assert run(args) == 0
     out = capsys.readouterr().out
-    assert "lam=2" in out and "drift equals -grad f - rho E[H_S u_S]: True" in out
+    assert "lam=2" in out and "first-order form: -grad f - rho E[H_S u_S]" in out \
+        and "drift equals the first-order form: True" in out
 
 
 def test_lam_is_refused_by_rules_without_gibbs_weights():

@@ -89,4 +89,4 @@ def test_cli_returns_1_when_a_check_fails(monkeypatch, capsys):
 
     monkeypatch.setattr(Derivation, "verify", lambda self: False)
     assert run(_args("usam", "--losses", "example-1d", "--batch", "2")) == 1
-    assert "drift equals closed form: False" in capsys.readouterr().out
+    assert "drift equals the closed form: False" in capsys.readouterr().out

@@ -2,7 +2,7 @@
 
     >>> from sdesam.symbolic import derive, rho, eta
     >>> d = derive("m-usam", losses, [x, y], batch=4, micro=2, sampling="without-replacement")
-    >>> d.drift, d.diffusion, d.closed_form, d.verify(), d.latex()
+    >>> d.drift, d.diffusion, d.closed_form, d.formula, d.verify(), d.latex()
 
 What the paper describes, and this module derives: for the unnormalised rules the drift is the
 negative gradient of ``f + rho/2 |grad f|^2 + c rho/2 tr V`` -- c = 0 for n-USAM, c(B) for

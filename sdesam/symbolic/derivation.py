@@ -33,7 +33,7 @@ from .families import ConcreteFamily, GenericFamily
 from .gibbs import gibbs_direction
 from .moments import UnsupportedMoment
 from .sampling import count_index_sets
-from .symbols import eta, lam as lam_symbol, rho
+from .symbols import RESERVED_NAMES, eta, lam as lam_symbol, rho
 from .taylor import TaylorGradient, gradient, truncate_matrix
 
 GENERIC = "generic"
@@ -117,18 +117,28 @@ class Derivation:
         return self.closed_form if self.closed_form is not None else self._pattern
 
     @property
-    def reference_name(self) -> str:
-        """What :attr:`reference` is, in words (empty when there is none)."""
-        if self.closed_form is not None:
-            return "closed form"
-        if self._pattern is None:
-            return ""
-        return references.FIRST_ORDER_NAMES[references.norm_potential(self.rule)]
+    def formula(self) -> str | None:
+        """What :attr:`reference` is, in words, with this derivation's c: e.g. ``-grad(f +
+        rho/2 |grad f|^2 + c rho/2 tr V), c = c(m) = 1/3``; None when there is no reference."""
+        if self.closed_form is None:
+            return (None if self._pattern is None
+                    else references.FIRST_ORDER_NAMES[references.norm_potential(self.rule)])
+        if not self.rule.perturbed:
+            return "-grad f" if self.order == 1 else "-grad(f + eta/4 |grad f|^2)"
+        if self.noise_factor == 0:
+            return "-grad(f + rho/2 |grad f|^2)"
+        size = "m" if self.rule.micro else "B"
+        return f"-grad(f + rho/2 |grad f|^2 + c rho/2 tr V), c = c({size}) = {self.noise_factor}"
 
     @property
     def degenerate(self) -> str | None:
-        """Why this derivation cannot be verified (a drift that is identically zero while the
-        full gradient is not, or one with NaN/infinite entries), else None."""
+        """Why this derivation cannot be verified (a non-finite parameter, a drift with
+        NaN/infinite entries, or one identically zero while the full gradient is not), else None."""
+        infinite = (sympy.nan, sympy.zoo, sympy.oo, -sympy.oo)
+        for name, value in (("lam", self.lam), ("batch", self.batch), ("micro", self.micro),
+                            ("n", self.family.n)):
+            if value is not None and sympy.sympify(value).has(*infinite):
+                return f"{name} = {value} is not finite"
         if any(entry.has(sympy.nan, sympy.zoo, sympy.oo, -sympy.oo) for entry in self.drift):
             return "the drift has NaN or infinite entries"
         full = gradient(self.family.full_loss, self.variables)
@@ -269,10 +279,12 @@ def derive(
     is in terms of ``f``, its derivatives and the SGN moments ``C[a|b]`` (``C`` at first
     derivatives is V), with ``n`` samples (default: the symbol N) and ``batch``/``micro``
     integers or sympy symbols. ``micro`` only for m-rules (it must divide ``batch``); ``lam``
-    only for Gibbs-weighted rules (RW-SAM: a number >= 0 or a sympy symbol; default the symbol
-    lambda); ``order`` is the order in rho of the drift (eta enters from order 2).
+    only for Gibbs-weighted rules (RW-SAM: a finite number >= 0 or a sympy symbol; default the
+    symbol lambda); ``n`` with concrete losses, if given, must be their count; ``order`` is the order in rho of the drift (eta enters from order 2).
     ``expectations``: one of :data:`EXPECTATIONS`; ``progress``: a progress bar over the
-    enumerated index sets. Bad input raises :class:`sdesam.validation.InputError` before any work.
+    enumerated index sets. Losses, variables and ``lam`` may not use a symbol named as one of
+    the package's (:data:`sdesam.symbolic.symbols.RESERVED_NAMES`). Bad input raises
+    :class:`sdesam.validation.InputError` before any work.
     """
     rule = algorithms.get_rule(algorithm)
     algorithms.check_keywords(rule, lam=lam)
@@ -282,12 +294,16 @@ def derive(
         diffusion_order = order - 1
     validation.int_at_least("diffusion_order", diffusion_order, 0)
     validation.one_of("expectations", expectations, EXPECTATIONS)
+    reserved = RESERVED_NAMES
     if rule.weighted:
         lam = lam_symbol if lam is None else sympy.sympify(validation.non_negative_or_symbol("lam", lam))
+        validation.no_reserved_names("lam", lam, RESERVED_NAMES - {lam_symbol.name})
+        reserved = reserved | {str(s) for s in lam.free_symbols}
     if expectations == "moments" and not moments_apply(rule):
         raise InputError(f"expectations='moments' needs a rule polynomial in the batch noise; "
                          f"{rule.name} normalises or reweights its ascent (use 'enumeration')")
     variables = validation.sympy_variables("variables", variables)
+    validation.no_reserved_names("variables", variables, reserved)
     if isinstance(losses, str):
         if losses != GENERIC:
             raise InputError(f"losses must be a list of sympy expressions or {GENERIC!r}; got {losses!r}")
@@ -300,8 +316,10 @@ def derive(
             variables, sympy.Symbol("N", positive=True, integer=True) if n is None else n, sampling)
         symbolic_sizes = any(isinstance(v, sympy.Basic) for v in (batch, micro))
     else:
-        reserved = (rho, eta, lam_symbol) + ((lam,) if isinstance(lam, sympy.Symbol) else ())
         losses = validation.smooth_losses("losses", losses, variables, reserved)
+        if n is not None and n != len(losses):
+            raise InputError(f"n={n!r} does not match the {len(losses)} concrete losses: with "
+                             f"concrete losses N is their count (n is for losses={GENERIC!r})")
         family = ConcreteFamily(losses, variables, sampling, progress=progress)
         symbolic_sizes = False
     if not symbolic_sizes:

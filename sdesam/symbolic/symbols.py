@@ -1,4 +1,5 @@
-"""The two small parameters of the SDE expansion (and RW-SAM's temperature), shared by every derivation."""
+"""The two small parameters of the SDE expansion (and RW-SAM's temperature), shared by every
+derivation, and the names they reserve."""
 
 import sympy
 
@@ -10,3 +11,10 @@ eta = sympy.Symbol("eta", positive=True)
 
 lam = sympy.Symbol("lambda", nonnegative=True)
 """Inverse temperature of RW-SAM's Gibbs weights (the default when no number is given)."""
+
+RESERVED: tuple[sympy.Symbol, ...] = (rho, eta, lam)
+"""The package's own symbols, which results print by name."""
+
+RESERVED_NAMES: frozenset[str] = frozenset(symbol.name for symbol in RESERVED)
+"""Names a user's loss, variable or temperature may not use: a user's ``Symbol("rho")`` is not
+the package's (which carries assumptions), yet both would print as ``rho`` in one result."""
