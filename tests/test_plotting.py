@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -58,7 +59,8 @@ def record_of(experiment):
     ({**record_of("sgn_trace"), "results": {"curves": [{"micro": "4"}]}}, "micro"),
     ({**record_of("sgn_trace"), "results": {"final": []}}, "does not hold what"),
 ])
-def test_bad_data_files(tmp_path, data, word):
+def test_bad_data_files(tmp_path, data, word, monkeypatch):
+    monkeypatch.chdir(tmp_path)                 # redraw's default folder is runs/ of the cwd
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=word):
@@ -74,3 +76,49 @@ def test_publish_refuses_a_record_outside_the_schema(tmp_path):
 def test_missing_data_file(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         plotting.redraw(tmp_path / "absent.json")
+
+
+def test_redraw_without_a_folder_writes_to_a_fresh_run_folder(tmp_path, monkeypatch, capsys):
+    """Not beside the data file: there, in figures/, are the committed figures."""
+    data_file = plotting.publish(sgn_trace_data(), tmp_path / "figures")[0]
+    committed = {p.name: p.read_bytes() for p in data_file.parent.iterdir()}
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert cli_main(["plot", str(data_file)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    (folder,) = (work / "runs").iterdir()
+    assert folder.name.startswith("plot-") and out[0] == f"writing to {Path('runs') / folder.name}/"
+    assert sorted(p.name for p in folder.iterdir()) == ["sgn_trace.pdf", "sgn_trace.png"]
+    assert {p.name: p.read_bytes() for p in data_file.parent.iterdir()} == committed
+    again = plotting.redraw(data_file)
+    assert again[0].parent.parent == Path("runs") and again[0].parent != Path("runs") / folder.name
+
+
+def test_a_folder_is_not_a_data_file(tmp_path):
+    (tmp_path / "escape_speed.json").write_text("{}")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"is a folder; expected a data file \(\.json\) written "
+                                         r"by an experiment, such as .*escape_speed\.json"):
+        plotting.redraw(tmp_path)
+    with pytest.raises(ValueError, match=r"is a folder; expected a data file \(\.json\) written "
+                                         r"by an experiment$"):
+        plotting.redraw(empty)
+
+
+def test_every_data_file_is_checked_before_any_is_drawn(tmp_path, capsys):
+    data_file = plotting.publish(sgn_trace_data(), tmp_path / "figures")[0]
+    out = tmp_path / "out"
+    assert cli_main(["plot", str(data_file), str(tmp_path / "absent.json"), "--out", str(out)]) == 2
+    assert "absent.json' does not exist" in capsys.readouterr().err and not out.exists()
+    other = plotting.publish(sgn_trace_data(), tmp_path / "other")[0]
+    assert cli_main(["plot", str(data_file), str(other), "--out", str(out)]) == 2
+    assert "would both draw sgn_trace.png" in capsys.readouterr().err and not out.exists()
+
+
+def test_module_entry_point_refuses_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "sdesam.plotting", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert done.stderr.startswith("python -m sdesam.plotting: error:") and "is a folder" in done.stderr

@@ -1,6 +1,8 @@
 """Redraw any figure from its data file: ``sdesam plot DATA.json [--out DIR]``.
 
-A data file's ``settings.experiment`` names the module ``sdesam.plotting.<experiment>`` whose
+Without ``--out`` the figures go to a fresh ``runs/plot-<time>/`` folder, like every command's
+output, so a redraw never writes over the committed figures beside a data file in ``figures/``
+(``--out figures`` does, when asked). A data file's ``settings.experiment`` names the module ``sdesam.plotting.<experiment>`` whose
 ``draw(data, out_stem)`` writes ``out_stem.png`` and ``out_stem.pdf``; experiments call
 :func:`publish` to write their data file and draw its figure in one go, so the figure in
 ``figures/`` and a later redraw come from the same code and the same numbers.
@@ -15,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..experiment.outputs import check_writable
+from ..experiment.outputs import check_writable, resolve_out
 from ..experiment.records import read_record, validate_record, write_json
 from ..validation import InputError
 
@@ -47,13 +49,30 @@ def draw(data: dict[str, Any], out_stem: str | Path) -> list[Path]:
     return drawer(experiment).draw(data, out_stem)
 
 
-def redraw(path: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """Redraw the figure of the data file ``path`` into ``out_dir`` (default: beside it)."""
+def load(path: str | Path) -> dict[str, Any]:
+    """The record of the data file ``path`` whose figure can be drawn; one line naming the file
+    when it is a folder, missing, unreadable, outside the schema or of an unknown experiment."""
     path = Path(path)
+    if path.is_dir():
+        example = next(iter(sorted(path.glob("*.json"))), None)
+        raise InputError(f"data file {str(path)!r} is a folder; expected a data file (.json) "
+                         "written by an experiment"
+                         + (f", such as {str(example)!r}" if example is not None else ""))
     data = read_record(path)
     drawer(data["settings"]["experiment"])
-    folder = Path(out_dir) if out_dir is not None else path.parent
-    check_writable(folder)
+    return data
+
+
+def redraw(path: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Redraw the figure of the data file ``path`` into ``out_dir`` (default: a fresh
+    ``runs/plot-<time>/``), named after the data file."""
+    return draw_into(path, load(path), check_writable(resolve_out(out_dir, "plot")))
+
+
+def draw_into(path: str | Path, data: dict[str, Any], folder: Path) -> list[Path]:
+    """Draw the loaded record ``data`` of the data file ``path`` to ``folder/<stem>.png|.pdf``;
+    a record that lacks what its figure needs is one line naming the file."""
+    path = Path(path)
     try:
         return draw(data, folder / path.stem)
     except (KeyError, TypeError, IndexError) as error:
@@ -76,12 +95,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``sdesam plot``."""
     parser.add_argument("data", nargs="+", type=Path, help="data file(s) written by an experiment")
     parser.add_argument("--out", type=Path, default=None,
-                        help="folder for the figures (default: beside each data file)")
+                        help="folder for the figures (default: a fresh runs/plot-<time>/; "
+                             "--out figures redraws the committed ones)")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Redraw each data file named on the command line; print the files written."""
+    """Check every data file named on the command line, then redraw each into one folder and
+    print the files written."""
+    records = [load(path) for path in args.data]
+    stems: dict[str, Path] = {}
     for path in args.data:
-        for written in redraw(path, args.out):
+        if path.stem in stems:
+            raise InputError(f"data files {str(stems[path.stem])!r} and {str(path)!r} would both "
+                             f"draw {path.stem}.png in one folder; redraw them separately")
+        stems[path.stem] = path
+    out = check_writable(resolve_out(args.out, "plot"))
+    print(f"writing to {out}/")
+    for path, data in zip(args.data, records):
+        for written in draw_into(path, data, out):
             print(written)
     return 0
