@@ -40,6 +40,7 @@ from sdesam import stats
 from sdesam.algorithms import get_rule, sampling_factor
 from sdesam.cli import guarded
 from sdesam.experiment.arguments import check_device, experiment_parser, prepare_out
+from sdesam.experiment.headline import interval, print_headline, rule_name
 from sdesam.plotting import publish
 from sdesam.problems import SharpFlatLandscape
 from sdesam.experiment.records import make_record, merge_tables, timed_metadata
@@ -301,6 +302,13 @@ def landscape_memory(settings: dict[str, Any]) -> list[memory.Part]:
     return [records, *max(discrete, continuous, key=lambda parts: sum(p.nbytes for p in parts))]
 
 
+def headline_rows(results: dict[str, list[dict[str, Any]]]) -> list[tuple[str, str]]:
+    """Every rule's restricted mean exit step with its interval, and how many escaped."""
+    return [(f"{row['protocol']} {row['kind']} {rule_name(row)}",
+             f"exit step {interval(row['mean'], row['ci_low'], row['ci_high'])}, "
+             f"escaped {row['escaped']}/{row['chains']}") for row in results["exit_time"]]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen protocols and write the data file and figure."""
     args = parse_args(argv)
@@ -325,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     record = make_record(settings, merge_tables(parts), timed_metadata(args.device, wall, cpu))
     for written in publish(record, out):
         print(written)
+    print_headline("escape_speed", headline_rows(record["results"]))
     return 0
 
 

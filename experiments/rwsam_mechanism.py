@@ -31,6 +31,7 @@ from sdesam import implicit
 from sdesam.algorithms import get_rule, rule_names
 from sdesam.cli import guarded
 from sdesam.experiment.arguments import check_device, experiment_parser, prepare_out
+from sdesam.experiment.headline import estimate, print_headline
 from sdesam.plotting import publish
 from sdesam.problems import LogisticRegression, SharpFlatLandscape
 from sdesam.experiment.records import make_record, timed_metadata
@@ -132,6 +133,19 @@ def network_problem(part: dict[str, Any], device: str,
     return problem, problem.point()
 
 
+def headline_rows(diagnosis: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The push along -grad tr V per unit rho of SAM, m-SAM at m = 1 and RW-SAM at each lam
+    (in units of 1/mean per-sample gradient norm), at every point."""
+    rows = []
+    for r in diagnosis:
+        if r["rule"] == "sam" or (r["rule"] == "m-sam" and r["micro"] == 1) or r["rule"] == "rw-sam":
+            name = r["rule"] + (f" m={r['micro']}" if r["micro"] is not None else "") + \
+                (f" lam={r['lam_scale']:g}/mean|g_i|" if r["lam_scale"] is not None else "")
+            rows.append((f"{r['problem']}, {r['point']}: {name}",
+                         f"push {estimate(r['push'], r['push_stderr'])}"))
+    return rows
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
     parser = experiment_parser(__doc__, "fewer batches, points and lam values; a shorter GD "
@@ -183,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     for written in publish(record, out):
         print(written)
     print(f"wrote {out} ({metadata['wall_time_s']:.0f} s wall, {metadata['cpu_time_s']:.0f} s CPU)")
+    print_headline("rwsam_mechanism", headline_rows(diagnosis))
     return 0
 
 

@@ -47,6 +47,7 @@ from sdesam.simulation.ensemble import start_points
 from sdesam.simulation.sde import euler_maruyama
 from sdesam.cli import guarded
 from sdesam.experiment.arguments import check_device, experiment_parser, prepare_out
+from sdesam.experiment.headline import estimate, print_headline
 from sdesam.experiment.records import make_record, run_metadata, write_json
 from sdesam.symbolic import Derivation, derive, eta as ETA, example_losses
 
@@ -220,14 +221,18 @@ def sqrt_costs(dims: list[int], chains: int, seed: int, repeats: int = 3) -> lis
     return rows
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-    """The weak errors, one line per rule, setting, test function and variant."""
-    print(f"{'rule':<12}{'eta':>6}{'rho':>6} {'test_fn':<9}{'variant':<16}"
-          f"{'weak error':>22}{'shift vs 1st order':>24}")
-    for r in rows:
-        print(f"{r['algorithm']:<12}{r['eta']:>6}{r['rho']:>6} {r['test_fn']:<9}{r['variant']:<16}"
-              f"{r['weak_error']:>12.5f} ± {r['weak_error_stderr']:.5f}"
-              f"{r['shift_vs_first_order']:>13.5f} ± {r['shift_vs_first_order_stderr']:.5f}")
+def headline_rows(rows: list[dict[str, Any]], costs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The weak error of E loss of every rule, setting and variant, with its shift against the
+    first-order SDE, and the cost of the diffusion's square root."""
+    lines = [(f"{r['algorithm']} eta={r['eta']:g} rho={r['rho']:g} {r['variant']}",
+              f"loss weak error {estimate(r['weak_error'], r['weak_error_stderr'])}"
+              + ("" if r["variant"] == "first_order" else ", shift " + estimate(
+                  r["shift_vs_first_order"], r["shift_vs_first_order_stderr"])))
+             for r in rows if r["test_fn"] == "loss"]
+    lines += [(f"sqrt of {c['chains']} {c['dim']}x{c['dim']} matrices",
+               f"Cholesky+fallback {c['cholesky_with_fallback_s']:.4f} s, eigh {c['eigh_all_s']:.4f} s "
+               f"(x{c['eigh_over_cholesky']:.1f})") for c in costs]
+    return lines
 
 
 def memory_parts(settings: dict[str, Any], problem: problems.Problem) -> list[memory.Part]:
@@ -273,12 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                 "cpu_time_s": time.process_time() - cpu_start}
     path = write_json(out / "sde_corrections.json",
                       make_record(settings, {"weak_error": rows, "sqrt_cost": costs}, metadata))
-    print_table(rows)
-    for row in costs:
-        print(f"sqrt of {row['chains']} {row['dim']}x{row['dim']} matrices: Cholesky+fallback "
-              f"{row['cholesky_with_fallback_s']:.4f} s, eigh {row['eigh_all_s']:.4f} s "
-              f"(x{row['eigh_over_cholesky']:.1f})")
     print(path)
+    print_headline("sde_corrections", headline_rows(rows, costs))
     return 0
 
 

@@ -30,6 +30,7 @@ from sdesam.simulation import compare, memory, sde
 from sdesam import validation
 from sdesam.cli import guarded
 from sdesam.experiment.arguments import bare_parser, prepare_out
+from sdesam.experiment.headline import interval, print_headline, rule_name
 from sdesam.plotting import publish
 from sdesam.problems import LogisticRegression
 from sdesam.experiment.records import make_record, run_metadata, write_json
@@ -157,14 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     for path in publish(record, out):
         print(path)
     partial.unlink()
-    print(f"{'run':<22} {'variant':<19} {'measure':<15} {'order':>6}  95% CI")
-    for row in orders:
-        name = row["rule"] + (f" m={row['micro']}" if row["micro"] is not None else "") + \
-            (f" lam={row['lam']:g}" if row["lam"] is not None else "")
-        print(f"{name:<22} {row['variant']:<19} {row['measure']:<15} {row['order']:>6.2f}  "
-              f"[{row['order_ci_low']:.2f}, {row['order_ci_high']:.2f}]")
-    print(f"chains per side: {settings['chains']}; diverged: {sum(r['diverged'] for r in rows)}; "
-          f"wall {metadata['wall_time_s']:.0f} s, CPU {metadata['cpu_time_s']:.0f} s")
+    print_headline("sde_vs_discrete", [
+        *[(f"{rule_name(row)} {row['variant']} {row['measure']}",
+           f"order {interval(row['order'], row['order_ci_low'], row['order_ci_high'])} (95% CI)")
+          for row in orders],
+        ("chains per side", f"{settings['chains']}, {sum(r['diverged'] for r in rows)} diverged; "
+                            f"wall {metadata['wall_time_s']:.0f} s, CPU {metadata['cpu_time_s']:.0f} s")])
     return 0
 
 

@@ -31,6 +31,7 @@ from sdesam import sgn, stats
 from sdesam.algorithms import get_rule
 from sdesam.cli import guarded
 from sdesam.experiment.arguments import check_device, experiment_parser, prepare_out
+from sdesam.experiment.headline import estimate, print_headline, rule_name
 from sdesam.plotting import publish
 from sdesam.problems import SharpFlatLandscape
 from sdesam.experiment.records import make_record, merge_tables, timed_metadata
@@ -132,6 +133,19 @@ def landscape_memory(settings: dict[str, Any]) -> list[memory.Part]:
                               chains=settings["chains"], every=settings["log_every"])
 
 
+def headline_rows(results: dict[str, list[dict[str, Any]]]) -> list[tuple[str, str]]:
+    """tr V at the last step of every landscape rule (mean over chains ± standard error) and
+    at the end of training of every network rule (mean ± std over seeds)."""
+    rows = [(f"landscape {rule_name(curve)}",
+             f"tr V at step {curve['step'][-1]}: "
+             f"{estimate(curve['trace_V'][-1], curve['trace_V_stderr'][-1])}")
+            for curve in results["curves"] if curve["protocol"] == "landscape"]
+    rows += [(f"{row['protocol']} {rule_name(row)}",
+              f"final tr V {estimate(row['trace_V'], row['trace_V_std'])} (± std, {row['chains']} seeds)")
+             for row in results.get("final", [])]
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen protocols and write the data file and figure."""
     args = parse_args(argv)
@@ -156,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     record = make_record(settings, merge_tables(parts), timed_metadata(args.device, wall, cpu))
     for written in publish(record, out):
         print(written)
+    print_headline("sgn_trace", headline_rows(record["results"]))
     return 0
 
 

@@ -33,6 +33,7 @@ from typing import Any
 from sdesam.algorithms import get_rule
 from sdesam.cli import OneLineParser, guarded
 from sdesam.experiment.arguments import prepare_out
+from sdesam.experiment.headline import estimate, print_headline, rule_name
 from sdesam.experiment.records import atomic_write, make_record, timed_metadata, write_json
 from sdesam.optim import optimizer_names
 from sdesam.train import TrainConfig, train
@@ -176,12 +177,18 @@ def main(argv: list[str] | None = None) -> int:
             train(config)
     table = build_table(args)
     text = markdown(args.dataset, table, args.rules)
-    atomic_write(out / f"{args.dataset}-table.md", lambda handle: handle.write(text))
+    table_path = atomic_write(out / f"{args.dataset}-table.md", lambda handle: handle.write(text))
     settings = {"experiment": "train_table", **vars(args)}
-    write_json(out / f"{args.dataset}-table.json",
-               make_record(settings, {"table": table_rows(args.dataset, table, args.micro)},
-                           timed_metadata(args.device, wall, cpu)))
-    print(text)
+    rows = table_rows(args.dataset, table, args.micro)
+    json_path = write_json(out / f"{args.dataset}-table.json",
+                           make_record(settings, {"table": rows}, timed_metadata(args.device, wall, cpu)))
+    print(table_path)
+    print(json_path)
+    print_headline("train_table", [
+        (f"{args.dataset} {row['model']} {rule_name(row)}",
+         f"test accuracy {estimate(row['test_accuracy'], row['test_accuracy_std'])} "
+         f"(n={row['seeds']}); paper {estimate(row['paper_test_accuracy'], row['paper_test_accuracy_std'])}")
+        for row in rows])
     return 0
 
 

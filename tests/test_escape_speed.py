@@ -9,6 +9,7 @@ from sdesam import plotting
 from sdesam.algorithms import get_rule
 from sdesam.experiment.records import read_record, write_json
 import script_module
+from test_headlines import headline_numbers
 
 CURVE_KEYS = {"protocol", "rule", "micro", "kind", "step", "escaped_fraction", "ci_low", "ci_high"}
 EXIT_KEYS = {"protocol", "rule", "micro", "kind", "mean", "ci_low", "ci_high", "escaped", "chains",
@@ -55,13 +56,17 @@ def check_shape(data, protocols):
         assert entry["ci_low"] <= entry["mean"] <= entry["ci_high"] and entry["diverged"] == 0
 
 
-def test_tiny_run_both_protocols_and_redraw(tmp_path, monkeypatch):
+def test_tiny_run_both_protocols_and_redraw(tmp_path, monkeypatch, capsys):
     script = load_script()
     tiny(monkeypatch, script)
     monkeypatch.setattr(script, "publish", write_json_only)
     assert script.main(["--out", str(tmp_path), "--no-progress",
                         "--cache", str(tmp_path / "cache")]) == 0
     data = read_record(tmp_path / "escape_speed.json")
+    # the headline: every rule's exit step [interval] and escaped/chains, as in the record
+    headline = headline_numbers(capsys.readouterr().out, "escape_speed")
+    assert [row[0] for row in headline] == pytest.approx([e["mean"] for e in data["results"]["exit_time"]],
+                                                         rel=1e-2)
     check_shape(data, ["landscape", "network"])
     results = data["results"]
     kinds = {(c["rule"], c["kind"]) for c in results["curves"] if c["protocol"] == "landscape"}

@@ -8,6 +8,7 @@ import pytest
 from sdesam import plotting
 from sdesam.experiment.records import read_record
 import script_module
+from test_headlines import headline_numbers
 
 
 def load_script():
@@ -37,10 +38,16 @@ def check_record(data, chains):
         assert fit["measure"] in ("max_over_steps", "at_horizon") and fit["chains"] == chains
 
 
-def test_quick_run_writes_the_record_and_figure_and_redraws(tmp_path):
+def test_quick_run_writes_the_record_and_figure_and_redraws(tmp_path, capsys):
     script = load_script()
     assert script.main(["--quick", "--out", str(tmp_path), "--chains", "200", "--no-progress"]) == 0
-    check_record(read_record(tmp_path / "sde_vs_discrete.json"), 200)
+    data = read_record(tmp_path / "sde_vs_discrete.json")
+    check_record(data, 200)
+    # the headline: every fitted order with its interval, then the chain count
+    headline = headline_numbers(capsys.readouterr().out, "sde_vs_discrete")
+    orders = data["results"]["orders"]
+    assert len(headline) == len(orders) + 1 and headline[-1][0] == 200
+    assert [row[0] for row in headline[:-1]] == pytest.approx([o["order"] for o in orders], abs=0.01)
     assert (tmp_path / "sde_vs_discrete.png").stat().st_size > 0
     assert not (tmp_path / ".sde_vs_discrete.partial.json").exists()
     paths = plotting.redraw(tmp_path / "sde_vs_discrete.json", tmp_path / "again")

@@ -10,6 +10,7 @@ from sdesam import plotting
 from sdesam.algorithms import get_rule
 from sdesam.experiment.records import read_record, write_json
 import script_module
+from test_headlines import headline_numbers
 
 
 def write_json_only(data, out):
@@ -39,7 +40,7 @@ def check_shape(data):
     assert {"sgd", "sam", "m-sam", "rw-sam"} <= {row["rule"] for row in results["final"]}
 
 
-def test_tiny_run_paired_table_and_redraw(tmp_path, monkeypatch):
+def test_tiny_run_paired_table_and_redraw(tmp_path, monkeypatch, capsys):
     script = load_script()
     monkeypatch.setattr(script, "LANDSCAPE", {**script.LANDSCAPE, "chains": 8, "steps": 10,
                                               "log_every": 5, "micros": [1]})
@@ -52,6 +53,12 @@ def test_tiny_run_paired_table_and_redraw(tmp_path, monkeypatch):
     data = read_record(tmp_path / "sgn_trace.json")
     check_shape(data)
     results = data["results"]
+    # the headline: the landscape's last tr V per rule, then the final tr V per network rule
+    headline = headline_numbers(capsys.readouterr().out, "sgn_trace")
+    landscape = [c for c in results["curves"] if c["protocol"] == "landscape"]
+    assert len(headline) == len(landscape) + len(results["final"])
+    assert [row[1] for row in headline[:len(landscape)]] == pytest.approx(
+        [c["trace_V"][-1] for c in landscape], rel=1e-3)         # after "step N:"
     # the landscape starts every chain at the poor minimum: zero spread at step 0
     assert all(c["trace_V_stderr"][0] == 0 for c in results["curves"] if c["protocol"] == "landscape")
     # the Table-6 rows summarise the per-seed values; the paired rows difference them by seed
