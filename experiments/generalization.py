@@ -43,6 +43,7 @@ from sdesam import per_sample, sgn, stats
 from sdesam.algorithms import get_rule
 from sdesam.cli import guarded
 from sdesam.experiment.arguments import bare_parser, prepare_out
+from sdesam.experiment.headline import estimate, print_headline, rule_name
 from sdesam.experiment.outputs import check_writable
 from sdesam.plotting import publish
 from sdesam.experiment.records import atomic_write, make_record, read_record, run_metadata, write_json
@@ -116,13 +117,15 @@ class Runner:
 
     def config(self, cell: Cell, method: Method, rho: float | None, seed: int, final: bool,
                lam: float = 1.0) -> TrainConfig:
-        """The trainer settings of one run (tr V measured at the end of evaluation runs)."""
+        """The trainer settings of one run (tr V measured at the end of evaluation runs); ``lam``
+        reaches the trainer only for rules that take it (it stays in the run's name, as ever)."""
         setup, s = self.settings["dataset_setup"][cell.dataset], self.settings
         name = (f"{cell.dataset}-noise{cell.label_noise:g}/{method.label}-rho{rho}-"
                 f"lam{lam:.6g}-seed{seed}")
         return TrainConfig(out=str(self.runs_dir / name), dataset=cell.dataset, model=setup["model"],
                            val_fraction=s["val_fraction"], label_noise=cell.label_noise,
-                           optimizer=method.algorithm, rho=rho, micro=method.micro, lam=lam,
+                           optimizer=method.algorithm, rho=rho, micro=method.micro,
+                           lam=lam if "lam" in get_rule(method.algorithm).keywords else None,
                            lr=setup["lr"], momentum=s["momentum"], weight_decay=s["weight_decay"],
                            epochs=setup["epochs"], batch_size=s["batch_size"], seed=seed,
                            trace_every=setup["epochs"] if final else 0,
@@ -398,7 +401,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'wrote' if done == cells else f'wrote (cell {done} of {cells})'} {written}")
 
     print(f"writing to {out}")
-    measure(settings, runs_dir, args.device, not args.no_progress, on_cell_done=write)
+    results = measure(settings, runs_dir, args.device, not args.no_progress, on_cell_done=write)
+    print_headline("generalization", [
+        (f"{row['dataset']} {row['label_noise']:.0%} noise, {rule_name(row)}",
+         f"test accuracy {estimate(row['test_acc_mean'], row['test_acc_std'])} "
+         f"(± std, {row['seeds']} seeds)") for row in results["summary"]])
     return 0
 
 
