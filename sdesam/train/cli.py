@@ -29,7 +29,8 @@ Data-parallel: torchrun --nproc_per_node K -m sdesam.train ... (--batch is the g
 batch, split equally over the K processes).
 
 examples:
-  sdesam train --dataset mnist1d --model cnn1d --rule sam --epochs 3 --out runs/m1d
+  sdesam train --dataset mnist1d --model cnn1d --rule sam --batch 32 --epochs 10 --out runs/m1d
+      (about 90% test accuracy; 11 s with OMP_NUM_THREADS=1 on a 2-core machine)
   sdesam train --dataset digits --rule m-sam --micro 4 --batch 32 --lr 0.05 \\
       --label-noise 0.4 --val-fraction 0.2 --epochs 30 --out runs/digits-msam
   sdesam train --dataset synthetic --model small --rule rw-sam --epochs 1 --out runs/demo
