@@ -47,6 +47,7 @@ class _WriteErrors:
             self.write(line)
 
     def __getattr__(self, name: str) -> Any:
+        """Everything else (flush, tell, seek, fileno...) is the handle's own."""
         return getattr(self.handle, name)
 
 
