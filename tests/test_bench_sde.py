@@ -14,10 +14,12 @@ def load_bench():
 
 
 @pytest.mark.slow
-def test_tiny_run_reports_every_ratio_and_both_peaks(tmp_path):
+def test_tiny_run_reports_every_ratio_and_both_peaks(tmp_path, capsys):
     bench = load_bench()
     assert bench.main(["--steps", "1", "--repeats", "1", "--sizes", "2x100",
                        "--memory-size", "200x5", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.index("expected: about") < printed.index("1. ensemble vs SDE")  # said up front
     text = (tmp_path / "bench_sde.txt").read_text()
     assert "best wall time of 1 calls" in text
     ensemble_row = next(line.split() for line in text.splitlines() if line.split()[:2] == ["2", "100"])
@@ -33,3 +35,31 @@ def test_tiny_run_reports_every_ratio_and_both_peaks(tmp_path):
 def test_bad_settings_are_refused_before_work(tmp_path):
     with pytest.raises(InputError, match="--repeats"):
         load_bench().main(["--repeats", "0", "--out", str(tmp_path)])
+
+
+def fail(*args, **kwargs):
+    raise AssertionError("a measurement started")
+
+
+def test_an_old_comparison_too_big_for_the_machine_is_refused_up_front(tmp_path, monkeypatch):
+    bench = load_bench()
+    for measurement in ("ensemble_against_sde", "sde_chunking", "peak_rss_of"):
+        monkeypatch.setattr(bench, measurement, fail)
+    with pytest.raises(InputError, match=r"^--memory-size=1000000x1000: .* bytes.*available"):
+        bench.main(["--memory-size", "1000000x1000", "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(InputError, match="--memory-size must be AxB"):
+        bench.main(["--memory-size", "lots", "--out", str(tmp_path / "out")])
+
+
+def test_quick_sizes_are_smaller_and_the_help_says_how_long_a_run_takes(capsys):
+    bench = load_bench()
+    quick, full = bench.parse_args(["--quick"]), bench.parse_args([])
+    assert quick.steps < full.steps and quick.repeats < full.repeats
+    assert max(c for _, c in quick.sizes) < max(c for _, c in full.sizes)
+    assert quick.memory_size[0] * quick.memory_size[1] < full.memory_size[0] * full.memory_size[1]
+    assert bench.parse_args(["--quick", "--steps", "7"]).steps == 7          # flags still win
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "the default run takes about 3 minutes" in help_text and "``--quick`` about 20 s" in help_text

@@ -20,8 +20,16 @@ Three measurements (m-USAM, B = 4, m = 2, on least squares; float64; ``--threads
 
 The old code paths are kept, faithfully copied, in this file only, as the baselines
 (:func:`old_ensemble_run`, :func:`old_euler_maruyama`, :func:`old_comparison`).
-Usage: ``python experiments/benchmarks/bench_sde.py [--steps 10] [--repeats 5] [--memory-full]
-[--out experiments/benchmarks]`` (default output: a fresh ``runs/bench_sde-*`` folder).
+Usage: ``python experiments/benchmarks/bench_sde.py [--quick] [--steps 10] [--repeats 5]
+[--memory-full] [--out experiments/benchmarks]`` (default output: a fresh ``runs/bench_sde-*``
+folder).
+
+Time: the run prints its expected duration first (a cost model of each measurement, fitted to
+the committed table's 2-core machine) and shows a progress bar weighted by it. On that machine
+the default run takes about 3 minutes (161 s wall, sharing the CPU) and peaks near 7 GiB (the
+old comparison at 1e4 chains x 100 steps); ``--quick`` about 20 s; ``--memory-full`` adds
+about 10 minutes. The old comparison is refused up front, naming ``--memory-size``, when its
+estimated memory exceeds what the machine has available.
 """
 
 from __future__ import annotations
@@ -37,8 +45,9 @@ from typing import Any, Callable
 import torch
 from sdesam.progress import progress_bar
 
-from sdesam.simulation import compare, ensemble, sde
+from sdesam.simulation import compare, ensemble, memory, sde
 from sdesam import validation
+from sdesam.cli import OneLineParser, guarded
 from sdesam.simulation.brownian import FixedGridBrownian, time_grid
 from sdesam.experiment.outputs import check_writable, resolve_out
 from sdesam.problems import LinearRegression
@@ -46,6 +55,21 @@ from sdesam.experiment.records import atomic_write, run_metadata
 
 BATCH, MICRO, ETA, RHO = 4, 2, 0.01, 0.05
 TEST_FNS = ("loss", "trace_V")
+MEMORY_N, MEMORY_DIM, FULL_CHAINS = 16, 20, 100_000
+
+DEFAULTS: dict[str, Any] = {"steps": 10, "repeats": 5, "chunk_chains": 10_000,
+                            "sizes": "2x100,2x1000,2x10000,100x100,100x1000,100x10000",
+                            "memory_size": "10000x100"}
+QUICK: dict[str, Any] = {"steps": 2, "repeats": 1, "chunk_chains": 1000,
+                         "sizes": "2x100,2x1000,100x100", "memory_size": "1000x20"}
+
+COST = {"step": 1.5e-3, "chain_step": 4.4e-6, "chain_step_per_dim": 2.2e-7,
+        "sde_chain_step": {(8, 2): 1.8e-6, (64, 20): 6.5e-5},
+        "comparison_chain_step": {"old": 3.9e-5, "new": 6.0e-6}, "process": 5.0, "start": 5.0}
+"""Seconds of each unit of work on the 2-core machine of the committed table (fitted to its
+rows): per step of part 1's three contenders, plus per chain-step (growing with d); per
+chain-step of part 2's two SDE paths; per chain-step of a comparison, plus its fresh process
+(importing torch); and the start of the run (imports, first-call warm-ups)."""
 
 
 # ---------------------------------------------------------------------- the old code paths
@@ -163,7 +187,7 @@ def peak_rss_of(way: str, chains: int, steps: int, threads: int) -> dict[str, An
             f"spec = u.spec_from_file_location('bench', {str(Path(__file__).resolve())!r}); "
             "m = u.module_from_spec(spec); spec.loader.exec_module(m); "
             "start, cpu = time.time(), time.process_time(); "
-            f"errors = m.{way}_comparison(m.least_squares(16, 20), {chains}, {steps}"
+            f"errors = m.{way}_comparison(m.least_squares({MEMORY_N}, {MEMORY_DIM}), {chains}, {steps}"
             f"{', progress=True' if way == 'new' else ''}); "
             "print(json.dumps({'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "
             "'wall_s': time.time() - start, 'cpu_s': time.process_time() - cpu, 'errors': errors}))")
@@ -174,82 +198,154 @@ def peak_rss_of(way: str, chains: int, steps: int, threads: int) -> dict[str, An
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the three measurements, print the table and write it to ``--out``/bench_sde.txt."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=10, help="steps per timing")
+def ensemble_seconds(dim: int, chains: int, steps: int, repeats: int) -> float:
+    """Expected seconds of one size of part 1 (three contenders, ``repeats`` + 1 calls)."""
+    per_step = COST["step"] + chains * (COST["chain_step"] + dim * COST["chain_step_per_dim"])
+    return (repeats + 1) * steps * per_step
+
+
+def comparison_seconds(way: str, chains: int, steps: int) -> float:
+    """Expected seconds of one comparison of part 3, in its fresh process."""
+    return COST["process"] + chains * steps * COST["comparison_chain_step"][way]
+
+
+def old_comparison_bytes(chains: int, steps: int) -> int:
+    """The old comparison's peak: two whole paths, and tr V's per-sample gradients (and their
+    centred copy) on every state of a path."""
+    states = (steps + 1) * chains
+    return states * MEMORY_DIM * 8 * (2 + 2 * MEMORY_N)
+
+
+def size_pair(argument: str, text: str) -> tuple[int, int]:
+    """``AxB`` as two positive integers (an InputError naming ``argument`` otherwise)."""
+    try:
+        first, second = (int(v) for v in text.split("x"))
+    except ValueError:
+        raise validation.InputError(f"{argument} must be AxB with positive integers; got {text!r}") from None
+    return validation.positive_int(argument, first), validation.positive_int(argument, second)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, with the --quick or default sizes filled in and checked."""
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes: every part in about 20 s (default run: about 3 min)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"steps per timing (default {DEFAULTS['steps']}; --quick {QUICK['steps']})")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="timed calls per measurement of parts 1 and 2 (the best is kept)")
-    parser.add_argument("--sizes", default="2x100,2x1000,2x10000,100x100,100x1000,100x10000",
-                        help="comma-separated DIMxCHAINS of the ensemble-vs-SDE grid")
-    parser.add_argument("--memory-size", default="20000x200",
-                        help="CHAINSxSTEPS of the old-vs-new memory comparison")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed calls per measurement of parts 1 and 2, the best kept "
+                             f"(default {DEFAULTS['repeats']}; --quick {QUICK['repeats']})")
+    parser.add_argument("--sizes", default=None,
+                        help=f"comma-separated DIMxCHAINS of the ensemble-vs-SDE grid "
+                             f"(default {DEFAULTS['sizes']}; --quick {QUICK['sizes']})")
+    parser.add_argument("--memory-size", default=None,
+                        help=f"CHAINSxSTEPS of the old-vs-new memory comparison (default "
+                             f"{DEFAULTS['memory_size']}, where the old way peaks near 7 GiB; "
+                             f"--quick {QUICK['memory_size']})")
     parser.add_argument("--memory-full", action="store_true",
-                        help="also run the new comparison at 1e5 chains, d = 20, --full-steps steps")
+                        help="also run the new comparison at 1e5 chains, d = 20, --full-steps "
+                             "steps (about 10 minutes more)")
     parser.add_argument("--full-steps", default="1000",
                         help="comma-separated step counts of the --memory-full runs (the new "
                              "way keeps no per-step state, so its peak does not grow with them)")
     parser.add_argument("--out", default=None, help="folder for bench_sde.txt "
                         "(default: a fresh runs/bench_sde-* folder; the committed table: "
                         "--out experiments/benchmarks)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
+    for key, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
     validation.positive_int("--steps", args.steps)
     validation.positive_int("--threads", args.threads)
     validation.positive_int("--repeats", args.repeats)
-    sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
-    memory_chains, memory_steps = (int(v) for v in args.memory_size.split("x"))
+    args.sizes = [size_pair("--sizes", size) for size in args.sizes.split(",")]
+    args.memory_size = size_pair("--memory-size", args.memory_size)
+    try:
+        args.full_steps = [validation.positive_int("--full-steps", int(v))
+                           for v in args.full_steps.split(",")]
+    except ValueError as error:
+        raise validation.InputError(f"--full-steps must be comma-separated positive integers; "
+                                    f"got {args.full_steps!r}") from error
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the three measurements, print the table and write it to ``--out``/bench_sde.txt."""
+    args = parse_args(argv)
+    memory_chains, memory_steps = args.memory_size
+    memory.require([memory.Part("the old comparison's two paths and per-sample gradients",
+                                "--memory-size", f"{memory_chains}x{memory_steps}",
+                                old_comparison_bytes(memory_chains, memory_steps),
+                                "lower --memory-size")])
     out = check_writable(resolve_out(args.out, "bench_sde"))
     torch.set_num_threads(args.threads)
     meta = run_metadata("cpu")
+    chunk_chains = args.chunk_chains
+    runs = [("old", memory_chains, memory_steps), ("new", memory_chains, memory_steps)]
+    runs += [("new", FULL_CHAINS, steps) for steps in args.full_steps] if args.memory_full else []
+    plan = ([ensemble_seconds(dim, chains, args.steps, args.repeats) for dim, chains in args.sizes]
+            + [(args.repeats + 1) * args.steps * chunk_chains * COST["sde_chain_step"][size]
+               for size in ((8, 2), (64, 20))]
+            + [comparison_seconds(way, chains, steps) for way, chains, steps in runs])
     lines = [f"bench_sde: m-USAM (B={BATCH}, m={MICRO}) on least squares, float64, "
              f"torch {meta['versions']['torch']}, threads={args.threads}, "
              f"{meta['machine']['cpu_count']} CPUs (shared), {args.steps} steps per timing, best "
              f"wall time of {args.repeats} calls", ""]
+    print("\n".join(lines), flush=True)
+    print(f"expected: about {COST['start'] + sum(plan):.0f} s on the 2-core machine of the "
+          f"committed table ({len(plan)} measurements)", flush=True)
+    bar = progress_bar(total=round(sum(plan), 1), desc="bench_sde", unit="s",
+                       show=not args.no_progress)
+    expected = iter(plan)
 
     def emit(line: str) -> None:
         lines.append(line)
-        print(line, flush=True)
+        bar.write(line)
 
-    print("\n".join(lines), flush=True)
+    def done() -> None:
+        bar.update(round(next(expected), 1))
+
     emit("1. ensemble vs SDE fast path, seconds per step (N = 16); ratio = ensemble / SDE "
          "(target: new <= 1.2)")
     emit(f"{'d':>4} {'chains':>7} {'SDE':>10} {'old ens.':>10} {'new ens.':>10} "
          f"{'old/SDE':>8} {'new/SDE':>8} {'old/new':>8}")
-    for dim, chains in progress_bar(sizes, desc="ensemble vs SDE"):
+    for dim, chains in args.sizes:
         t = ensemble_against_sde(dim, chains, args.steps, args.repeats)
         emit(f"{dim:>4} {chains:>7} {t['SDE']:>10.3g} {t['old ensemble']:>10.3g} "
              f"{t['new ensemble']:>10.3g} {t['old ensemble'] / t['SDE']:>8.2f} "
              f"{t['new ensemble'] / t['SDE']:>8.2f} {t['old ensemble'] / t['new ensemble']:>8.2f}")
+        done()
     emit("")
-    emit("2. SDE fast path, microseconds per chain-step, 1e4 chains (target at N=64, d=20: "
-         "old/new >= 3)")
+    emit(f"2. SDE fast path, microseconds per chain-step, {chunk_chains} chains (target at N=64, "
+         "d=20: old/new >= 3)")
     emit(f"{'N':>4} {'d':>4} {'old':>10} {'new':>10} {'old/new':>8}")
     for n, dim in ((8, 2), (64, 20)):
-        t = sde_chunking(n, dim, 10_000, args.steps, args.repeats)
+        t = sde_chunking(n, dim, chunk_chains, args.steps, args.repeats)
         emit(f"{n:>4} {dim:>4} {t['old']:>10.3g} {t['new']:>10.3g} {t['old'] / t['new']:>8.2f}")
+        done()
     emit("")
-    emit("3. SDE-vs-discrete comparison of end-time moments (loss, tr V), N = 16, d = 20, "
-         "dt = eta: peak RSS of a fresh process (target at 1e5 chains x 1000 steps: <= 4096 MiB)")
+    emit(f"3. SDE-vs-discrete comparison of end-time moments (loss, tr V), N = {MEMORY_N}, "
+         f"d = {MEMORY_DIM}, dt = eta: peak RSS of a fresh process (target at 1e5 chains x 1000 "
+         "steps: <= 4096 MiB)")
     emit(f"{'way':>4} {'chains':>7} {'steps':>6} {'peak MiB':>9} {'wall s':>8} {'CPU s':>8}")
-    runs = [("old", memory_chains, memory_steps), ("new", memory_chains, memory_steps)]
-    runs += [("new", 100_000, int(steps)) for steps in args.full_steps.split(",")] \
-        if args.memory_full else []
     peaks = {}
     for way, chains, steps in runs:
         r = peak_rss_of(way, chains, steps, args.threads)
         peaks[(way, chains, steps)] = r["peak_rss_mib"]
         emit(f"{way:>4} {chains:>7} {steps:>6} {r['peak_rss_mib']:>9.0f} {r['wall_s']:>8.1f} "
              f"{r['cpu_s']:>8.1f}" + (f"  failed: {r['failed']}" if "failed" in r else ""))
+        done()
+    bar.close()
     emit(f"     old/new peak RSS at {memory_chains} x {memory_steps}: "
          f"{peaks[('old', memory_chains, memory_steps)] / peaks[('new', memory_chains, memory_steps)]:.1f}x; "
-         f"the old way at 1e5 x 1000 would hold two paths of {2 * 1001 * 100_000 * 20 * 8 / 2**30:.0f} GiB "
-         "(plus the SDE list while stacking)")
+         f"the old way at 1e5 x 1000 would hold two paths of "
+         f"{2 * 1001 * FULL_CHAINS * MEMORY_DIM * 8 / 2**30:.0f} GiB (plus the SDE list while stacking)")
     path = atomic_write(Path(out) / "bench_sde.txt", lambda f: f.write("\n".join(lines) + "\n"))
     print(f"wrote {path}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(guarded("bench_sde", main))
