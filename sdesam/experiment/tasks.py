@@ -118,10 +118,11 @@ def execute(task: Task, path: str) -> str:
         results = task.function(json.loads(canonical_json(task.settings)), task.seed)
     finally:
         torch.set_num_threads(threads)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     metadata = {**run_metadata(), "host": socket.gethostname(), "pid": os.getpid(),
                 "task": {"key": task.key, "seed": task.seed,
                          "function": f"{task.function.__module__}.{task.function.__qualname__}"},
-                "wall_time_s": time.perf_counter() - wall, "cpu_time_s": time.process_time() - cpu}
+                "wall_time_s": wall, "cpu_time_s": cpu}
     record = make_record(task.record_settings, results, metadata)
     text = json.dumps(record, indent=1, default=_to_jsonable)
     try:
