@@ -52,13 +52,16 @@ def test_an_old_comparison_too_big_for_the_machine_is_refused_up_front(tmp_path,
         bench.main(["--memory-size", "lots", "--out", str(tmp_path / "out")])
 
 
-def test_quick_sizes_are_smaller_and_the_help_says_how_long_a_run_takes(capsys):
+def test_quick_sizes_are_smaller_and_the_help_says_how_long_a_run_takes(capsys, monkeypatch):
+    monkeypatch.delenv("SDESAM_QUICK", raising=False)
     bench = load_bench()
     quick, full = bench.parse_args(["--quick"]), bench.parse_args([])
     assert quick.steps < full.steps and quick.repeats < full.repeats
     assert max(c for _, c in quick.sizes) < max(c for _, c in full.sizes)
     assert quick.memory_size[0] * quick.memory_size[1] < full.memory_size[0] * full.memory_size[1]
     assert bench.parse_args(["--quick", "--steps", "7"]).steps == 7          # flags still win
+    monkeypatch.setenv("SDESAM_QUICK", "1")                                  # the README test's
+    assert bench.parse_args([]).steps == quick.steps
     with pytest.raises(SystemExit):
         bench.parse_args(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -48,6 +49,7 @@ from sdesam.progress import progress_bar
 from sdesam.simulation import compare, ensemble, memory, sde
 from sdesam import validation
 from sdesam.cli import OneLineParser, guarded
+from sdesam.experiment.arguments import QUICK_ENV
 from sdesam.simulation.brownian import FixedGridBrownian, time_grid
 from sdesam.experiment.outputs import check_writable, resolve_out
 from sdesam.problems import LinearRegression
@@ -228,8 +230,9 @@ def size_pair(argument: str, text: str) -> tuple[int, int]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line, with the --quick or default sizes filled in and checked."""
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes: every part in about 20 s (default run: about 3 min)")
+    parser.add_argument("--quick", action="store_true", default=os.environ.get(QUICK_ENV) == "1",
+                        help="small sizes: every part in about 20 s (default run: about 3 min; "
+                             "also set by SDESAM_QUICK=1)")
     parser.add_argument("--steps", type=int, default=None,
                         help=f"steps per timing (default {DEFAULTS['steps']}; --quick {QUICK['steps']})")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")

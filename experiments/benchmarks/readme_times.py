@@ -12,8 +12,8 @@ Two kinds of time:
 
 Every duration the README quotes for a command must be one of these: :func:`uncovered` lists
 those that are not (the run ends with them, and a test keeps the list empty). A full run takes
-about 12 minutes on the 2-core machine (the test suite about 6 of them); ``--only TEXT`` times
-a few commands.
+about 15 minutes on the 2-core machine (the test suite about 6 of them, bench_sde about 3);
+``--only TEXT`` times the matching commands.
 
 Prints a table; writes it to ``OUT/readme_times.txt`` (default: a fresh ``runs/`` folder;
 ``--out experiments/benchmarks`` replaces the committed table).
