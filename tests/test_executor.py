@@ -296,3 +296,27 @@ def test_pooled_block_moments_equal_the_moments_of_all_chains():
     with pytest.raises(InputError, match="same steps"):
         pool_moments([runs[0].moments["loss"], Moments(torch.zeros(3), torch.zeros(3),
                                                        torch.ones(3, dtype=torch.long))])
+
+
+def test_benchmark_table_gives_verdicts_only_with_intervals():
+    from script_module import load_script
+
+    bench = load_script("experiments/benchmarks/bench_parallel.py")
+
+    def timings(rounds: int) -> list[dict]:
+        rows = []
+        for r in range(rounds):
+            for way, wall in (("jobs 1", 10.0 + r), ("jobs 2", 5.0 + r / 4), ("dask", 5.2 + r / 4)):
+                rows.append({"round": r, "way": way, "wall_s": wall, "load_1min": 0.5,
+                             "task_wall_median_s": 5.0, "task_cpu_median_s": 5.0, "overhead": 0.02,
+                             "cpu_share": 0.97, "cpu_overhead": None if way == "dask" else 0.03})
+        return rows
+
+    size = {"rounds": 6, "tasks": 4, "chains": 10, "steps": 10}
+    text, ratios = bench.report(size, timings(6), True, 60.0)
+    assert "jobs 1 / jobs 2" in text and "target >= 1.7: met" in text
+    assert "target <= 1.1: met" in text and "bit-identical across every run: yes" in text
+    assert [r["interval"] for r in ratios] == ["95% CI"] * 3
+    text, _ = bench.report({**size, "rounds": 3}, timings(3), False, 30.0)
+    assert "no verdict from so few rounds" in text and "min..max" in text
+    assert "bit-identical across every run: NO" in text

@@ -1,0 +1,234 @@
+"""Wall time of one sweep in-process (--jobs 1), on a 2-process pool (--jobs 2) and on a
+2-worker Dask cluster (--scheduler), timed in interleaved rounds.
+
+The sweep is weak-error-like: one task per (rule, eta) cell, each running the discrete
+ensemble (:func:`sdesam.simulation.ensemble.run`) of ``--chains`` chains for ``--steps``
+steps on the logistic-regression problem of ``sde_vs_discrete`` and returning its end moments
+(seconds per task: see the table). Each round times every way of running it, in a rotated
+order so that load from other processes spreads over them, each into a fresh records folder
+(nothing is skipped). The pool's time includes starting its spawn workers, as every experiment
+run does; the Dask ``LocalCluster`` (``processes=True``, one thread per worker, reached by its
+TCP address as ``--scheduler`` would) is started once before the rounds and warmed by one small
+task, as a long-lived cluster is.
+
+The table gives, per way, the median wall time over rounds; the median wall and CPU time of a
+task inside its worker; the overhead ``1 - (sum of the tasks' wall times) / (workers x wall)``
+(pool start, dispatch, idle workers); the CPU share ``sum of the tasks' CPU times / (workers x
+wall)`` (far below 100% where other processes take the cores: then the wall-time ratios say
+more about the machine than about the executor); and the CPU overhead (CPU seconds of this
+process and its pool workers over the tasks' own, minus one: what the executor costs, whatever
+the load). Then each ratio of interest as the median of its per-round (paired) ratios with a
+distribution-free 95% interval (:func:`sdesam.stats.median_interval`; fewer than 6 rounds give
+min..max and no verdict), against issue 18's targets, and the 1-minute load average of the
+machine before each timing. Every run's result records are checked bit-identical.
+
+Writes ``OUT/bench_parallel.txt`` and ``OUT/bench_parallel.json``; OUT is a fresh
+``runs/bench_parallel-<time>/`` unless ``--out`` names one.
+usage: python experiments/benchmarks/bench_parallel.py [--quick] [--rounds 6] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdesam import validation
+from sdesam.cli import OneLineParser, guarded
+from sdesam.experiment.executor import make_executor
+from sdesam.experiment.outputs import check_writable, resolve_out
+from sdesam.experiment.records import atomic_write, make_record, run_metadata, write_json
+from sdesam.experiment.tasks import Task, moments_json, run_tasks
+from sdesam.problems import LogisticRegression
+from sdesam.simulation import ensemble
+from sdesam.stats import median_interval
+
+DEFAULT = {"rounds": 6, "tasks": 8, "chains": 4000, "steps": 1000}
+QUICK = {"rounds": 3, "tasks": 4, "chains": 2000, "steps": 1000}
+RULES = ("usam", "sam")
+ETAS = (0.1, 0.05, 0.025, 0.0125, 0.00625, 0.003125)
+TEST_FNS = ["loss", "sq_norm", "trace_V"]
+WAYS = ("jobs 1", "jobs 2", "dask")
+TARGETS = {"jobs 1 / jobs 2": (">=", 1.7), "dask / jobs 2": ("<=", 1.1)}
+
+
+def weak_error_cell(settings: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
+    """End moments of the ensemble of one (rule, eta) cell: one task of the sweep."""
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(8, 2, generator=generator, dtype=torch.float64)
+    labels = (torch.rand(8, generator=generator, dtype=torch.float64) < 0.5).double()
+    problem = LogisticRegression(features, labels, l2=0.1)
+    run = ensemble.run(problem, settings["rule"], eta=settings["eta"], rho=settings["rho"],
+                       batch=4, x0=[1.0, -1.0], steps=settings["steps"],
+                       chains=settings["chains"], seed=seed, every=None, keep_states=False,
+                       test_fns=TEST_FNS)
+    return {"moments": [{"test_fn": name, **moments_json(run.moments[name])} for name in TEST_FNS]}
+
+
+def sweep(size: dict[str, int]) -> list[Task]:
+    """The sweep's tasks: ``size['tasks']`` (rule, eta) cells."""
+    cells = [(rule, eta) for eta in ETAS for rule in RULES][:size["tasks"]]
+    return [Task(weak_error_cell, {"experiment": "bench_parallel", "rule": rule, "eta": eta,
+                                   "rho": 0.5 * eta ** 0.5, "chains": size["chains"],
+                                   "steps": size["steps"]}, name=f"{rule} eta={eta:g}")
+            for rule, eta in cells]
+
+
+def time_way(way: str, tasks: list[Task], folder: Path, address: str) -> dict[str, Any]:
+    """Run the sweep one way into ``folder``: wall time, the tasks' own times, load before."""
+    load = os.getloadavg()[0]
+    cpu_before = _cpu_seconds()
+    start = time.perf_counter()
+    with make_executor(**({"scheduler": address} if way == "dask" else
+                          {"jobs": 1 if way == "jobs 1" else 2})) as executor:
+        records = run_tasks(tasks, executor, folder, progress=False)
+    wall = time.perf_counter() - start
+    cpu = _cpu_seconds() - cpu_before
+    task_walls = [r["metadata"]["wall_time_s"] for r in records]
+    task_cpus = [r["metadata"]["cpu_time_s"] for r in records]
+    workers = 1 if way == "jobs 1" else 2
+    return {"way": way, "wall_s": wall, "load_1min": load, "task_wall_sum_s": sum(task_walls),
+            "task_wall_median_s": statistics.median(task_walls),
+            "task_cpu_median_s": statistics.median(task_cpus),
+            "overhead": 1 - sum(task_walls) / (workers * wall),
+            "cpu_share": sum(task_cpus) / (workers * wall),
+            "cpu_overhead": None if way == "dask" else cpu / sum(task_cpus) - 1,
+            "hosts_pids": sorted({(r["metadata"]["host"], r["metadata"]["pid"]) for r in records}),
+            "results": json.dumps([r["results"] for r in records], sort_keys=True)}
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished (reaped) children: a pool's workers
+    count once it is shut down; a Dask cluster's workers never do."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def spread(values: list[float]) -> tuple[float, float, float, str]:
+    """Median and a 95% interval (or min..max when too few values), and which it is."""
+    try:
+        return (*median_interval(values), "95% CI")
+    except ValueError:
+        return statistics.median(values), min(values), max(values), "min..max"
+
+
+def report(size: dict[str, int], timings: list[dict[str, Any]], identical: bool,
+           elapsed: float) -> tuple[str, list[dict[str, Any]]]:
+    """The table as text, and the paired ratios as records."""
+    rounds = size["rounds"]
+    by = {way: [t for t in timings if t["way"] == way] for way in WAYS}
+    lines = [f"bench_parallel: {size['tasks']} tasks (rules {', '.join(RULES)} x eta), "
+             f"{size['chains']} chains x {size['steps']} steps each, {rounds} interleaved rounds; "
+             f"{os.cpu_count()} CPUs; total {elapsed:.0f} s", "",
+             f"{'way':<8} {'wall s':>8} {'min..max':>13} {'task wall s':>12} {'task CPU s':>11} "
+             f"{'overhead':>9} {'CPU share':>10} {'CPU overhead':>13} {'load 1-min':>12}"]
+    for way, rows in by.items():
+        walls = [t["wall_s"] for t in rows]
+        loads = [t["load_1min"] for t in rows]
+        cpu_overheads = [t["cpu_overhead"] for t in rows if t["cpu_overhead"] is not None]
+        cpu_overhead = f"{statistics.median(cpu_overheads):.1%}" if cpu_overheads else "n/a"
+        lines.append(f"{way:<8} {statistics.median(walls):>8.2f} "
+                     f"{min(walls):>6.2f}..{max(walls):<5.2f} "
+                     f"{statistics.median(t['task_wall_median_s'] for t in rows):>12.2f} "
+                     f"{statistics.median(t['task_cpu_median_s'] for t in rows):>11.2f} "
+                     f"{statistics.median(t['overhead'] for t in rows):>9.1%} "
+                     f"{statistics.median(t['cpu_share'] for t in rows):>10.1%} "
+                     f"{cpu_overhead:>13} "
+                     f"{min(loads):>5.2f}..{max(loads):<5.2f}")
+    lines += ["", f"{'paired ratio':<18} {'median':>7}  interval"]
+    ratios = []
+    for name, (top, bottom) in {"jobs 1 / jobs 2": ("jobs 1", "jobs 2"),
+                                "jobs 1 / dask": ("jobs 1", "dask"),
+                                "dask / jobs 2": ("dask", "jobs 2")}.items():
+        values = [a["wall_s"] / b["wall_s"] for a, b in zip(by[top], by[bottom])]
+        median, low, high, kind = spread(values)
+        verdict = ""
+        if name in TARGETS:
+            sign, bound = TARGETS[name]
+            met = low >= bound if sign == ">=" else high <= bound
+            missed = high < bound if sign == ">=" else low > bound
+            verdict = f"  target {sign} {bound}: " + (
+                "no verdict from so few rounds" if kind != "95% CI" else
+                "met" if met else "not met" if missed else "not resolvable at this noise")
+        lines.append(f"{name:<18} {median:>7.3f}  [{low:.3f}, {high:.3f}] {kind}{verdict}")
+        ratios.append({"ratio": name, "median": median, "low": low, "high": high,
+                       "interval": kind, "rounds": len(values)})
+    lines += ["", f"result records bit-identical across every run: {'yes' if identical else 'NO'}",
+              "medians over rounds; task wall / CPU s: median per task inside its worker; "
+              "overhead: 1 - sum(task wall) / (workers x wall); CPU share: sum(task CPU) / "
+              "(workers x wall), below 100% where other processes take the cores; CPU overhead: "
+              "CPU of this process and its pool workers over sum(task CPU), minus 1 (n/a for "
+              "Dask, whose workers are not this process's children); load: the "
+              "machine's 1-minute load average before each timing (min..max)",
+              "pool times include starting its 2 spawn workers; the Dask LocalCluster was "
+              "started once, untimed, and warmed by one small task"]
+    return "\n".join(lines) + "\n", ratios
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line of the benchmark."""
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help=f"small sizes, about a minute ({QUICK})")
+    for name in DEFAULT:
+        parser.add_argument(f"--{name}", type=int, default=None,
+                            help=f"override (default {DEFAULT[name]}, quick {QUICK[name]})")
+    parser.add_argument("--out", default=None,
+                        help="folder for the table (default: a fresh runs/bench_parallel-*)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Time the sweep every way in interleaved rounds; print and write the table."""
+    args = parse_args(argv)
+    size = {**(QUICK if args.quick else DEFAULT),
+            **{name: validation.positive_int(f"--{name}", getattr(args, name))
+               for name in DEFAULT if getattr(args, name) is not None}}
+    if size["tasks"] > len(RULES) * len(ETAS):
+        raise validation.InputError(f"--tasks must be at most {len(RULES) * len(ETAS)}; "
+                                    f"got {size['tasks']}")
+    out = check_writable(resolve_out(args.out, "bench_parallel"))
+    print(f"bench_parallel: writing to {out}/", file=sys.stderr, flush=True)
+    from distributed import LocalCluster
+
+    tasks = sweep(size)
+    timings: list[dict[str, Any]] = []
+    start, wall = time.process_time(), time.perf_counter()
+    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster:
+        with make_executor(scheduler=cluster.scheduler_address) as executor:     # warm-up
+            run_tasks(sweep({**size, "tasks": 2, "chains": 10, "steps": 2}), executor,
+                      out / "records" / "warm-up", progress=False)
+        for round_index in range(size["rounds"]):
+            for k in range(len(WAYS)):
+                way = WAYS[(k + round_index) % len(WAYS)]
+                folder = out / "records" / f"round{round_index}-{way.replace(' ', '')}"
+                timings.append({"round": round_index,
+                                **time_way(way, tasks, folder, cluster.scheduler_address)})
+                print(f"round {round_index + 1}/{size['rounds']} {way}: "
+                      f"{timings[-1]['wall_s']:.2f} s (load {timings[-1]['load_1min']:.2f})",
+                      file=sys.stderr, flush=True)
+    identical = len({t["results"] for t in timings}) == 1
+    text, ratios = report(size, timings, identical, time.perf_counter() - wall)
+    metadata = {**run_metadata(), "wall_time_s": time.perf_counter() - wall,
+                "cpu_time_s": time.process_time() - start}
+    rows = [{k: v for k, v in t.items() if k not in ("results", "hosts_pids")} for t in timings]
+    write_json(out / "bench_parallel.json",
+               make_record({"experiment": "bench_parallel", **size}, {"timings": rows,
+                                                                      "ratios": ratios}, metadata))
+    atomic_write(out / "bench_parallel.txt", lambda handle: handle.write(text))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(guarded("bench_parallel", lambda: main()))
