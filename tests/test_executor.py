@@ -320,3 +320,86 @@ def test_benchmark_table_gives_verdicts_only_with_intervals():
     text, _ = bench.report({**size, "rounds": 3}, timings(3), False, 30.0)
     assert "no verdict from so few rounds" in text and "min..max" in text
     assert "bit-identical across every run: NO" in text
+
+
+def paths_task(settings: dict, seed: int) -> dict:
+    """A task that reports the folder it was handed."""
+    return {"seen": [{"folder": settings["folder"], "seed": seed}]}
+
+
+def test_shared_seeds_pair_tasks_and_paths_stay_out_of_the_identity(tmp_path):
+    base = {"experiment": "executor_test", "eta": 0.1}
+    usam, sam = (Task(paths_task, {**base, "rule": rule}, 3, shared_seed_over=("rule",),
+                      paths={"folder": str(tmp_path / "a")}) for rule in ("usam", "sam"))
+    assert usam.seed == sam.seed and usam.key != sam.key
+    other_eta = Task(paths_task, {**base, "rule": "usam", "eta": 0.2}, 3, shared_seed_over=("rule",))
+    assert other_eta.seed != usam.seed
+    assert Task(paths_task, {**base, "rule": "usam"}, 3).seed != usam.seed     # recorded: not shared
+    assert usam.record_settings["seed_shared_over"] == ["rule"]
+    moved = Task(paths_task, {**base, "rule": "usam"}, 3, shared_seed_over=("rule",),
+                 paths={"folder": str(tmp_path / "b")})
+    assert moved.key == usam.key and moved.seed == usam.seed
+    with make_executor(jobs=2) as executor:
+        records = run_tasks([usam, sam], executor, tmp_path / "records", progress=False)
+    assert [r["results"]["seen"][0]["folder"] for r in records] == [str(tmp_path / "a")] * 2
+    assert "folder" not in records[0]["settings"]
+    assert records[0]["metadata"]["task"]["paths"] == {"folder": str(tmp_path / "a")}
+    with pytest.raises(InputError, match="shared_seed_over"):
+        Task(paths_task, base, shared_seed_over=("rule",))
+    with pytest.raises(InputError, match="paths"):
+        Task(paths_task, base, paths={"eta": "x"})
+
+
+SCRIPT = '''
+def work(settings, seed):
+    return {"out": [{"twice": 2 * settings["x"], "module": __name__}]}
+'''
+
+
+def test_a_script_loaded_from_its_file_runs_in_spawned_workers(tmp_path):
+    import importlib.util
+    import sys
+
+    path = tmp_path / "a_script.py"
+    path.write_text(SCRIPT)
+    spec = importlib.util.spec_from_file_location("sdesam_experiment_a_script", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        tasks = [Task(module.work, {"experiment": "executor_test", "x": x}) for x in (1, 2)]
+        with make_executor(jobs=2) as executor:
+            records = run_tasks(tasks, executor, tmp_path / "records", progress=False)
+    finally:
+        del sys.modules[spec.name]
+    assert [r["results"]["out"][0] for r in records] == [
+        {"twice": 2, "module": "sdesam_experiment_a_script"},
+        {"twice": 4, "module": "sdesam_experiment_a_script"}]
+    assert os.getpid() not in {r["metadata"]["pid"] for r in records}
+
+
+def test_run_sweep_starts_nothing_when_every_record_exists(tmp_path, capsys):
+    import argparse
+
+    from sdesam.experiment.executor import run_sweep
+    from sdesam.experiment.tasks import exits_on_task_failure
+
+    args = argparse.Namespace(jobs=2, scheduler=None, no_progress=True)
+    tasks = [
+        Task(slow_task, {"experiment": "executor_test", "sleep": 0.0, "eta": eta}) for eta in (1, 2)]
+    first = run_sweep(tasks, argparse.Namespace(jobs=1, scheduler=None, no_progress=True), tmp_path)
+    again = run_sweep(tasks, args, tmp_path)        # a pool would put other pids in the metadata
+    assert results_of(again) == results_of(first)
+    assert {r["metadata"]["pid"] for r in again} == {os.getpid()}
+
+    @exits_on_task_failure("demo")
+    def main() -> int:
+        run_sweep([Task(failing_task, {"experiment": "executor_test", "eta": 3})],
+                  argparse.Namespace(jobs=1, scheduler=None, no_progress=True), tmp_path)
+        return 0
+
+    assert main() == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("demo: error: task ") and "boom at eta=3" in err and "\n" not in err
+    with pytest.raises(InputError, match="exclude each other"):
+        run_sweep(tasks, argparse.Namespace(jobs=2, scheduler="tcp://h:1"), tmp_path)

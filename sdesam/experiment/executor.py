@@ -22,7 +22,7 @@ import multiprocessing
 import os
 import re
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from .. import validation
 from ..validation import InputError
@@ -189,3 +189,35 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 def executor_from_args(args: argparse.Namespace) -> contextlib.AbstractContextManager[Executor]:
     """:func:`make_executor` for parsed ``--jobs`` and ``--scheduler``."""
     return make_executor(getattr(args, "jobs", None), getattr(args, "scheduler", None))
+
+
+def check_executor_arguments(args: argparse.Namespace) -> str:
+    """Refuse bad ``--jobs`` / ``--scheduler`` values before any work (an InputError naming
+    them; reaching the scheduler is tried when the tasks are sent); where tasks will run, in
+    words (:func:`describe`)."""
+    jobs, scheduler = getattr(args, "jobs", None), getattr(args, "scheduler", None)
+    if scheduler is not None and jobs is not None:
+        raise InputError("--jobs and --scheduler exclude each other: the Dask cluster's "
+                         f"workers set the parallelism; got --jobs {jobs!r} and "
+                         f"--scheduler {scheduler!r}")
+    return describe(jobs, scheduler)
+
+
+def run_sweep(tasks: Sequence[Any], args: argparse.Namespace, records_dir: str | os.PathLike,
+              *, desc: str = "tasks") -> list[dict[str, Any]]:
+    """The records of ``tasks`` (:func:`sdesam.experiment.tasks.run_tasks`) in
+    ``records_dir``, run where ``--jobs`` / ``--scheduler`` say: in this process when every
+    record exists already (nothing is started), and on no more local workers than there are
+    tasks to run. A progress bar unless ``--no-progress``."""
+    from .tasks import record_path, run_tasks
+
+    check_executor_arguments(args)
+    jobs, scheduler = getattr(args, "jobs", None), getattr(args, "scheduler", None)
+    pending = len({task.key for task in tasks if not record_path(records_dir, task).exists()})
+    if pending == 0:
+        jobs, scheduler = 1, None
+    elif scheduler is None:
+        jobs = min(check_jobs(jobs), pending)
+    with make_executor(jobs, scheduler) as executor:
+        return run_tasks(tasks, executor, records_dir, desc=desc,
+                         progress=not getattr(args, "no_progress", False))

@@ -99,16 +99,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as indented JSON to ``path`` atomically."""
-    return atomic_write(path, lambda f: json.dump(data, f, indent=1, default=_to_jsonable))
+    return atomic_write(path, lambda f: json.dump(data, f, indent=1, default=to_jsonable))
 
 
-def _to_jsonable(value: Any) -> Any:
-    """Convert numpy / torch scalars and arrays that ``json`` does not know."""
+def to_jsonable(value: Any) -> Any:
+    """Convert numpy / torch scalars and arrays that ``json`` does not know (``json``'s
+    ``default``)."""
     if hasattr(value, "tolist"):
         return value.tolist()
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+_to_jsonable = to_jsonable     # the name it had while private
 
 
 def git_commit() -> str | None:
@@ -126,16 +130,21 @@ def git_commit() -> str | None:
 
 def run_metadata(device: str | None = None) -> dict[str, Any]:
     """Versions, git commit, machine, load and UTC time, for the ``metadata`` of a data file."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import numpy
     import torch
 
+    from .. import __version__
+
     versions = {"python": platform.python_version(), "numpy": numpy.__version__,
                 "torch": torch.__version__}
-    for name in ("sympy", "scipy", "torchsde", "matplotlib", "sdesam"):
-        try:
-            versions[name] = __import__(name).__version__
-        except Exception:  # an optional library that is absent is simply not recorded
+    for name in ("sympy", "scipy", "torchsde", "matplotlib"):
+        try:    # the installed version, read without importing the library (a task's worker
+            versions[name] = version(name)      # would pay a second for sympy and matplotlib)
+        except PackageNotFoundError:  # an optional library that is absent is simply not recorded
             pass
+    versions["sdesam"] = __version__
     machine = {"platform": platform.platform(), "processor": platform.machine(),
                "cpu_count": os.cpu_count(), "load_average_1min": os.getloadavg()[0]}
     if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():

@@ -15,27 +15,44 @@ Every task runs with one torch thread, so its results do not depend on where it 
 
 Large chain counts split into blocks (:func:`chain_blocks`, :func:`block_tasks`), each a task
 with its own seed; their moments are pooled with :func:`pool_moments`.
+
+Two things a task may need beyond its settings: ``shared_seed_over`` names settings its seed
+does not depend on, so tasks that differ only there share a seed (common random numbers: every
+rule of a paired comparison sees the same batches); ``paths`` names folders it reads or writes
+besides its record (a cache, trainer run folders), handed to it among its settings but kept
+out of its identity, so a task is the same wherever those folders are.
+
+A task travels to a worker by the name of its function's module, or, for a script (an
+experiment run as ``python experiments/X.py``, loaded by ``sdesam run X`` or by a test), by its
+file, which the worker loads once (from the same path, else from its own checkout's
+``experiments/`` folder).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
+import importlib.machinery
+import importlib.util
 import json
 import os
 import socket
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from types import ModuleType
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 import torch
 
 from ..progress import progress_bar
 from ..simulation.chains import Moments
 from ..validation import InputError
-from .records import _to_jsonable, atomic_write, make_record, read_record, run_metadata
+from .records import atomic_write, make_record, read_record, run_metadata, to_jsonable
 
 TaskFunction = Callable[[dict[str, Any], int], dict[str, list[dict[str, Any]]]]
 """``function(settings, seed) -> results``: a task's work, a pure function of its arguments."""
@@ -43,22 +60,32 @@ TaskFunction = Callable[[dict[str, Any], int], dict[str, list[dict[str, Any]]]]
 SWEEP_SEED = "sweep_seed"
 """The setting under which a record keeps the sweep seed its task's seed was derived from."""
 
+SHARED_SEED = "seed_shared_over"
+"""The setting under which a record keeps the settings its task's seed does not depend on
+(present only when there are some)."""
+
 
 def canonical_json(value: Any) -> str:
     """``value`` as compact JSON with sorted keys: equal for equal values, whatever their order."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False,
-                      default=_to_jsonable)
+                      default=to_jsonable)
 
 
 @dataclass(frozen=True)
 class Task:
     """One independent unit of a sweep: ``function(settings, seed)`` with a seed derived from
-    the settings and ``sweep_seed``; ``name`` only labels it in progress and errors."""
+    the settings and ``sweep_seed``; ``name`` only labels it in progress and errors.
+
+    ``shared_seed_over``: settings the seed does not depend on (tasks differing only there
+    share a seed); ``paths``: folders given to the function among its settings, outside the
+    task's identity (see the module doc)."""
 
     function: TaskFunction
     settings: dict[str, Any]
     sweep_seed: int = 0
     name: str = field(default="", compare=False)
+    shared_seed_over: tuple[str, ...] = ()
+    paths: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         qualname = getattr(self.function, "__qualname__", "")
@@ -78,14 +105,36 @@ class Task:
         if SWEEP_SEED in settings:
             raise InputError(f"task settings may not use the name {SWEEP_SEED!r}: the record "
                              "keeps the sweep seed there")
+        if SHARED_SEED in settings:
+            raise InputError(f"task settings may not use the name {SHARED_SEED!r}: the record "
+                             "keeps the settings its seed is shared over there")
         if not isinstance(self.sweep_seed, int) or isinstance(self.sweep_seed, bool):
             raise InputError(f"sweep_seed must be an integer; got {self.sweep_seed!r}")
+        shared = tuple(sorted(set(self.shared_seed_over)))
+        missing = [name for name in shared if name not in settings or name == "experiment"]
+        if missing:
+            raise InputError(f"shared_seed_over must name settings of the task other than "
+                             f"'experiment'; got {missing} (settings: {sorted(settings)})")
+        paths = dict(self.paths)
+        clashes = [name for name in paths if name in settings or not isinstance(paths[name], str)]
+        if clashes:
+            raise InputError(f"task paths must be strings under names its settings do not use; "
+                             f"got {clashes}")
         object.__setattr__(self, "settings", settings)
+        object.__setattr__(self, "shared_seed_over", shared)
+        object.__setattr__(self, "paths", paths)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle the function by a reference a worker can resolve, scripts included."""
+        return (_rebuild_task, (_function_reference(self.function), self.settings,
+                                self.sweep_seed, self.name, self.shared_seed_over, dict(self.paths)))
 
     @property
     def record_settings(self) -> dict[str, Any]:
-        """The settings its record keeps: the task's settings and the sweep seed."""
-        return {**self.settings, SWEEP_SEED: self.sweep_seed}
+        """The settings its record keeps: the task's settings, the sweep seed and, when there
+        are some, the settings its seed is shared over."""
+        shared = {SHARED_SEED: list(self.shared_seed_over)} if self.shared_seed_over else {}
+        return {**self.settings, SWEEP_SEED: self.sweep_seed, **shared}
 
     @cached_property
     def key(self) -> str:
@@ -94,8 +143,13 @@ class Task:
 
     @property
     def seed(self) -> int:
-        """The task's own seed (63 bits), a function of its identity only."""
-        return int(self.key[:16], 16) >> 1
+        """The task's own seed (63 bits), a function of its identity only: of its settings but
+        those of ``shared_seed_over``, and of the sweep seed."""
+        if not self.shared_seed_over:
+            return int(self.key[:16], 16) >> 1
+        kept = {k: v for k, v in self.record_settings.items()
+                if k not in self.shared_seed_over and k != SHARED_SEED}
+        return int(hashlib.sha256(canonical_json(kept).encode()).hexdigest()[:16], 16) >> 1
 
     @property
     def label(self) -> str:
@@ -108,6 +162,80 @@ def record_path(records_dir: str | os.PathLike, task: Task) -> Path:
     return Path(records_dir) / f"{task.key[:16]}.json"
 
 
+def _is_script(module_name: str) -> bool:
+    """Whether a module cannot be imported by its name (``__main__``, or a file loaded under
+    a name no folder of ``sys.path`` provides)."""
+    if module_name == "__main__":
+        return True
+    if "." in module_name:
+        return False
+    return importlib.machinery.PathFinder.find_spec(module_name, sys.path) is None
+
+
+def _function_reference(function: TaskFunction) -> tuple[str, str | None, str]:
+    """(module name, the module's file if it is a script, qualified name) of ``function``."""
+    name = function.__module__
+    file = getattr(sys.modules.get(name), "__file__", None)
+    script = file is not None and _is_script(name)
+    return name, str(Path(file).resolve()) if script else None, function.__qualname__
+
+
+def _same_file(module: ModuleType | None, file: str) -> bool:
+    """Whether ``module`` was loaded from ``file``."""
+    origin = getattr(module, "__file__", None)
+    return origin is not None and Path(origin).resolve() == Path(file)
+
+
+def _load_script(name: str, file: str) -> ModuleType:
+    """The module of the script ``file``, loaded once per process under ``name`` (a script run
+    as ``__main__`` under ``sdesam_script_<stem>``); from this checkout's ``experiments/``
+    folder when ``file`` is not on this machine."""
+    path = Path(file)
+    if not path.is_file():
+        from ..cli import EXPERIMENTS_DIR
+
+        path = EXPERIMENTS_DIR / path.name
+        if not path.is_file():
+            raise ImportError(f"the task's script {file} is not on this machine (nor "
+                              f"{path}): workers need the same checkout of sdesam")
+    alias = f"sdesam_script_{path.stem}" if name == "__main__" else name
+    loaded = sys.modules.get(alias)
+    if _same_file(loaded, str(path.resolve())):
+        return loaded
+    spec = importlib.util.spec_from_file_location(alias, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[alias] = module         # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[alias]
+        raise
+    return module
+
+
+def _resolve_function(reference: tuple[str, str | None, str]) -> TaskFunction:
+    """The function a :func:`_function_reference` names, importing or loading its module."""
+    name, file, qualname = reference
+    if file is None:
+        module = importlib.import_module(name)
+    else:
+        module = sys.modules.get(name)
+        if not _same_file(module, file):
+            module = _load_script(name, file)
+    function: Any = module
+    for part in qualname.split("."):
+        function = getattr(function, part)
+    return function
+
+
+def _rebuild_task(reference: tuple[str, str | None, str], settings: dict[str, Any],
+                  sweep_seed: int, name: str, shared_seed_over: tuple[str, ...],
+                  paths: dict[str, str]) -> Task:
+    """A pickled :class:`Task`, with its function resolved in this process."""
+    return Task(_resolve_function(reference), settings, sweep_seed, name=name,
+                shared_seed_over=shared_seed_over, paths=paths)
+
+
 def execute(task: Task, path: str) -> str:
     """Run ``task`` with one torch thread, write its record to ``path`` atomically (where this
     worker can) and return the record as JSON text."""
@@ -115,16 +243,17 @@ def execute(task: Task, path: str) -> str:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        results = task.function(json.loads(canonical_json(task.settings)), task.seed)
+        results = task.function({**json.loads(canonical_json(task.settings)), **task.paths},
+                                task.seed)
     finally:
         torch.set_num_threads(threads)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     metadata = {**run_metadata(), "host": socket.gethostname(), "pid": os.getpid(),
-                "task": {"key": task.key, "seed": task.seed,
+                "task": {"key": task.key, "seed": task.seed, "paths": dict(task.paths),
                          "function": f"{task.function.__module__}.{task.function.__qualname__}"},
                 "wall_time_s": wall, "cpu_time_s": cpu}
     record = make_record(task.record_settings, results, metadata)
-    text = json.dumps(record, indent=1, default=_to_jsonable)
+    text = json.dumps(record, indent=1, default=to_jsonable)
     try:
         atomic_write(path, lambda handle: handle.write(text))
     except OSError:
@@ -231,6 +360,27 @@ def run_tasks(tasks: Iterable[Task], executor: Executor, records_dir: str | os.P
                    f"in {folder}")
         raise (InputError if isinstance(error, InputError) else TaskError)(message) from error
     return records
+
+
+MainFunction = TypeVar("MainFunction", bound=Callable[..., int])
+
+
+def exits_on_task_failure(prog: str) -> Callable[[MainFunction], MainFunction]:
+    """Decorate an experiment's ``main``: a failed task (:class:`TaskError`) becomes its
+    one-line message on stderr (``PROG: error: task ... failed ...``) and exit status 1; the
+    finished tasks' records are kept, so the same command resumes. A task that refused its
+    settings raises its InputError, bad input for the caller (status 2)."""
+
+    def decorate(main: MainFunction) -> MainFunction:
+        @functools.wraps(main)
+        def guarded_main(*args: Any, **kwargs: Any) -> int:
+            try:
+                return main(*args, **kwargs)
+            except TaskError as error:
+                print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
+                return 1
+        return guarded_main  # type: ignore[return-value]
+    return decorate
 
 
 # ---------------------------------------------------------------------- blocks of chains
