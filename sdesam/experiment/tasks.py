@@ -60,6 +60,12 @@ TaskFunction = Callable[[dict[str, Any], int], dict[str, list[dict[str, Any]]]]
 SWEEP_SEED = "sweep_seed"
 """The setting under which a record keeps the sweep seed its task's seed was derived from."""
 
+SEED_BITS = 40
+"""The size of a task's seed: the library derives seeds from seeds by arithmetic (the Brownian
+path's ``seed * 1_000_003 + k``, the trainer's ``(seed * 1_000_003 + epoch) * 7 + stream``), which
+must stay within torch's 64-bit seeds; 40 bits leave room and make two of 10^4 tasks share a
+seed with probability below 10^-4."""
+
 SHARED_SEED = "seed_shared_over"
 """The setting under which a record keeps the settings its task's seed does not depend on
 (present only when there are some)."""
@@ -143,13 +149,13 @@ class Task:
 
     @property
     def seed(self) -> int:
-        """The task's own seed (63 bits), a function of its identity only: of its settings but
-        those of ``shared_seed_over``, and of the sweep seed."""
+        """The task's own seed (:data:`SEED_BITS` bits), a function of its identity only: of
+        its settings but those of ``shared_seed_over``, and of the sweep seed."""
         if not self.shared_seed_over:
-            return int(self.key[:16], 16) >> 1
+            return int(self.key[:SEED_BITS // 4], 16)
         kept = {k: v for k, v in self.record_settings.items()
                 if k not in self.shared_seed_over and k != SHARED_SEED}
-        return int(hashlib.sha256(canonical_json(kept).encode()).hexdigest()[:16], 16) >> 1
+        return int(hashlib.sha256(canonical_json(kept).encode()).hexdigest()[:SEED_BITS // 4], 16)
 
     @property
     def label(self) -> str:
