@@ -1,8 +1,6 @@
 """experiments/sde_vs_discrete.py end to end: the one record schema, orders with intervals,
 chain counts, a redraw, and the default output folder."""
 
-import json
-
 import pytest
 
 from sdesam import plotting
@@ -49,33 +47,35 @@ def test_quick_run_writes_the_record_and_figure_and_redraws(tmp_path, capsys):
     assert len(headline) == len(orders) + 1 and headline[-1][0] == 200
     assert [row[0] for row in headline[:-1]] == pytest.approx([o["order"] for o in orders], abs=0.01)
     assert (tmp_path / "sde_vs_discrete.png").stat().st_size > 0
-    assert not (tmp_path / ".sde_vs_discrete.partial.json").exists()
+    assert len(list((tmp_path / "tasks").glob("*.json"))) == data["metadata"]["tasks"]
     paths = plotting.redraw(tmp_path / "sde_vs_discrete.json", tmp_path / "again")
     assert {p.suffix for p in paths} == {".png", ".pdf"} and all(p.exists() for p in paths)
 
 
 @pytest.mark.slow
-def test_an_interrupted_run_resumes_from_its_partial_file(tmp_path, monkeypatch):
+def test_an_interrupted_run_resumes_from_its_task_records(tmp_path, monkeypatch, capsys):
     script = load_script()
     calls = []
-    real = script.compare.compare_algorithm
+    real = script.ensemble.run
 
-    def counting(*args, **kwargs):
+    def failing_third(*args, **kwargs):
         calls.append(kwargs["eta"])
         if len(calls) == 3:
-            raise KeyboardInterrupt
+            raise RuntimeError("killed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(script.compare, "compare_algorithm", counting)
-    argv = ["--quick", "--out", str(tmp_path), "--chains", "50", "--no-progress"]
-    with pytest.raises(KeyboardInterrupt):
-        script.main(argv)
-    saved = json.loads((tmp_path / ".sde_vs_discrete.partial.json").read_text())
-    assert len(saved["rows"]) == 2
-    monkeypatch.setattr(script.compare, "compare_algorithm", real)
-    calls.clear()
+    monkeypatch.setattr(script.ensemble, "run", failing_third)
+    argv = ["--quick", "--out", str(tmp_path), "--chains", "50", "--no-progress", "--jobs", "1"]
+    assert script.main(argv) == 1                 # one line naming the task, status 1
+    err = capsys.readouterr().err
+    assert "sde_vs_discrete: error: task " in err and "RuntimeError: killed" in err
+    kept = {path: path.read_bytes() for path in (tmp_path / "tasks").glob("*.json")}
+    assert len(kept) >= 2 and f"{len(kept)} of " in err
+    monkeypatch.setattr(script.ensemble, "run", real)
     assert script.main(argv) == 0
-    check_record(read_record(tmp_path / "sde_vs_discrete.json"), 50)
+    data = read_record(tmp_path / "sde_vs_discrete.json")
+    check_record(data, 50)
+    assert all(path.read_bytes() == text for path, text in kept.items())     # not run again
 
 
 def test_bad_device_is_refused_before_any_work(tmp_path):
