@@ -33,6 +33,21 @@ def test_mnist1d_benchmark_models_have_their_sizes_and_flatten_any_input(name, s
     assert not any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in model.modules())
 
 
+@pytest.mark.parametrize("name, shape, params", [("cnn1d", (1, 40), 5_210 + 3 * 2 * 25),
+                                                 ("mlp1d", (1, 40), 15_210 + 2 * 2 * 100)])
+def test_signal_models_take_batchnorm_on_request_and_it_couples_the_batch(name, shape, params):
+    torch.manual_seed(0)
+    model = build_model(name, 10, norm="bn", input_shape=shape).train()
+    assert _count(model) == params  # a weight and a bias per normalised channel
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in model.modules()) == (3 if name == "cnn1d" else 2)
+    x = torch.randn(8, *shape)
+    with torch.no_grad():
+        halves = torch.cat([model(x[:4]), model(x[4:])])
+        assert not torch.allclose(model(x), halves, atol=1e-4)  # statistics of the batch seen
+    with pytest.raises(ValueError, match="norm for model cnn1d must be one of none, bn"):
+        build_model("cnn1d", 10, norm="gn")
+
+
 def test_resnet50_and_wrn_forward_on_cifar_shapes():
     torch.manual_seed(0)
     for name in ("resnet50", "wrn28-10"):

@@ -19,7 +19,7 @@ from torch import nn
 
 from sdesam.train.models.norm import NORMS, norm_layer
 from sdesam.train.models.resnet import resnet18, resnet50
-from sdesam.train.models.signal import SignalCNN, SignalMLP
+from sdesam.train.models.signal import SIGNAL_NORMS, SignalCNN, SignalMLP
 from sdesam.train.models.small import SmallCNN
 from sdesam.train.models.vit import VisionTransformer, load_vit
 from sdesam.train.models.wrn import wide_resnet
@@ -27,7 +27,8 @@ from sdesam.train.models.wrn import wide_resnet
 MODELS: tuple[str, ...] = ("small", "resnet18", "resnet50", "wrn28-10", "vit", "cnn1d", "mlp1d")
 
 SIGNAL_MODELS: tuple[str, ...] = ("cnn1d", "mlp1d")
-"""The models that take any input shape (flattened) and have no normalisation layers."""
+"""The models that take any input shape (flattened); no normalisation layers unless
+``norm="bn"`` is asked for."""
 
 # the normalisation each model uses when none is asked for
 DEFAULT_NORM: dict[str, str] = {"small": "none", "resnet18": "bn", "resnet50": "bn",
@@ -67,11 +68,11 @@ def build_model(name: str, num_classes: int, norm: str | None = None,
         raise ValueError(f"checkpoint is only used by model vit, not {name!r}")
     norm = DEFAULT_NORM[name] if norm is None else norm
     if name in SIGNAL_MODELS:
-        if norm != "none":
-            raise ValueError(f"model {name} has no normalisation layers; leave norm out "
-                             f"(got norm={norm!r})")
-        features = math.prod(input_shape)
-        return SignalCNN(features, num_classes) if name == "cnn1d" else SignalMLP(features, num_classes)
+        if norm not in SIGNAL_NORMS:
+            raise ValueError(f"norm for model {name} must be one of {', '.join(SIGNAL_NORMS)}; "
+                             f"got {norm!r}")
+        model = SignalCNN if name == "cnn1d" else SignalMLP
+        return model(math.prod(input_shape), num_classes, norm=norm)
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")
     if name == "small":
@@ -84,5 +85,5 @@ def build_model(name: str, num_classes: int, norm: str | None = None,
 
 
 __all__ = ["MODELS", "SIGNAL_MODELS", "DEFAULT_MODEL", "DEFAULT_NORM", "NORMS", "build_model",
-           "default_model", "norm_layer", "SignalCNN", "SignalMLP", "SmallCNN", "resnet18",
+           "default_model", "norm_layer", "SIGNAL_NORMS", "SignalCNN", "SignalMLP", "SmallCNN", "resnet18",
            "resnet50", "wide_resnet", "VisionTransformer", "load_vit"]
