@@ -24,31 +24,39 @@ error is that shift.
 Also measured: the cost of the diffusion's square root (Cholesky with the eigen fallback used
 by :func:`sdesam.simulation.derived_sde.noise_factor`, against a batched eigendecomposition of every
 matrix) for d = 2, 4, 8. Writes ``OUT/sde_corrections.json`` (the one record schema).
+
+A task is one block of ``chunk`` chains of one rule at one (eta, rho): of the discrete ensemble,
+or of every SDE variant (on one Brownian path per chain, so the variants' shifts stay paired);
+``chains`` split into blocks with their own seeds (from the task's settings and ``--seed``),
+whose moments are pooled. Tasks run in parallel (``--jobs``, ``--scheduler``) and write
+``OUT/tasks/<key>.json``, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import sympy
 import torch
-from sdesam.progress import progress_bar
 
 from sdesam import algorithms, problems, validation
 from sdesam.simulation import compare, ensemble, memory
 from sdesam.algorithms import Rule
 from sdesam.simulation.brownian import FixedGridBrownian
-from sdesam.simulation.chains import ChainRun
+from sdesam.simulation.chains import ChainRun, Moments
 from sdesam.simulation.derived_sde import DerivedSDE, integration_grid, noise_factor
 from sdesam.simulation.ensemble import start_points
 from sdesam.simulation.sde import euler_maruyama
 from sdesam.cli import guarded
 from sdesam.experiment.arguments import check_device, experiment_parser, prepare_out
+from sdesam.experiment.executor import add_executor_arguments, check_executor_arguments, run_sweep
 from sdesam.experiment.headline import estimate, print_headline
 from sdesam.experiment.records import make_record, run_metadata, write_json
+from sdesam.experiment.tasks import block_tasks, exits_on_task_failure, moments_json, pool_moments
 from sdesam.symbolic import Derivation, derive, eta as ETA, example_losses
 
 SCALED_USAM = Rule("scaled-usam", "part", False, False,
@@ -88,23 +96,6 @@ def variant_derivation(first: Derivation, second: Derivation, variant: str) -> D
     return dataclasses.replace(second, drift=drift, diffusion=diffusion)
 
 
-def chunked_final_values(sample, problem, test_fns, chains: int, chunk: int, seed: int,
-                         ) -> dict[str, torch.Tensor]:
-    """Per chain, ``sum_j w_j g(x_T^(j))`` for each test function g, drawn chunk by chunk with
-    ``sample(chunk_seed, size) -> (states [J, size, d], weights [J])`` (the same chunk seeds
-    give the same chains; J = 1 for a plain estimate, 2 for a Richardson pair)."""
-    values: dict[str, list[torch.Tensor]] = {name: [] for name in test_fns}
-    done = 0
-    while done < chains:
-        size = min(chunk, chains - done)
-        states, weights = sample(seed * 100_003 + done, size)
-        for name in test_fns:
-            per_state = compare.TEST_FUNCTIONS[name](problem, states)
-            values[name].append(torch.einsum("j,jc->c", weights.to(per_state), per_state).cpu())
-        done += size
-    return {name: torch.cat(parts) for name, parts in values.items()}
-
-
 class CoarsenedBrownian:
     """The Brownian path of ``fine`` seen on every second point of its grid (increments are
     sums of two fine ones), so Euler-Maruyama at dt and dt/2 run on the same path."""
@@ -141,51 +132,128 @@ def live_final(run: ChainRun) -> torch.Tensor:
     return final
 
 
-def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
-    """Mean and standard error over the finite entries."""
-    finite = values[values.isfinite()]
-    return float(finite.mean()), float(finite.std() / math.sqrt(finite.numel()))
+TASK_KEYS = ("dim", "x0", "batch", "sampling", "horizon", "substeps", "test_fns", "device")
+"""The settings every task shares (the problem, the start, the horizon and the integrator)."""
 
 
-def measure_run(problem, losses, variables, algorithm: str, micro: int | None, eta: float,
-                rho: float, settings: dict[str, Any], device: str) -> list[dict[str, Any]]:
-    """The weak-error rows of one rule at one (eta, rho), every variant and test function."""
-    common = dict(batch=settings["batch"], micro=micro, sampling=settings["sampling"])
-    first = derive(algorithm, losses, variables, order=1, diffusion_order=0, **common)
-    second = derive(algorithm, losses, variables, order=2, diffusion_order=1, **common)
+@contextlib.contextmanager
+def user_rules(algorithm: str) -> Iterator[None]:
+    """The experiment's user-defined rule registered while ``algorithm`` needs it (in whatever
+    process the task runs)."""
+    if algorithm != SCALED_USAM.name:
+        yield
+        return
+    with algorithms.registered(SCALED_USAM):
+        yield
+
+
+def value_moments(values: torch.Tensor, prefix: str = "") -> dict[str, Any]:
+    """Count, mean and variance of the finite entries of ``values`` (a diverged chain holds
+    NaN), as flat fields ``{prefix}mean, {prefix}var, {prefix}count``."""
+    finite = values[values.isfinite()].to(torch.float64).cpu()
+    count = finite.numel()
+    mean = float(finite.mean()) if count else math.nan
+    var = float(finite.var()) if count > 1 else (0.0 if count else math.nan)
+    moments = moments_json(Moments(torch.tensor([mean], dtype=torch.float64),
+                                   torch.tensor([var], dtype=torch.float64),
+                                   torch.tensor([count])))
+    return {f"{prefix}{key}": value for key, value in moments.items()}
+
+
+def discrete_task(settings: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
+    """Moments of ``g(x_K)`` for each test function g over one block of chains of the discrete
+    ensemble of one rule at one (eta, rho): one task of the measurement."""
+    losses, variables = example_losses(settings["dim"])
+    problem = problems.from_sympy(losses, variables)
+    eta = settings["eta"]
+    with user_rules(settings["rule"]):
+        final = live_final(ensemble.run(
+            problem, settings["rule"], eta=eta, rho=settings["rho"],
+            x0=torch.tensor(settings["x0"], dtype=torch.float64),
+            steps=round(settings["horizon"] / eta), chains=settings["chains"], seed=seed,
+            device=settings["device"], every=None, keep_states=False, batch=settings["batch"],
+            micro=settings["micro"], sampling=settings["sampling"]))
+    return {"values": [{"test_fn": name,
+                        **value_moments(compare.TEST_FUNCTIONS[name](problem, final))}
+                       for name in settings["test_fns"]]}
+
+
+def sde_task(settings: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
+    """For every SDE variant, on one Brownian path per chain of one block: moments of the
+    Richardson-extrapolated ``g(X_T)`` for each test function g, of its per-chain shift
+    against ``first_order``, and the clipped fraction of the diffusion: one task."""
+    losses, variables = example_losses(settings["dim"])
+    problem = problems.from_sympy(losses, variables)
+    algorithm, eta, rho = settings["rule"], settings["eta"], settings["rho"]
+    common = dict(batch=settings["batch"], micro=settings["micro"], sampling=settings["sampling"])
     x0 = torch.tensor(settings["x0"], dtype=torch.float64)
-    horizon, test_fns = settings["horizon"], settings["test_fns"]
-
-    def discrete(chunk_seed: int, size: int) -> torch.Tensor:
-        final = live_final(ensemble.run(problem, algorithm, eta=eta, rho=rho, x0=x0,
-                                        steps=round(horizon / eta), chains=size,
-                                        seed=chunk_seed, device=device, every=None,
-                                        keep_states=False, **common))
-        return final.unsqueeze(0), torch.ones(1)
-
-    reference = chunked_final_values(discrete, problem, test_fns, settings["chains"],
-                                     settings["chunk"], settings["seed"])
-    finals, clipped = {}, {}
-    for variant in VARIANTS:
-        sde = DerivedSDE(variant_derivation(first, second, variant), eta=eta, rho=rho)
-
-        def continuous(chunk_seed: int, size: int) -> torch.Tensor:
-            return richardson_final(sde, x0, horizon, size, chunk_seed, settings["substeps"],
-                                    device)
-
-        finals[variant] = chunked_final_values(continuous, problem, test_fns, settings["chains"],
-                                               settings["chunk"], settings["seed"] + 1)
-        clipped[variant] = sde.clipped / sde.evaluations
-    rows = []
-    for name in test_fns:
-        target, target_stderr = mean_and_stderr(reference[name])
-        base = finals["first_order"][name]
+    finals, rows = {}, []
+    with user_rules(algorithm):
+        first = derive(algorithm, losses, variables, order=1, diffusion_order=0, **common)
+        second = derive(algorithm, losses, variables, order=2, diffusion_order=1, **common)
         for variant in VARIANTS:
-            values = finals[variant][name]
-            mean, stderr = mean_and_stderr(values)
+            sde = DerivedSDE(variant_derivation(first, second, variant), eta=eta, rho=rho)
+            states, weights = richardson_final(sde, x0, settings["horizon"], settings["chains"],
+                                               seed, settings["substeps"], settings["device"])
+            finals[variant] = {}
+            for name in settings["test_fns"]:
+                per_state = compare.TEST_FUNCTIONS[name](problem, states)
+                finals[variant][name] = torch.einsum("j,jc->c", weights.to(per_state),
+                                                     per_state).cpu()
+            for name in settings["test_fns"]:
+                values = finals[variant][name]
+                shift = values - finals["first_order"][name]
+                rows.append({"variant": variant, "test_fn": name, **value_moments(values),
+                             **value_moments(shift, "shift_"), "clipped": int(sde.clipped),
+                             "evaluations": int(sde.evaluations)})
+    return {"values": rows}
+
+
+def run_tasks_of(settings: dict[str, Any], algorithm: str, micro: int | None, eta: float,
+                 rho: float) -> dict[str, list[Any]]:
+    """The tasks of one rule at one (eta, rho), by side (``discrete``, ``sde``): a block of
+    ``chunk`` chains each."""
+    base = {"experiment": "sde_corrections", **{key: settings[key] for key in TASK_KEYS},
+            "rule": algorithm, "micro": micro, "eta": eta, "rho": rho}
+    label = f"{algorithm} m={micro} eta={eta:g} rho={rho:g}"
+    return {side: block_tasks(function, {**base, "side": side}, chains=settings["chains"],
+                              block=settings["chunk"], sweep_seed=settings["seed"],
+                              name=f"{label} {side}")
+            for side, function in (("discrete", discrete_task), ("sde", sde_task))}
+
+
+def measure_rows(settings: dict[str, Any], algorithm: str, micro: int | None, eta: float,
+                 rho: float, records: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The weak-error rows of one rule at one (eta, rho), every variant and test function,
+    from its tasks' records (by side), the blocks pooled."""
+    chains = settings["chains"]
+
+    def pooled(side: str, variant: str | None, name: str, prefix: str = "") -> Moments:
+        return pool_moments([{key: row[f"{prefix}{key}"] for key in ("mean", "var", "count")}
+                             for record in records[side] for row in record["results"]["values"]
+                             if row["test_fn"] == name and row.get("variant") == variant])
+
+    def mean_and_stderr_of(moments: Moments) -> tuple[float, float]:
+        count = int(moments.count[0])
+        return float(moments.mean[0]), math.sqrt(float(moments.var[0]) / count) if count else math.nan
+
+    clipped = {variant: sum(row["clipped"] for record in records["sde"]
+                            for row in record["results"]["values"]
+                            if row["variant"] == variant and row["test_fn"] == settings["test_fns"][0])
+               / max(1, sum(row["evaluations"] for record in records["sde"]
+                            for row in record["results"]["values"]
+                            if row["variant"] == variant and row["test_fn"] == settings["test_fns"][0]))
+               for variant in VARIANTS}
+    rows = []
+    for name in settings["test_fns"]:
+        reference = pooled("discrete", None, name)
+        target, target_stderr = mean_and_stderr_of(reference)
+        for variant in VARIANTS:
+            values = pooled("sde", variant, name)
+            mean, stderr = mean_and_stderr_of(values)
             bias = target - mean
-            paired = values - base
-            change, change_stderr = mean_and_stderr(paired) if variant != "first_order" else (0.0, 0.0)
+            change, change_stderr = (mean_and_stderr_of(pooled("sde", variant, name, "shift_"))
+                                     if variant != "first_order" else (0.0, 0.0))
             rows.append({
                 "algorithm": algorithm, "micro": micro, "batch": settings["batch"], "eta": eta,
                 "rho": rho, "test_fn": name, "variant": variant,
@@ -194,8 +262,8 @@ def measure_run(problem, losses, variables, algorithm: str, micro: int | None, e
                 "bias": bias, "weak_error": abs(bias),
                 "weak_error_stderr": math.hypot(target_stderr, stderr),
                 "shift_vs_first_order": change, "shift_vs_first_order_stderr": change_stderr,
-                "chains": settings["chains"],
-                "diverged": int((~reference[name].isfinite()).sum() + (~values.isfinite()).sum()),
+                "chains": chains,
+                "diverged": int(2 * chains - reference.count[0] - values.count[0]),
                 "clipped_fraction": clipped[variant]})
     return rows
 
@@ -236,27 +304,30 @@ def headline_rows(rows: list[dict[str, Any]], costs: list[dict[str, Any]]) -> li
 
 
 def memory_parts(settings: dict[str, Any], problem: problems.Problem) -> list[memory.Part]:
-    """What a run with ``settings`` holds at its peak: every chain's end value of each test
-    function for the discrete rule and every variant, and one block of ``chunk`` chains of the
-    discrete ensemble (the SDE blocks hold no more: d Brownian channels and only end points)."""
-    chains, kept = settings["chains"], len(settings["test_fns"]) * (1 + len(VARIANTS))
+    """What a task holds at its peak: the end values of each test function of every variant
+    and their shifts over its block of ``chunk`` chains, and the discrete ensemble of such a
+    block (the SDE blocks hold no more: d Brownian channels and only end points)."""
+    block, kept = settings["chunk"], len(settings["test_fns"]) * (2 * len(VARIANTS) + 1)
     steps = max(round(settings["horizon"] / eta) for eta, _ in settings["points"])
-    values = memory.Part(f"every chain's end values ({kept} per chain)", "--chains", chains,
-                         2 * 8 * kept * chains, "lower --chains")        # the parts and their cat
+    values = memory.Part(f"a block's end values ({kept} per chain)", "--chains", block,
+                         2 * 8 * kept * block, "lower --chains")
     return [values, *ensemble.run_parts(problem, batch=settings["batch"],
                                         sampling=settings["sampling"], steps=steps,
                                         chains=settings["chunk"], every=None, keep_states=False,
                                         chains_argument="--chains")]
 
 
+@exits_on_task_failure("sde_corrections")
 def main(argv: list[str] | None = None) -> int:
     """Run the measurement and write the record."""
     parser = experiment_parser(__doc__, "small settings (under a minute on one CPU core)",
                                cache=False)
     parser.set_defaults(out=None)
     parser.add_argument("--chains", type=int, default=None, help="override the chain count")
+    add_executor_arguments(parser)
     args = parser.parse_args(argv)
     check_device(args.device)
+    where = check_executor_arguments(args)
     settings = {**DEFAULT, **(QUICK if args.quick else {}), "experiment": "sde_corrections",
                 "quick": args.quick, "device": args.device, "seed": args.seed}
     if args.chains is not None:
@@ -267,15 +338,21 @@ def main(argv: list[str] | None = None) -> int:
     memory.require(memory_parts(settings, problem), args.device)
     out = prepare_out(args, "sde_corrections")
     start, cpu_start = time.time(), time.process_time()
+    cells = [(a, m, eta, rho) for a, m in settings["runs"] for eta, rho in settings["points"]]
+    tasks = [run_tasks_of(settings, *cell) for cell in cells]
+    every = [task for sides in tasks for side in sides.values() for task in side]
+    print(f"{len(every)} tasks on {where}", flush=True)
+    records = dict(zip((task.key for task in every),
+                       run_sweep(every, args, out / "tasks", desc="sde_corrections tasks")))
     rows = []
-    with algorithms.registered(SCALED_USAM):
-        jobs = [(a, m, eta, rho) for a, m in settings["runs"] for eta, rho in settings["points"]]
-        for algorithm, micro, eta, rho in progress_bar(jobs, desc="rules", show=not args.no_progress):
-            rows += measure_run(problem, losses, variables, algorithm, micro, eta, rho,
-                                settings, args.device)
+    for cell, sides in zip(cells, tasks):
+        rows += measure_rows(settings, *cell, {side: [records[task.key] for task in side_tasks]
+                                               for side, side_tasks in sides.items()})
     costs = sqrt_costs(settings["cost_dims"], settings["cost_chains"], args.seed)
     metadata = {**run_metadata(args.device), "wall_time_s": time.time() - start,
-                "cpu_time_s": time.process_time() - cpu_start}
+                "cpu_time_s": time.process_time() - cpu_start, "executor": where,
+                "tasks": len(every), "tasks_cpu_time_s": sum(
+                    record["metadata"]["cpu_time_s"] for record in records.values())}
     path = write_json(out / "sde_corrections.json",
                       make_record(settings, {"weak_error": rows, "sqrt_cost": costs}, metadata))
     print(path)

@@ -101,12 +101,17 @@ def test_available_memory_is_read_from_proc_meminfo(tmp_path, monkeypatch):
 
 
 def test_sde_corrections_refuses_a_billion_chains_at_once(tmp_path):
-    """The issue's case: it ran 400 s at 1.2 GB with no progress; now one line, exit 2."""
+    """The issue's case: it ran 400 s at 1.2 GB with no progress; now one line, exit 2. (Its
+    chains now run in blocks of ``chunk``, one task each, so the block is what is too big.)"""
     import subprocess
     import sys
     from script_module import ROOT
     began = time.perf_counter()
-    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "sde_corrections.py"), "--quick",
+    driver = ("import sys; sys.path.insert(0, sys.argv[1]); from script_module import load_script; "
+              "from sdesam.cli import guarded; script = load_script('experiments/sde_corrections.py'); "
+              f"script.QUICK = {{**script.QUICK, 'chunk': {HUGE}}}; "
+              "sys.exit(guarded('sde_corrections', lambda: script.main(sys.argv[2:])))")
+    done = subprocess.run([sys.executable, "-c", driver, str(ROOT / "tests"), "--quick",
                            "--chains", str(HUGE), "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=120)
     assert time.perf_counter() - began < 60
@@ -116,7 +121,7 @@ def test_sde_corrections_refuses_a_billion_chains_at_once(tmp_path):
 
 
 @pytest.mark.parametrize("name, argv, settings", [
-    ("sde_corrections", ["--chains", str(HUGE)], {}),
+    ("sde_corrections", ["--chains", str(HUGE)], {"QUICK": {"chunk": HUGE}}),
     ("sde_vs_discrete", ["--chains", str(HUGE)], {"QUICK": {"chunk": HUGE}}),
     ("escape_speed", ["--protocol", "landscape"], {"LANDSCAPE_QUICK": {"chains": HUGE}}),
     ("sgn_trace", ["--protocol", "landscape"], {"LANDSCAPE_QUICK": {"chains": HUGE}}),
