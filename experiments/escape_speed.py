@@ -20,6 +20,12 @@ Two protocols (``--protocol landscape|network|all``):
   minimum by ``threshold``. Every rule runs the same seeds (same start, same batch order), so
   exit steps are also compared seed by seed (paired differences against SGD and SAM).
 
+A task is one rule's ensemble (landscape: a discrete rule or an SDE, with its exit times; the
+stable points of a rule's mean drift) or one network run (a rule and a seed). Tasks run in
+parallel (``--jobs``, ``--scheduler``) and write ``OUT/tasks/<key>.json``, so an interrupted run
+resumes where it stopped. A task's seed comes from its settings and ``--seed`` but not its rule
+(``shared_seed_over``), which is what pairs the rules chain by chain and seed by seed.
+
 Writes ``OUT/escape_speed.json`` (the one record schema) and ``OUT/escape_speed.png|pdf``.
 """
 
@@ -28,11 +34,11 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from sdesam.progress import progress_bar
 
 from sdesam.experiment import digits
 from sdesam.simulation import ensemble, memory, sde
@@ -40,6 +46,8 @@ from sdesam import stats
 from sdesam.algorithms import get_rule, sampling_factor
 from sdesam.cli import guarded
 from sdesam.experiment.arguments import check_device, experiment_parser, prepare_out
+from sdesam.experiment.executor import add_executor_arguments, check_executor_arguments, run_sweep
+from sdesam.experiment.tasks import Task, exits_on_task_failure
 from sdesam.experiment.headline import interval, print_headline, rule_name
 from sdesam.plotting import publish
 from sdesam.problems import SharpFlatLandscape
@@ -68,6 +76,14 @@ STABLE_MATCH = 0.1
 """A stable point of a rule's drift within this distance of a minimum of f is that minimum."""
 PER_CHAIN_RECORD_BYTES = 512
 """Memory of one chain's paired exit record (a dict of five entries) while the tables are built."""
+LANDSCAPE_TASK_KEYS = ("n", "eta", "batch", "rho", "steps", "log_every", "sampling",
+                       "sde_dt_fraction")
+"""The landscape settings a run task depends on (not the lists of rules: more rules add tasks)."""
+NETWORK_TASK_KEYS = ("lr", "batch", "rho", "delta", "steps", "log_every", "hidden", "gd_lr",
+                     "gd_steps", "n_train", "n_random")
+"""The network settings a run task depends on."""
+RunTasks = Callable[[list[Task], str], list[dict[str, Any]]]
+"""``run(tasks, description) -> records``: how a protocol has its tasks run."""
 
 
 def micro_sizes(batch: int) -> list[int]:
@@ -85,62 +101,110 @@ def sam_member(micro: int, batch: int) -> tuple[str, int | None]:
     return ("sam", None) if micro == batch else ("m-sam", micro)
 
 
-def landscape_protocol(settings: dict[str, Any], seed: int, device: str,
-                       progress: bool) -> dict[str, list[dict[str, Any]]]:
-    """Discrete ensembles and SDEs from the poor minimum of the sharp/flat landscape.
+def landscape_scales(problem: SharpFlatLandscape, rho: float) -> tuple[float, float]:
+    """(SAM's radius, RW-SAM's lam): SAM's radius is the size of m = 1 USAM's perturbation at
+    the poor minimum; RW-SAM's lam makes lam |g_i| of order one there."""
+    noise_scale = math.sqrt(problem.trace_V(problem.poor_minimum).item())
+    return rho * noise_scale, 1.0 / noise_scale
 
-    Paired: every discrete rule draws its batches from the same ``seed`` (every rule uses the
-    batch size B and the same sampling, so chain k of every rule sees the same batch indices at
-    every step), and every SDE the same Brownian path for chain k; the restricted exit times
-    are differenced chain by chain against SGD and SAM (discrete) and against the SGD SDE.
-    Not paired: discrete against SDE (different random numbers, different chain counts), and
-    the step at which two rules' paths part (the same batches give different iterates).
+
+def landscape_run_task(settings: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
+    """One rule's ensemble (discrete or SDE) from the poor minimum: its escaped-fraction curve,
+    its exit-time summary and every chain's restricted exit step (NaN: diverged). One task."""
+    problem = SharpFlatLandscape(n=settings["n"])
+    eta, steps, rule, kind = settings["eta"], settings["steps"], settings["rule"], settings["kind"]
+    rho_sam, lam = landscape_scales(problem, settings["rho"])
+    left_edge = problem.sharp[0] - LEFT_EDGE_WIDTHS * problem.sharp[2]
+    options = dict(eta=eta, rho=rho_sam if get_rule(rule).normalized else settings["rho"],
+                   batch=settings["batch"], micro=settings["micro"],
+                   x0=problem.poor_minimum.to(settings["device"]), chains=settings["chains"],
+                   seed=seed, sampling=settings["sampling"], device=settings["device"])
+    if kind == "discrete":
+        rule_lam = lam if "lam" in get_rule(rule).keywords else None
+        result = ensemble.run(problem, rule, steps=steps, lam=rule_lam, **options)
+        step_of = np.arange(steps + 1)
+    else:
+        result = sde.simulate(problem, rule, horizon=steps * eta,
+                              dt=eta * settings["sde_dt_fraction"], **options)
+        step_of = np.rint(np.asarray(result.times.cpu()) / eta).astype(int)   # time -> step
+    path = result.states.cpu().numpy()
+    diverged = result.diverged.cpu().numpy()
+    exit_index = stats.first_exit(path, problem.escaped)
+    exit_steps = np.where(exit_index == stats.NEVER, stats.NEVER, step_of[exit_index])
+    left = left_exits(exit_steps, path[-1], diverged, left_edge)
+    label = {"protocol": "landscape", "rule": rule, "micro": settings["micro"], "kind": kind}
+    grid = np.arange(0, steps + 1, settings["log_every"])
+    band = stats.escaped_fraction(exit_steps, grid)
+    restricted = np.where(exit_steps == stats.NEVER, steps, exit_steps).astype(float)
+    return {"curves": [{**label, "step": grid.tolist(), "escaped_fraction": band["fraction"].tolist(),
+                        "ci_low": band["ci_low"].tolist(), "ci_high": band["ci_high"].tolist()}],
+            "exit_time": [{**label, **stats.exit_time_summary(exit_steps, steps, seed=seed),
+                           "diverged": int(diverged.sum()), "left_exit": int(left.sum()),
+                           "left_exit_fraction": float(left.mean())}],
+            "per_chain": [{"restricted_exit_step": np.where(diverged, np.nan, restricted).tolist()}]}
+
+
+def stable_point_task(settings: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
+    """The stable points of one discrete rule's mean drift on [-2, 2.6] against those of f (the
+    poor and good minima): a point farther than ``STABLE_MATCH`` from both is spurious (for
+    m-SAM at small m one appears left of the poor well: see ``left_exit``). One task."""
+    problem = SharpFlatLandscape(n=settings["n"])
+    rho_sam, lam = landscape_scales(problem, settings["rho"])
+    x = torch.linspace(-2.0, 2.6, STABLE_GRID, dtype=torch.float64).unsqueeze(-1)
+    minima = (problem.poor_minimum.item(), problem.good_minimum.item())
+    rule, micro = settings["rule"], settings["micro"]
+    zeros = stable_zeros(x, mean_direction(
+        problem, rule, x, rho=rho_sam if get_rule(rule).normalized else settings["rho"],
+        batch=settings["batch"], micro=micro, lam=lam if "lam" in get_rule(rule).keywords else None,
+        draws=settings["drift_draws"], seed=seed))
+    spurious = [z for z in zeros if min(abs(z - m) for m in minima) > STABLE_MATCH]
+    return {"stable_points": [{"rule": rule, "micro": micro, "stable_points": zeros,
+                               "spurious_stable_points": spurious, "spurious": len(spurious)}]}
+
+
+def landscape_protocol(settings: dict[str, Any], seed: int, device: str,
+                       run: RunTasks) -> dict[str, list[dict[str, Any]]]:
+    """Discrete ensembles and SDEs from the poor minimum of the sharp/flat landscape, one task
+    per rule and kind (and per rule for the stable points of its drift), run by ``run``.
+
+    Paired: every discrete rule's task has the same seed (its seed is shared over the rule),
+    so it draws the same batches (every rule uses the batch size B and the same sampling, so
+    chain k of every rule sees the same batch indices at every step), and every SDE the same
+    Brownian path for chain k; the restricted exit times are differenced chain by chain against
+    SGD and SAM (discrete) and against the SGD SDE. Not paired: discrete against SDE (different
+    seeds, different chain counts), and the step at which two rules' paths part (the same
+    batches give different iterates).
     """
     problem = SharpFlatLandscape(n=settings["n"])
-    eta, batch, rho, steps = settings["eta"], settings["batch"], settings["rho"], settings["steps"]
-    start = problem.poor_minimum.to(device)
-    noise_scale = math.sqrt(problem.trace_V(problem.poor_minimum).item())
-    # SAM's radius: the size of m = 1 USAM's perturbation at the poor minimum; RW-SAM's lam
-    # makes lam |g_i| of order one there.
-    rho_sam, lam = rho * noise_scale, 1.0 / noise_scale
+    batch, micros = settings["batch"], settings["micros"]
+    rho_sam, lam = landscape_scales(problem, settings["rho"])
     left_edge = problem.sharp[0] - LEFT_EDGE_WIDTHS * problem.sharp[2]
-    micros = settings["micros"]
-    runs = [("sgd", None, "discrete")]
-    runs += [(*usam_member(m, batch), "discrete") for m in micros]
-    runs += [(*sam_member(m, batch), "discrete") for m in micros]
-    runs += [("rw-sam", None, "discrete"), ("sgd", None, "sde")]
+    members = [("sgd", None), *[usam_member(m, batch) for m in micros],
+               *[sam_member(m, batch) for m in micros], ("rw-sam", None)]
+    runs = [(rule, micro, "discrete") for rule, micro in members]
+    runs += [("sgd", None, "sde")]
     runs += [(*usam_member(m, batch), "sde") for m in [*settings["sde_micros"], batch]]
-    grid = np.arange(0, steps + 1, settings["log_every"])
-    curves, exits, per_chain = [], [], []
-    for rule, micro, kind in progress_bar(runs, desc="landscape runs", show=progress):
-        options = dict(eta=eta, rho=rho_sam if get_rule(rule).normalized else rho, batch=batch,
-                       micro=micro, x0=start,
-                       chains=settings["chains" if kind == "discrete" else "sde_chains"],
-                       seed=seed, sampling=settings["sampling"], device=device)
-        if kind == "discrete":
-            rule_lam = lam if "lam" in get_rule(rule).keywords else None
-            result = ensemble.run(problem, rule, steps=steps, lam=rule_lam, **options)
-            step_of = np.arange(steps + 1)
-        else:
-            result = sde.simulate(problem, rule, horizon=steps * eta,
-                                  dt=eta * settings["sde_dt_fraction"], **options)
-            step_of = np.rint(np.asarray(result.times.cpu()) / eta).astype(int)   # time -> step
-        path = result.states.cpu().numpy()
-        diverged = result.diverged.cpu().numpy()
-        exit_index = stats.first_exit(path, problem.escaped)
-        exit_steps = np.where(exit_index == stats.NEVER, stats.NEVER, step_of[exit_index])
-        left = left_exits(exit_steps, path[-1], diverged, left_edge)
-        label = {"protocol": "landscape", "rule": rule, "micro": micro, "kind": kind}
-        band = stats.escaped_fraction(exit_steps, grid)
-        curves.append({**label, "step": grid.tolist(), "escaped_fraction": band["fraction"].tolist(),
-                       "ci_low": band["ci_low"].tolist(), "ci_high": band["ci_high"].tolist()})
-        exits.append({**label, **stats.exit_time_summary(exit_steps, steps, seed=seed),
-                      "diverged": int(diverged.sum()), "left_exit": int(left.sum()),
-                      "left_exit_fraction": float(left.mean())})
-        restricted = np.where(exit_steps == stats.NEVER, steps, exit_steps).astype(float)
+    base = {"experiment": "escape_speed", "protocol": "landscape", "device": device,
+            **{key: settings[key] for key in LANDSCAPE_TASK_KEYS}}
+    tasks = [Task(landscape_run_task, {**base, "rule": rule, "micro": micro, "kind": kind,
+                                       "chains": settings["chains" if kind == "discrete" else "sde_chains"]},
+                  seed, name=f"landscape {kind} {rule} m={micro}", shared_seed_over=("rule", "micro"))
+             for rule, micro, kind in runs]
+    stable = {"experiment": "escape_speed", "protocol": "landscape-drift", "n": settings["n"],
+              "batch": batch, "rho": settings["rho"], "drift_draws": settings["drift_draws"]}
+    tasks += [Task(stable_point_task, {**stable, "rule": rule, "micro": micro}, seed,
+                   name=f"stable points {rule} m={micro}", shared_seed_over=("rule", "micro"))
+              for rule, micro in members]
+    records = [record["results"] for record in run(tasks, "landscape tasks")]
+    curves, exits, per_chain, points = [], [], [], []
+    for (rule, micro, kind), results in zip(runs, records):
+        curves += results["curves"]
+        exits += results["exit_time"]
         per_chain += [{"kind": kind, "rule": rule, "micro": micro, "chain": k,
                        "restricted_exit_step": value}
-                      for k, value in enumerate(np.where(diverged, np.nan, restricted))]
+                      for k, value in enumerate(results["per_chain"][0]["restricted_exit_step"])]
+    for results in records[len(runs):]:
+        points += results["stable_points"]
     paired = stats.paired_table(per_chain, "restricted_exit_step", BASELINES, group=("kind",),
                                 unit="chain")
     for row in paired:       # one row per pair of rules; the per-chain lists stay in memory
@@ -150,8 +214,7 @@ def landscape_protocol(settings: dict[str, Any], seed: int, device: str,
                   "poor": problem.poor_minimum.item(), "good": problem.good_minimum.item(),
                   "left_edge": left_edge}
     return {"curves": curves, "exit_time": exits, "landscape_exit_paired": paired,
-            "landscape_parameters": [parameters],
-            "stable_points": stable_point_table(problem, settings, rho_sam, lam, seed),
+            "landscape_parameters": [parameters], "stable_points": points,
             **landscape_picture(problem, settings)}
 
 
@@ -193,28 +256,6 @@ def stable_zeros(x: torch.Tensor, direction: torch.Tensor) -> list[float]:
     return [float(u[i] - d[i] * (u[i + 1] - u[i]) / (d[i + 1] - d[i])) for i in where]
 
 
-def stable_point_table(problem: SharpFlatLandscape, settings: dict[str, Any], rho_sam: float,
-                       lam: float, seed: int) -> list[dict[str, Any]]:
-    """Stable points of every discrete rule's mean drift on [-2, 2.6] against those of f (the
-    poor and good minima): a point farther than ``STABLE_MATCH`` from both is spurious (for
-    m-SAM at small m one appears left of the poor well: see ``left_exit``)."""
-    x = torch.linspace(-2.0, 2.6, STABLE_GRID, dtype=torch.float64).unsqueeze(-1)
-    batch, minima = settings["batch"], (problem.poor_minimum.item(), problem.good_minimum.item())
-    members = [("sgd", None), *[usam_member(m, batch) for m in settings["micros"]],
-               *[sam_member(m, batch) for m in settings["micros"]], ("rw-sam", None)]
-    table = []
-    for rule, micro in members:
-        rho = rho_sam if get_rule(rule).normalized else settings["rho"]
-        zeros = stable_zeros(x, mean_direction(
-            problem, rule, x, rho=rho, batch=batch,
-            micro=micro, lam=lam if "lam" in get_rule(rule).keywords else None,
-            draws=settings["drift_draws"], seed=seed))
-        spurious = [z for z in zeros if min(abs(z - m) for m in minima) > STABLE_MATCH]
-        table.append({"rule": rule, "micro": micro, "stable_points": zeros,
-                      "spurious_stable_points": spurious, "spurious": len(spurious)})
-    return table
-
-
 def landscape_picture(problem: SharpFlatLandscape,
                       settings: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """f and tr V on a grid, and each rule's effective potential with the barrier of its well
@@ -232,23 +273,39 @@ def landscape_picture(problem: SharpFlatLandscape,
     return {"landscape": [landscape], "potentials": potentials}
 
 
+def network_run_task(settings: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
+    """One rule continued from the digits poor minimum (read from the cache) for one seed: its
+    log of test accuracy, clean training loss, tr V and distance. One task."""
+    data, start, poor = digits.protocol_start(settings, cache_dir=settings["cache"],
+                                              device=settings["device"], progress=False)
+    log = digits.continue_training(
+        start, settings["rule"], data, lr=settings["lr"], batch=settings["batch"],
+        steps=settings["steps"], seed=seed, log_every=settings["log_every"],
+        micro=settings["micro"], rho=settings["rho"], lam=poor["lam"], delta=settings["delta"])
+    return {"log": [{key: log[key] for key in ("step", "test_accuracy", "clean_train_loss",
+                                               "trace_V", "distance")}]}
+
+
 def network_protocol(settings: dict[str, Any], seed: int, device: str, cache: str | None,
-                     progress: bool) -> dict[str, list[dict[str, Any]]]:
-    """Continue from the digits poor minimum with each optimizer over several seeds."""
-    data, start, poor = digits.protocol_start(settings, cache_dir=cache, device=device,
-                                              progress=progress)
+                     progress: bool, run: RunTasks) -> dict[str, list[dict[str, Any]]]:
+    """Continue from the digits poor minimum with each optimizer over several seeds: one task
+    per rule and seed, run by ``run``; the k-th seed's task of every rule has the same seed
+    (the same batch order), so exit steps pair by seed."""
+    cache = str(Path(cache if cache is not None else digits.default_cache_dir()).resolve())
+    _, _, poor = digits.protocol_start(settings, cache_dir=cache, device=device,
+                                       progress=progress)      # computed once, then cached
     runs = [("sgd", None), *[sam_member(m, settings["batch"]) for m in settings["micros"]],
             ("sam", None), ("rw-sam", None)]
+    base = {"experiment": "escape_speed", "protocol": "network", "device": device,
+            **{key: settings[key] for key in NETWORK_TASK_KEYS}}
+    tasks = [Task(network_run_task, {**base, "rule": rule, "micro": micro, "replicate": s}, seed,
+                  name=f"network {rule} m={micro} seed {s}", shared_seed_over=("rule", "micro"),
+                  paths={"cache": cache})
+             for rule, micro in runs for s in range(settings["seeds"])]
+    all_logs = [record["results"]["log"][0] for record in run(tasks, "network tasks")]
     curves, exits, metrics, per_seed = [], [], [], []
-    bar = progress_bar(total=len(runs) * settings["seeds"], desc="network runs", show=progress)
-    for rule, micro in runs:
-        logs = []
-        for s in range(settings["seeds"]):
-            logs.append(digits.continue_training(
-                start, rule, data, lr=settings["lr"], batch=settings["batch"],
-                steps=settings["steps"], seed=seed + s, log_every=settings["log_every"],
-                micro=micro, rho=settings["rho"], lam=poor["lam"], delta=settings["delta"]))
-            bar.update()
+    for index, (rule, micro) in enumerate(runs):
+        logs = all_logs[index * settings["seeds"]:(index + 1) * settings["seeds"]]
         label = {"protocol": "network", "rule": rule, "micro": micro, "kind": "discrete"}
         grid = np.asarray(logs[0]["step"])
         accuracy = np.array([log["test_accuracy"] for log in logs]).T        # [T, seeds]
@@ -269,7 +326,6 @@ def network_protocol(settings: dict[str, Any], seed: int, device: str, cache: st
             mean, stderr = stats.mean_and_stderr(np.array([log[key] for log in logs]), axis=0)
             entry[key], entry[f"{key}_stderr"] = mean.tolist(), stderr.tolist()
         metrics.append(entry)
-    bar.close()
     return {"curves": curves, "exit_time": exits, "network_metrics": metrics,
             "poor_minimum": [poor], "network_exit_seed": per_seed,
             "network_exit_paired": stats.paired_table(per_seed, "restricted_exit_step", BASELINES)}
@@ -280,6 +336,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = experiment_parser(__doc__, "fewer chains, seeds and steps (the same experiment, "
                                         "under a minute of CPU time)")
     parser.add_argument("--protocol", choices=("landscape", "network", "all"), default="all")
+    add_executor_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -309,10 +366,12 @@ def headline_rows(results: dict[str, list[dict[str, Any]]]) -> list[tuple[str, s
              f"escaped {row['escaped']}/{row['chains']}") for row in results["exit_time"]]
 
 
+@exits_on_task_failure("escape_speed")
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen protocols and write the data file and figure."""
     args = parse_args(argv)
     check_device(args.device)
+    where = check_executor_arguments(args)
     settings: dict[str, Any] = {"experiment": "escape_speed", "protocol": args.protocol,
                                 "quick": args.quick, "seed": args.seed, "device": args.device}
     if args.protocol in ("landscape", "all"):
@@ -324,13 +383,22 @@ def main(argv: list[str] | None = None) -> int:
     out = prepare_out(args, "escape_speed")
     wall, cpu = time.perf_counter(), time.process_time()
     progress = not args.no_progress
+    print(f"tasks run on {where}", flush=True)
+    done: list[dict[str, Any]] = []
+
+    def run(tasks: list[Task], desc: str) -> list[dict[str, Any]]:
+        done.extend(run_sweep(tasks, args, out / "tasks", desc=desc))
+        return done[-len(tasks):]
+
     parts = []
     if "landscape" in settings:
-        parts.append(landscape_protocol(settings["landscape"], args.seed, args.device, progress))
+        parts.append(landscape_protocol(settings["landscape"], args.seed, args.device, run))
     if "network" in settings:
         parts.append(network_protocol(settings["network"], args.seed, args.device, args.cache,
-                                      progress))
-    record = make_record(settings, merge_tables(parts), timed_metadata(args.device, wall, cpu))
+                                      progress, run))
+    metadata = {**timed_metadata(args.device, wall, cpu), "executor": where, "tasks": len(done),
+                "tasks_cpu_time_s": sum(record["metadata"]["cpu_time_s"] for record in done)}
+    record = make_record(settings, merge_tables(parts), metadata)
     for written in publish(record, out):
         print(written)
     print_headline("escape_speed", headline_rows(record["results"]))
