@@ -14,23 +14,28 @@ Problems: the 1-D escape landscape at and around its poor minimum (rank-one nois
 regression with 30% flipped labels at its minimum (Newton); the digits MLP at its poor minimum
 on the clean training set (Monte Carlo over sampled batches, exact per-sample gradients and
 Hessian-vector products of the network). Writes ``OUT/rwsam_mechanism.json`` and the figure.
+
+A task is one point (every rule diagnosed on the same batches there); tasks run in parallel
+(``--jobs``, ``--scheduler``), each seeded from its settings and ``--seed``, and write
+``OUT/tasks/<key>.json``, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
-from sdesam.progress import progress_bar
 
 from sdesam.experiment import digits
 from sdesam import implicit
 from sdesam.algorithms import get_rule, rule_names
 from sdesam.cli import guarded
 from sdesam.experiment.arguments import check_device, experiment_parser, prepare_out
+from sdesam.experiment.executor import add_executor_arguments, check_executor_arguments, run_sweep
+from sdesam.experiment.tasks import Task, exits_on_task_failure
 from sdesam.experiment.headline import estimate, print_headline
 from sdesam.plotting import publish
 from sdesam.problems import LogisticRegression, SharpFlatLandscape
@@ -64,8 +69,8 @@ def specs_for(batch: int, lams: list[float], scale: float) -> list[implicit.Spec
 
 
 def diagnose_point(problem_name: str, point_name: str, problem: Any, x: torch.Tensor,
-                   part: dict[str, Any], lams: list[float], seed: int,
-                   bar: tqdm) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                   part: dict[str, Any], lams: list[float],
+                   seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The records of every spec at one point, and a summary of the point."""
     norms = problem.sample_grads(x).detach().norm(dim=-1)
     scale = 1.0 / float(norms.mean())
@@ -82,7 +87,6 @@ def diagnose_point(problem_name: str, point_name: str, problem: Any, x: torch.Te
         record.update(problem=problem_name, point=point_name,
                       lam_scale=record["lam"] / scale if rule.weighted else None, **cost)
         record.pop("label")
-    bar.update()
     summary = {"problem": problem_name, "point": point_name, "n": problem.n, "dim": problem.dim,
                "batch": part["batch"], "sampling": part["sampling"],
                "trace_V": float(problem.trace_V(x)), "grad_norm": float(problem.grad(x).norm()),
@@ -90,6 +94,23 @@ def diagnose_point(problem_name: str, point_name: str, problem: Any, x: torch.Te
                "grad_trace_V_norm": records[0]["grad_trace_V_norm"],
                "critical": records[0]["critical"], "batches": part["batches"]}
     return records, summary
+
+
+def point_task(settings: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
+    """The records of every rule at one point and the point's summary: one task. The point is
+    rebuilt from its settings (the network's poor minimum read from the cache, or made and
+    cached there)."""
+    name, part, device = settings["problem"], settings["part"], settings["device"]
+    if name == "landscape":
+        problem = SharpFlatLandscape(n=part["n"])
+        x = problem.poor_minimum + settings["offset"] * problem.sharp[2]
+    elif name == "logistic":
+        problem, x = logistic_problem(part, settings["data_seed"])
+    else:
+        problem, x = network_problem({**part, "cache_dir": settings["cache"]}, device, False)
+    records, summary = diagnose_point(name, settings["point"], problem, x.to(device), part,
+                                      settings["lams"], seed)
+    return {"diagnosis": records, "points": [summary]}
 
 
 def landscape_points(part: dict[str, Any]) -> list[tuple[str, Any, torch.Tensor]]:
@@ -153,13 +174,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.set_defaults(out=None)
     parser.add_argument("--problems", nargs="+", choices=("landscape", "logistic", "network"),
                         default=["landscape", "logistic", "network"])
+    add_executor_arguments(parser)
     return parser.parse_args(argv)
 
 
+@exits_on_task_failure("rwsam_mechanism")
 def main(argv: list[str] | None = None) -> int:
     """Diagnose every rule on every problem and write the data file and figure."""
     args = parse_args(argv)
     check_device(args.device)
+    where = check_executor_arguments(args)
     if "network" in args.problems:
         digits.check_protocol_cache({**NETWORK, **(NETWORK_QUICK if args.quick else {})},
                                     args.cache)
@@ -169,30 +193,34 @@ def main(argv: list[str] | None = None) -> int:
     settings: dict[str, Any] = {"experiment": "rwsam_mechanism", "quick": args.quick,
                                 "seed": args.seed, "device": args.device,
                                 "problems": args.problems, "lams": lams, "draws": DRAWS}
-    jobs: list[tuple[str, str, Any, torch.Tensor, dict[str, Any]]] = []
-    progress = not args.no_progress
+    base = {"experiment": "rwsam_mechanism", "device": args.device, "lams": lams, "draws": DRAWS}
+    tasks: list[Task] = []
     if "landscape" in args.problems:
         part = {**LANDSCAPE, **(LANDSCAPE_QUICK if args.quick else {})}
         settings["landscape"] = part
-        jobs += [("landscape", name, p, x.to(args.device), part) for name, p, x in landscape_points(part)]
+        tasks += [Task(point_task, {**base, "problem": "landscape", "part": part, "point": name,
+                                    "offset": offset}, args.seed, name=f"landscape, {name}")
+                  for offset, (name, _, _) in zip(part["offsets"], landscape_points(part))]
     if "logistic" in args.problems:
         part = {**LOGISTIC, **(LOGISTIC_QUICK if args.quick else {})}
         settings["logistic"] = part
-        problem, x = logistic_problem(part, args.seed)
-        jobs.append(("logistic", "minimum", problem, x.to(args.device), part))
+        tasks.append(Task(point_task, {**base, "problem": "logistic", "part": part,
+                                       "point": "minimum", "data_seed": args.seed}, args.seed,
+                          name="logistic, minimum"))
     if "network" in args.problems:
         part = {**NETWORK, **(NETWORK_QUICK if args.quick else {}), "chunk": 100}
         settings["network"] = dict(part)
-        part["cache_dir"] = args.cache or str(digits.default_cache_dir())
-        problem, x = network_problem(part, args.device, progress)
-        jobs.append(("network", "poor minimum", problem, x, part))
-    diagnosis, points = [], []
-    with progress_bar(total=len(jobs), desc="points", show=progress) as bar:
-        for k, (name, point, problem, x, part) in enumerate(jobs):
-            records, summary = diagnose_point(name, point, problem, x, part, lams, args.seed + k, bar)
-            diagnosis += records
-            points.append(summary)
-    metadata = timed_metadata(args.device, began, cpu_began)
+        cache = str(Path(args.cache or digits.default_cache_dir()).resolve())
+        tasks.append(Task(point_task, {**base, "problem": "network", "part": part,
+                                       "point": "poor minimum"}, args.seed,
+                          name="network, poor minimum", paths={"cache": cache}))
+    print(f"{len(tasks)} tasks on {where}", flush=True)
+    records = run_sweep(tasks, args, out / "tasks", desc="rwsam_mechanism points")
+    diagnosis = [row for record in records for row in record["results"]["diagnosis"]]
+    points = [record["results"]["points"][0] for record in records]
+    metadata = {**timed_metadata(args.device, began, cpu_began), "executor": where,
+                "tasks": len(records),
+                "tasks_cpu_time_s": sum(record["metadata"]["cpu_time_s"] for record in records)}
     record = make_record(settings, {"diagnosis": diagnosis, "points": points}, metadata)
     for written in publish(record, out):
         print(written)
