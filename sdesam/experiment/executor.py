@@ -203,21 +203,42 @@ def check_executor_arguments(args: argparse.Namespace) -> str:
     return describe(jobs, scheduler)
 
 
-def run_sweep(tasks: Sequence[Any], args: argparse.Namespace, records_dir: str | os.PathLike,
-              *, desc: str = "tasks") -> list[dict[str, Any]]:
-    """The records of ``tasks`` (:func:`sdesam.experiment.tasks.run_tasks`) in
-    ``records_dir``, run where ``--jobs`` / ``--scheduler`` say: in this process when every
-    record exists already (nothing is started), and on no more local workers than there are
-    tasks to run. A progress bar unless ``--no-progress``."""
+RunBatch = Callable[[Sequence[Any], str], "list[dict[str, Any]]"]
+"""``run(tasks, description) -> records``: runs one batch of a sweep's tasks."""
+
+
+@contextlib.contextmanager
+def sweep_runner(args: argparse.Namespace, records_dir: str | os.PathLike) -> Iterator[RunBatch]:
+    """A function that runs batches of tasks (:func:`sdesam.experiment.tasks.run_tasks`, its
+    records in ``records_dir``, a progress bar unless ``--no-progress``) where ``--jobs`` /
+    ``--scheduler`` say, on one executor started at the first batch that has a task to run
+    and shut down when the block ends: a batch whose records all exist starts nothing, and a
+    lone task while no local worker is started runs in this process. Bad flags are refused
+    on entry."""
     from .tasks import record_path, run_tasks
 
     check_executor_arguments(args)
     jobs, scheduler = getattr(args, "jobs", None), getattr(args, "scheduler", None)
-    pending = len({task.key for task in tasks if not record_path(records_dir, task).exists()})
-    if pending == 0:
-        jobs, scheduler = 1, None
-    elif scheduler is None:
-        jobs = min(check_jobs(jobs), pending)
-    with make_executor(jobs, scheduler) as executor:
-        return run_tasks(tasks, executor, records_dir, desc=desc,
-                         progress=not getattr(args, "no_progress", False))
+    progress = not getattr(args, "no_progress", False)
+    with contextlib.ExitStack() as stack:
+        executor: Executor | None = None
+
+        def run(tasks: Sequence[Any], desc: str = "tasks") -> list[dict[str, Any]]:
+            nonlocal executor
+            pending = len({task.key for task in tasks
+                           if not record_path(records_dir, task).exists()})
+            chosen = executor
+            if chosen is None and (pending == 0 or (pending == 1 and scheduler is None)):
+                chosen = InProcessExecutor()
+            elif chosen is None:
+                chosen = executor = stack.enter_context(make_executor(jobs, scheduler))
+            return run_tasks(tasks, chosen, records_dir, desc=desc, progress=progress)
+
+        yield run
+
+
+def run_sweep(tasks: Sequence[Any], args: argparse.Namespace, records_dir: str | os.PathLike,
+              *, desc: str = "tasks") -> list[dict[str, Any]]:
+    """The records of ``tasks``, run as one batch of a :func:`sweep_runner`."""
+    with sweep_runner(args, records_dir) as run:
+        return run(tasks, desc)
