@@ -46,7 +46,7 @@ from sdesam import stats
 from sdesam.algorithms import get_rule, sampling_factor
 from sdesam.cli import guarded
 from sdesam.experiment.arguments import check_device, experiment_parser, prepare_out
-from sdesam.experiment.executor import add_executor_arguments, check_executor_arguments, run_sweep
+from sdesam.experiment.executor import add_executor_arguments, check_executor_arguments, sweep_runner
 from sdesam.experiment.tasks import Task, exits_on_task_failure
 from sdesam.experiment.headline import interval, print_headline, rule_name
 from sdesam.plotting import publish
@@ -385,17 +385,18 @@ def main(argv: list[str] | None = None) -> int:
     progress = not args.no_progress
     print(f"tasks run on {where}", flush=True)
     done: list[dict[str, Any]] = []
+    with sweep_runner(args, out / "tasks") as run_batch:    # one executor for both protocols
 
-    def run(tasks: list[Task], desc: str) -> list[dict[str, Any]]:
-        done.extend(run_sweep(tasks, args, out / "tasks", desc=desc))
-        return done[-len(tasks):]
+        def run(tasks: list[Task], desc: str) -> list[dict[str, Any]]:
+            done.extend(run_batch(tasks, desc))
+            return done[-len(tasks):]
 
-    parts = []
-    if "landscape" in settings:
-        parts.append(landscape_protocol(settings["landscape"], args.seed, args.device, run))
-    if "network" in settings:
-        parts.append(network_protocol(settings["network"], args.seed, args.device, args.cache,
-                                      progress, run))
+        parts = []
+        if "landscape" in settings:
+            parts.append(landscape_protocol(settings["landscape"], args.seed, args.device, run))
+        if "network" in settings:
+            parts.append(network_protocol(settings["network"], args.seed, args.device, args.cache,
+                                          progress, run))
     metadata = {**timed_metadata(args.device, wall, cpu), "executor": where, "tasks": len(done),
                 "tasks_cpu_time_s": sum(record["metadata"]["cpu_time_s"] for record in done)}
     record = make_record(settings, merge_tables(parts), metadata)
