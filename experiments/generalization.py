@@ -21,6 +21,12 @@ trainer (``sdesam.train``) under one protocol:
 
 Every run lives in its own trainer folder under ``--runs-dir`` with a ``summary.json``; a
 re-started experiment skips finished runs and continues interrupted ones exactly (--resume).
+The runs are tasks, run in parallel (``--jobs``, ``--scheduler``) in two batches: every
+method's tuning chain (its candidates one after another, as pruning needs) with SGD's seed
+runs, then, cell by cell, the other methods' seed runs at their chosen settings. Each task
+writes ``RUNS_DIR/tasks/<key>.json`` and is skipped when it exists. The trainer's seed is the
+run's own setting (``tune_seed`` or the evaluation seed, the same for every method: paired),
+so the run folders keep their names and finished runs are reused.
 Writes ``OUT/generalization.json`` and the figure after every finished cell (data set x noise
 level; ``metadata.complete`` says whether all cells are in), so a long run shows its results
 as they come.
@@ -37,16 +43,18 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from sdesam.progress import progress_bar
 
 from sdesam import per_sample, sgn, stats
 from sdesam.algorithms import get_rule
 from sdesam.cli import guarded
 from sdesam.experiment.arguments import bare_parser, prepare_out
+from sdesam.experiment.executor import (RunBatch, add_executor_arguments, check_executor_arguments,
+                                        sweep_runner)
 from sdesam.experiment.headline import estimate, print_headline, rule_name
 from sdesam.experiment.outputs import check_writable
 from sdesam.plotting import publish
 from sdesam.experiment.records import atomic_write, make_record, read_record, run_metadata, write_json
+from sdesam.experiment.tasks import Task, exits_on_task_failure
 from sdesam.train import augment
 from sdesam.train.loop import (TrainConfig, initial_model, per_sample_cross_entropy,
                                prepare_data, train)
@@ -284,39 +292,110 @@ def summary_rows(runs: list[dict[str, Any]], cell: Cell) -> list[dict[str, Any]]
     return rows
 
 
-def measure(settings: dict[str, Any], runs_dir: Path, device: str, progress: bool,
+RUN_KEYS = ("batch_size", "val_fraction", "momentum", "weight_decay", "statistics_samples",
+            "lanczos_iterations", "prune_margin")
+"""The settings every trainer run depends on (besides its data set's setup and its own)."""
+TUNE_KEYS = ("rho_grid", "lam_multiples", "tune_seed")
+"""The settings a tuning chain depends on besides :data:`RUN_KEYS`."""
+
+
+def task_runner(settings: dict[str, Any]) -> tuple[Runner, Cell, Method]:
+    """The runner, cell and method of a task's ``settings`` (its run folders under the
+    ``runs_dir`` it was handed)."""
+    return (Runner(settings, Path(settings["runs_dir"]), settings["device"], False),
+            Cell(settings["dataset"], settings["label_noise"]),
+            Method(settings["rule"], settings["micro"]))
+
+
+def tune_task(settings: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
+    """One method's tuning chain on one cell (:func:`tune`: its candidates one after another,
+    each pruned against the best before it): the choice and every candidate's summary. One
+    task; the trainer's seed is ``tune_seed``."""
+    runner, cell, method = task_runner(settings)
+    choice, tried = tune(runner, cell, method)
+    return {"choice": [choice], "tuning": [_without_curve(t) for t in tried]}
+
+
+def seed_task(settings: dict[str, Any], seed: int) -> dict[str, list[dict[str, Any]]]:
+    """One evaluation run of a method at its chosen setting on one cell, for the evaluation
+    seed ``settings['seed']`` (the same for every method: paired). One task."""
+    runner, cell, method = task_runner(settings)
+    return {"run": [_without_curve(runner.run(cell, method, settings["rho"], settings["seed"],
+                                              final=True,
+                                              lam_multiple=settings["lam_multiple"]))]}
+
+
+def cell_settings(settings: dict[str, Any], cell: Cell, method: Method) -> dict[str, Any]:
+    """What every task of ``method`` on ``cell`` depends on."""
+    return {"experiment": "generalization", "device": settings["device"],
+            "dataset": cell.dataset, "label_noise": cell.label_noise,
+            "rule": method.algorithm, "micro": method.micro,
+            "dataset_setup": {cell.dataset: settings["dataset_setup"][cell.dataset]},
+            **{key: settings[key] for key in RUN_KEYS}}
+
+
+def measure(settings: dict[str, Any], runs_dir: Path, device: str, run: RunBatch,
             on_cell_done: Callable[[dict[str, list[dict[str, Any]]]], None] | None = None
             ) -> dict[str, list[dict[str, Any]]]:
     """Tune and evaluate every method on every cell; the results tables of the data file.
-    ``on_cell_done(results)`` is called with the tables so far after each cell."""
-    runner = Runner(settings, runs_dir, device, progress)
+    ``run(tasks, description)`` runs a batch of tasks: first every tuning chain and SGD's
+    seed runs, then cell by cell the other seed runs; ``on_cell_done(results)`` is called with
+    the tables so far after each cell."""
     cells = [Cell(d, p) for d in settings["datasets"] for p in settings["label_noise"]]
+    paths = {"runs_dir": str(runs_dir.resolve())}
+    seeds = range(settings["seeds"])
+
+    def seed_tasks(cell: Cell, method: Method, choice: dict[str, Any]) -> list[Task]:
+        base = {**cell_settings(settings, cell, method), "phase": "seed",
+                "rho": choice["rho"], "lam_multiple": choice["lam_multiple"]}
+        return [Task(seed_task, {**base, "seed": seed}, name=f"{cell.dataset}/{cell.label_noise:g} "
+                     f"{method.label} seed {seed}", paths=paths) for seed in seeds]
+
+    untuned = {"rho": None, "lam_multiple": None}
+    first: dict[tuple[Cell, Method], list[Task]] = {}
+    for cell in cells:
+        for method in methods(settings):
+            if get_rule(method.algorithm).perturbed:
+                first[cell, method] = [Task(
+                    tune_task, {**cell_settings(settings, cell, method), "phase": "tune",
+                                **{key: settings[key] for key in TUNE_KEYS}},
+                    name=f"{cell.dataset}/{cell.label_noise:g} {method.label} tuning", paths=paths)]
+            else:           # nothing to tune: its seed runs start at once
+                first[cell, method] = seed_tasks(cell, method, untuned)
+    done = iter(run([task for tasks in first.values() for task in tasks],
+                    "generalization: tuning chains and SGD runs"))
+    first_records = {key: [next(done)["results"] for _ in tasks] for key, tasks in first.items()}
     results: dict[str, list[dict[str, Any]]] = {"choices": [], "tuning": [], "runs": [],
                                                 "summary": [], "paired": []}
-    bar = progress_bar(total=len(cells) * len(methods(settings)), desc="generalization (cell x method)",
-               show=progress, dynamic_ncols=True)
     for cell in cells:
+        choices: dict[Method, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+        second: dict[Method, list[Task]] = {}
+        for method in methods(settings):
+            records = first_records[cell, method]
+            if get_rule(method.algorithm).perturbed:
+                choices[method] = (records[0]["choice"][0], records[0]["tuning"])
+                second[method] = seed_tasks(cell, method, choices[method][0])
+            else:
+                choices[method] = (untuned, [])
+        done = iter(run([task for tasks in second.values() for task in tasks],
+                        f"generalization: seed runs of {cell.dataset}/{cell.label_noise:g}"))
         cell_runs: list[dict[str, Any]] = []
         for method in methods(settings):
-            choice, tried = tune(runner, cell, method)
-            results["tuning"] += [_without_curve(t) for t in tried]
+            choice, tried = choices[method]
+            results["tuning"] += tried
             results["choices"].append({"dataset": cell.dataset, "label_noise": cell.label_noise,
                                        "rule": method.algorithm, "micro": method.micro,
                                        "candidates": len(tried),
                                        "pruned": sum(t["pruned_at_epoch"] is not None for t in tried),
                                        **choice})
-            for seed in range(settings["seeds"]):
-                cell_runs.append(_without_curve(runner.run(
-                    cell, method, choice["rho"], seed, final=True,
-                    lam_multiple=choice["lam_multiple"])))
-            bar.update()
-            bar.set_postfix(cell=f"{cell.dataset}/{cell.label_noise:g}", method=method.label)
+            runs = ([next(done)["results"] for _ in second[method]] if method in second
+                    else first_records[cell, method])
+            cell_runs += [part["run"][0] for part in runs]
         results["runs"] += cell_runs
         results["summary"] += summary_rows(cell_runs, cell)
         results["paired"] += paired_rows(cell_runs, cell, settings)
         if on_cell_done is not None:
             on_cell_done(results)
-    bar.close()
     return results
 
 
@@ -369,12 +448,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "finished runs found there are reused, interrupted ones resumed")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_executor_arguments(parser)
     return parser.parse_args(argv)
 
 
+@exits_on_task_failure("generalization")
 def main(argv: list[str] | None = None) -> int:
     """Run the protocol and write the data file and figure."""
     args = parse_args(argv)
+    where = check_executor_arguments(args)
     out = prepare_out(args, "generalization")
     runs_dir = check_writable(Path(args.runs_dir) if args.runs_dir else out / "runs",
                               argument="--runs-dir")
@@ -394,14 +476,16 @@ def main(argv: list[str] | None = None) -> int:
         metadata = {**run_metadata(args.device), "wall_time_s": time.perf_counter() - began,
                     "cpu_time_s": time.process_time() - cpu_began, "torch_threads": args.threads,
                     "cells_done": done, "complete": done == cells, "runs": len(runs),
+                    "executor": where,
                     # runs read back from --runs-dir count with the time they took when made
                     "runs_wall_time_s": sum(r["wall_seconds"] for r in runs)}
         table = atomic_write(out / "generalization.md", lambda f: f.write(readme_table(results)))
         for written in [*publish(make_record(settings, results, metadata), out), table]:
             print(f"{'wrote' if done == cells else f'wrote (cell {done} of {cells})'} {written}")
 
-    print(f"writing to {out}")
-    results = measure(settings, runs_dir, args.device, not args.no_progress, on_cell_done=write)
+    print(f"writing to {out}; tasks run on {where}")
+    with sweep_runner(args, runs_dir / "tasks") as run:
+        results = measure(settings, runs_dir, args.device, run, on_cell_done=write)
     print_headline("generalization", [
         (f"{row['dataset']} {row['label_noise']:.0%} noise, {rule_name(row)}",
          f"test accuracy {estimate(row['test_acc_mean'], row['test_acc_std'])} "
