@@ -403,3 +403,27 @@ def test_run_sweep_starts_nothing_when_every_record_exists(tmp_path, capsys):
     assert err.startswith("demo: error: task ") and "boom at eta=3" in err and "\n" not in err
     with pytest.raises(InputError, match="exclude each other"):
         run_sweep(tasks, argparse.Namespace(jobs=2, scheduler="tcp://h:1"), tmp_path)
+
+
+def global_rng_task(settings: dict, seed: int) -> dict:
+    """A task that draws from the global generators, as library code without a generator does."""
+    import random
+
+    import numpy
+
+    return {"draws": [{"torch": torch.rand(3).tolist(), "numpy": numpy.random.rand(2).tolist(),
+                       "random": random.random()}]}
+
+
+def test_the_global_generators_are_seeded_per_task_and_restored(tmp_path):
+    tasks = [Task(global_rng_task, {"experiment": "executor_test", "k": k}) for k in range(2)]
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    with make_executor(jobs=1) as executor:
+        here = run_tasks(tasks, executor, tmp_path / "here", progress=False)
+    assert torch.equal(torch.rand(1), expected_next)            # the caller's stream untouched
+    with make_executor(jobs=2) as executor:
+        there = run_tasks(tasks, executor, tmp_path / "there", progress=False)
+    assert results_of(here) == results_of(there)
+    assert here[0]["results"] != here[1]["results"]

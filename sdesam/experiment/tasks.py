@@ -11,7 +11,8 @@ where and when it ran, ``results``) and writes ``<records_dir>/<key[:16]>.json``
 sends the others to a ``concurrent.futures.Executor`` (:mod:`sdesam.experiment.executor`),
 counts finished tasks, and on the first failure cancels what has not started, lets what is
 running finish (its record is kept) and raises an error that names the task and its settings.
-Every task runs with one torch thread, so its results do not depend on where it ran.
+Every task runs with one torch thread and the global random generators (torch, numpy,
+``random``) seeded from its seed, so its results do not depend on where it ran.
 
 Large chain counts split into blocks (:func:`chain_blocks`, :func:`block_tasks`), each a task
 with its own seed; their moments are pooled with :func:`pool_moments`.
@@ -41,11 +42,12 @@ import socket
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import torch
 
@@ -242,15 +244,39 @@ def _rebuild_task(reference: tuple[str, str | None, str], settings: dict[str, An
                 shared_seed_over=shared_seed_over, paths=paths)
 
 
+@contextmanager
+def seeded_global_generators(seed: int) -> Iterator[None]:
+    """The global random generators of torch (CPU), numpy and ``random`` seeded from ``seed``
+    for the block, and restored after it: code that draws from them without a generator of
+    its own (e.g. RW-SAM's Rademacher directions) sees the same numbers wherever a task runs,
+    and a task run in this process leaves the caller's streams as they were."""
+    import random
+
+    import numpy
+
+    numpy_state, python_state = numpy.random.get_state(), random.getstate()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            numpy.random.seed(seed % 2**32)
+            random.seed(seed)
+            yield
+    finally:
+        numpy.random.set_state(numpy_state)
+        random.setstate(python_state)
+
+
 def execute(task: Task, path: str) -> str:
-    """Run ``task`` with one torch thread, write its record to ``path`` atomically (where this
-    worker can) and return the record as JSON text."""
+    """Run ``task`` with one torch thread and the global generators seeded from its seed,
+    write its record to ``path`` atomically (where this worker can) and return the record as
+    JSON text."""
     wall, cpu = time.perf_counter(), time.process_time()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        results = task.function({**json.loads(canonical_json(task.settings)), **task.paths},
-                                task.seed)
+        with seeded_global_generators(task.seed):
+            results = task.function({**json.loads(canonical_json(task.settings)), **task.paths},
+                                    task.seed)
     finally:
         torch.set_num_threads(threads)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
