@@ -99,14 +99,21 @@ def test_process_pool_gives_the_same_records(serial, tmp_path):
 
 def test_dask_cluster_by_address_gives_the_same_records(serial, tmp_path):
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+    # two threads per worker process: its tasks must run one at a time, not race for the
+    # process's torch threads and global generators
+    drawing = [Task(global_rng_task, {"experiment": "executor_test", "k": k}) for k in range(6)]
+    with make_executor(jobs=1) as executor:
+        here = run_tasks(drawing, executor, tmp_path / "here", progress=False)
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=2,
                                   dashboard_address=None, silence_logs=40) as cluster:
         address = cluster.scheduler_address
         assert address.startswith("tcp://")
         with make_executor(scheduler=address) as executor:
-            records = run_tasks(sweep(), executor, tmp_path, progress=False)
+            records = run_tasks(sweep(), executor, tmp_path / "sweep", progress=False)
+            there = run_tasks(drawing, executor, tmp_path / "there", progress=False)
     assert results_of(records) == results_of(serial)
     assert os.getpid() not in {r["metadata"]["pid"] for r in records}
+    assert results_of(there) == results_of(here)
 
 
 def test_existing_records_are_skipped_so_a_sweep_resumes(serial, tmp_path):
@@ -320,6 +327,10 @@ def test_benchmark_table_gives_verdicts_only_with_intervals():
     text, _ = bench.report({**size, "rounds": 3}, timings(3), False, 30.0)
     assert "no verdict from so few rounds" in text and "min..max" in text
     assert "bit-identical across every run: NO" in text
+    loaded = [{**row, "background_cores": 1.0, "load_1min": 2.5} for row in timings(6)]
+    text, _ = bench.report(size, loaded, True, 60.0)
+    assert "target >= 1.7: not resolvable: median background load 1.00 cores > 0.5" in text
+    assert "met" not in text.replace("not resolvable", "")
 
 
 def paths_task(settings: dict, seed: int) -> dict:

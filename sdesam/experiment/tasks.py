@@ -40,6 +40,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from contextlib import contextmanager
@@ -266,20 +267,27 @@ def seeded_global_generators(seed: int) -> Iterator[None]:
         random.setstate(python_state)
 
 
+_ONE_TASK_AT_A_TIME = threading.RLock()
+"""Held while a task runs: the torch thread count and the global generators belong to the
+process, so a worker that runs tasks in several threads (a Dask worker started with
+``--nthreads`` above 1) runs them one after another rather than let them race."""
+
+
 def execute(task: Task, path: str) -> str:
-    """Run ``task`` with one torch thread and the global generators seeded from its seed,
-    write its record to ``path`` atomically (where this worker can) and return the record as
-    JSON text."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with seeded_global_generators(task.seed):
-            results = task.function({**json.loads(canonical_json(task.settings)), **task.paths},
-                                    task.seed)
-    finally:
-        torch.set_num_threads(threads)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    """Run ``task`` with one torch thread and the global generators seeded from its seed (one
+    task at a time per process), write its record to ``path`` atomically (where this worker
+    can) and return the record as JSON text."""
+    with _ONE_TASK_AT_A_TIME:
+        wall, cpu = time.perf_counter(), time.process_time()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with seeded_global_generators(task.seed):
+                results = task.function({**json.loads(canonical_json(task.settings)),
+                                         **task.paths}, task.seed)
+        finally:
+            torch.set_num_threads(threads)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     metadata = {**run_metadata(), "host": socket.gethostname(), "pid": os.getpid(),
                 "task": {"key": task.key, "seed": task.seed, "paths": dict(task.paths),
                          "function": f"{task.function.__module__}.{task.function.__qualname__}"},
