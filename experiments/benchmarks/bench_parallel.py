@@ -26,8 +26,9 @@ min..max and no verdict), against issue 18's targets. The machine's load is give
 the 1-minute load average before each timing (which counts this benchmark's own previous
 timing too), and the background load -- the cores other processes kept busy during a
 ``BACKGROUND_WINDOW_S`` pause before each timing, read from ``/proc/stat`` less this process
-tree's own CPU time. A verdict needs a median background load of at most ``MAX_LOAD``; above
-it the table says the verdict is not resolvable. Every run's result records are checked
+tree's own CPU time. The targets are for an idle machine: a verdict needs a median background
+load of at most ``MAX_BACKGROUND`` cores; above it the table says the verdict is not
+resolvable, and names the load. Every run's result records are checked
 bit-identical (a trainer run's own timings left out).
 
 Writes ``OUT/bench_parallel.txt`` and ``OUT/bench_parallel.json``; OUT is a fresh
@@ -67,8 +68,10 @@ from sdesam.stats import median_interval
 DEFAULT = {"rounds": 6, "tasks": 8, "chains": 4000, "steps": 1000, "generalization_rounds": 3}
 QUICK = {"rounds": 3, "tasks": 4, "chains": 2000, "steps": 1000, "generalization_rounds": 1}
 SWEEPS = ("weak-error", "generalization")
-MAX_LOAD = 1.5
-"""The median background load (busy cores of other processes) above which no verdict is given."""
+MAX_BACKGROUND = 0.5
+"""The median background load (cores kept busy by other processes) above which no verdict is
+given: issue 18's targets are for an idle machine, and on 2 cores half a core taken by others
+already moves the ratios more than the executor does."""
 BACKGROUND_WINDOW_S = 2.0
 """The pause before each timing in which the background load is read."""
 TIMINGS = ("wall_seconds", "train_seconds")
@@ -222,7 +225,7 @@ def report(size: dict[str, int], timings: list[dict[str, Any]], identical: bool,
             f"{size['steps']} steps each" if sweep == "weak-error" else
             f"experiments/generalization.py --quick ({timings[0].get('tasks', '?')} tasks)")
     backgrounds = [t.get("background_cores", t["load_1min"]) for t in timings]
-    loaded = statistics.median(backgrounds) > MAX_LOAD
+    loaded = statistics.median(backgrounds) > MAX_BACKGROUND
     lines = [f"bench_parallel {sweep}: {what}, {rounds} interleaved rounds; "
              f"{os.cpu_count()} CPUs; total {elapsed:.0f} s", "",
              f"{'way':<8} {'wall s':>8} {'min..max':>13} {'task wall s':>12} {'task CPU s':>11} "
@@ -258,7 +261,8 @@ def report(size: dict[str, int], timings: list[dict[str, Any]], identical: bool,
             verdict = f"  target {sign} {bound}: " + (
                 "no verdict from so few rounds" if kind != "95% CI" else
                 f"not resolvable: median background load {statistics.median(backgrounds):.2f} "
-                f"> {MAX_LOAD}" if loaded else
+                f"cores > {MAX_BACKGROUND} (1-min load {min(t['load_1min'] for t in timings):.2f}"
+                f"..{max(t['load_1min'] for t in timings):.2f})" if loaded else
                 "met" if met else "not met" if missed else "not resolvable at this noise")
         lines.append(f"{name:<18} {median:>7.3f}  [{low:.3f}, {high:.3f}] {kind}{verdict}")
         ratios.append({"ratio": name, "median": median, "low": low, "high": high,
