@@ -30,8 +30,10 @@ def bare_parser(description: str | None, quick_help: str) -> argparse.ArgumentPa
     parser.add_argument("--quick", action="store_true", help=quick_help + " (also set by SDESAM_QUICK=1)",
                         default=os.environ.get(QUICK_ENV) == "1")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: these problems are too small to gain "
-                             "from more, and on a shared CPU two threads ran up to 45x slower)")
+                        help="torch CPU threads of this process (default 1: these problems are "
+                             "too small to gain from more, and on a shared CPU two threads ran up "
+                             "to 45x slower); a sweep's tasks run on one thread each, in parallel "
+                             "over --jobs")
     return parser
 
 
