@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from sdesam.validation import InputError, positive_int
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 DEFAULT_CHUNK = 64
@@ -96,7 +98,7 @@ def _grad_chunks(
     _check_batch(inputs, targets, chunk_size)
     params = {name: p.detach() for name, p in trainable_parameters(model).items()}
     if not params:
-        raise ValueError("model has no parameter that requires grad")
+        raise InputError("model has no parameter that requires grad")
     constants = {name: p.detach() for name, p in model.named_parameters() if not p.requires_grad}
     constants.update(dict(model.named_buffers()))
 
@@ -115,16 +117,15 @@ def _grad_chunks(
 def _check_batch(inputs: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> None:
     """Raise a ValueError for an empty or mismatched batch or a bad chunk size."""
     if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
-        raise ValueError("inputs and targets must be tensors")
+        raise InputError("inputs and targets must be tensors")
     if inputs.ndim == 0 or inputs.shape[0] == 0:
-        raise ValueError(f"inputs must hold at least one sample; got shape {tuple(inputs.shape)}")
+        raise InputError(f"inputs must hold at least one sample; got shape {tuple(inputs.shape)}")
     if targets.ndim == 0 or targets.shape[0] != inputs.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"targets must have one entry per input; got {tuple(targets.shape)} for "
             f"{inputs.shape[0]} inputs"
         )
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
+    positive_int("chunk_size", chunk_size)
 
 
 @contextmanager

@@ -20,6 +20,7 @@ from torch.func import functional_call, grad, jvp
 from . import per_sample
 from .problems.base import Problem
 from .stats import mean_and_stderr
+from .validation import InputError, int_at_least, positive_int
 
 LossFn = per_sample.LossFn
 MatVec = Callable[[torch.Tensor], torch.Tensor]
@@ -35,12 +36,10 @@ def lanczos_top_eigenvalues(matvec: MatVec, dim: int, k: int = 1, *, iterations:
     random start; the extreme Ritz values converge first, so a few tens of steps give the top
     few eigenvalues of a network-sized operator to many digits.
     """
-    if not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"dim must be a positive integer; got {dim!r}")
-    if not isinstance(k, int) or not 1 <= k <= dim:
-        raise ValueError(f"k must be an integer in [1, dim={dim}]; got {k!r}")
-    if not isinstance(iterations, int) or iterations < k:
-        raise ValueError(f"iterations must be an integer >= k={k}; got {iterations!r}")
+    positive_int("dim", dim)
+    if positive_int("k", k) > dim:
+        raise InputError(f"k must be an integer in [1, dim={dim}]; got {k!r}")
+    int_at_least("iterations", iterations, k)
     steps = min(iterations, dim)
     draw_on = generator.device if generator is not None else device
     start = torch.randn(dim, generator=generator, dtype=dtype, device=draw_on).to(device)
@@ -70,7 +69,7 @@ def lanczos_top_eigenvalues(matvec: MatVec, dim: int, k: int = 1, *, iterations:
 def covariance_matvec(grads: torch.Tensor) -> MatVec:
     """``v -> V v`` for the covariance of the rows of ``grads [N, P]``, without forming V."""
     if grads.ndim != 2 or grads.shape[0] < 1:
-        raise ValueError(f"grads must be a [N, P] matrix of per-sample gradients; got {tuple(grads.shape)}")
+        raise InputError(f"grads must be a [N, P] matrix of per-sample gradients; got {tuple(grads.shape)}")
     centred = grads - grads.mean(dim=0, keepdim=True)
     count = grads.shape[0]
     return lambda v: centred.T @ (centred @ v.to(centred)) / count
@@ -104,7 +103,7 @@ def trace_along_path(problem: Problem, path: torch.Tensor,
     Evaluated ``chunk`` time steps at a time; returns two ``[T]`` tensors.
     """
     if path.ndim != 3 or path.shape[-1] != problem.dim:
-        raise ValueError(f"path must have shape [T, chains, {problem.dim}]; got {tuple(path.shape)}")
+        raise InputError(f"path must have shape [T, chains, {problem.dim}]; got {tuple(path.shape)}")
     traces = torch.cat([problem.trace_V(path[s:s + chunk]) for s in range(0, path.shape[0], chunk)])
     mean, stderr = mean_and_stderr(traces.cpu().numpy(), axis=1)
     return torch.as_tensor(mean), torch.as_tensor(stderr)
@@ -177,8 +176,7 @@ def finite_difference_norm_error(model: nn.Module, loss_fn: LossFn, inputs: torc
     """
     from .optim import estimate_grad_norms
 
-    if not isinstance(draws, int) or draws < 1:
-        raise ValueError(f"draws must be a positive integer; got {draws!r}")
+    positive_int("draws", draws)
     exact = per_sample.per_sample_grad_norms(model, loss_fn, inputs, targets).double()
     generator = torch.Generator().manual_seed(seed)
     squares = torch.zeros_like(exact)

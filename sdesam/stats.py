@@ -13,6 +13,8 @@ from typing import Callable
 import numpy as np
 from scipy import stats as _scipy_stats
 
+from sdesam.validation import InputError, positive_int
+
 NEVER = -1
 """First-exit value of a chain that did not escape within the horizon."""
 
@@ -20,7 +22,7 @@ NEVER = -1
 def _check_confidence(confidence: float) -> float:
     """Return ``confidence`` if it lies strictly between 0 and 1, else raise ValueError."""
     if not 0.0 < float(confidence) < 1.0:
-        raise ValueError(f"confidence must lie strictly between 0 and 1; got {confidence!r}")
+        raise InputError(f"confidence must lie strictly between 0 and 1; got {confidence!r}")
     return float(confidence)
 
 
@@ -29,9 +31,9 @@ def _check_counts(successes, trials) -> tuple[np.ndarray, np.ndarray]:
     k = np.asarray(successes, dtype=float)
     n = np.asarray(trials, dtype=float)
     if np.any(n < 1):
-        raise ValueError(f"trials must be >= 1; got {trials!r}")
+        raise InputError(f"trials must be >= 1; got {trials!r}")
     if np.any(k < 0) or np.any(k > n):
-        raise ValueError(f"successes must lie in [0, trials]; got successes={successes!r}")
+        raise InputError(f"successes must lie in [0, trials]; got successes={successes!r}")
     return np.broadcast_arrays(k, n)
 
 
@@ -67,7 +69,7 @@ def binomial_interval(successes, trials, confidence: float = 0.95,
                       method: str = "wilson") -> tuple[np.ndarray, np.ndarray]:
     """The binomial interval named ``method`` ("wilson" or "clopper-pearson")."""
     if method not in BINOMIAL_INTERVALS:
-        raise ValueError(f"method must be one of {', '.join(BINOMIAL_INTERVALS)}; got {method!r}")
+        raise InputError(f"method must be one of {', '.join(BINOMIAL_INTERVALS)}; got {method!r}")
     return BINOMIAL_INTERVALS[method](successes, trials, confidence)
 
 
@@ -82,9 +84,8 @@ def bootstrap_interval(values, statistic: Callable[[np.ndarray], float] = np.mea
     _check_confidence(confidence)
     data = np.asarray(values, dtype=float).ravel()
     if data.size == 0:
-        raise ValueError("values must contain at least one number")
-    if not isinstance(resamples, int) or resamples < 1:
-        raise ValueError(f"resamples must be a positive integer; got {resamples!r}")
+        raise InputError("values must contain at least one number")
+    positive_int("resamples", resamples)
     rng = np.random.default_rng(seed)
     draws = data[rng.integers(0, data.size, size=(resamples, data.size))]
     replicates = np.apply_along_axis(statistic, 1, draws)
@@ -105,12 +106,12 @@ def median_interval(values, confidence: float = 0.95) -> tuple[float, float, flo
     data = np.sort(np.asarray(values, dtype=float).ravel())
     n = data.size
     if n == 0 or not np.all(np.isfinite(data)):
-        raise ValueError("values must be a non-empty set of finite numbers")
+        raise InputError("values must be a non-empty set of finite numbers")
     coverage = [_scipy_stats.binom.cdf(n - k, n, 0.5) - _scipy_stats.binom.cdf(k - 1, n, 0.5)
                 for k in range(1, n // 2 + 1)]
     covering = [k for k, c in enumerate(coverage, start=1) if c >= confidence]
     if not covering:
-        raise ValueError(f"values: {n} are too few for a {confidence:.0%} interval of the "
+        raise InputError(f"values: {n} are too few for a {confidence:.0%} interval of the "
                          f"median (the widest, min..max, covers {coverage[0] if coverage else 0:.1%})")
     k = max(covering)
     return float(np.median(data)), float(data[k - 1]), float(data[n - k])
@@ -120,7 +121,7 @@ def first_true(mask) -> np.ndarray:
     """Index along axis 0 of the first True in each column of ``mask`` ([T, ...]); NEVER if none."""
     flags = np.asarray(mask, dtype=bool)
     if flags.ndim < 1 or flags.shape[0] == 0:
-        raise ValueError(f"mask must have a non-empty leading (time) axis; got shape {flags.shape}")
+        raise InputError(f"mask must have a non-empty leading (time) axis; got shape {flags.shape}")
     hit = flags.any(axis=0)
     return np.where(hit, flags.argmax(axis=0), NEVER)
 
@@ -138,7 +139,7 @@ def first_rise(values, threshold: float) -> np.ndarray:
     """First index at which ``values`` ([T, ...]) exceeds its value at index 0 by ``threshold``."""
     series = np.asarray(values, dtype=float)
     if threshold <= 0:
-        raise ValueError(f"threshold must be > 0; got {threshold!r}")
+        raise InputError(f"threshold must be > 0; got {threshold!r}")
     return first_true(series >= series[:1] + threshold)
 
 
@@ -152,7 +153,7 @@ def escaped_fraction(exit_steps, steps, confidence: float = 0.95,
     exits = np.asarray(exit_steps)
     grid = np.asarray(steps)
     if exits.ndim != 1 or exits.size == 0:
-        raise ValueError(f"exit_steps must be a non-empty 1-D array; got shape {exits.shape}")
+        raise InputError(f"exit_steps must be a non-empty 1-D array; got shape {exits.shape}")
     done = exits[exits != NEVER]
     counts = np.searchsorted(np.sort(done), grid, side="right")
     low, high = binomial_interval(counts, exits.size, confidence, method)
@@ -173,8 +174,7 @@ def exit_time_summary(exit_steps, horizon: int, *, confidence: float = 0.95,
     bound of the true mean when some never escape; ``escaped`` says how many did).
     """
     exits = np.asarray(exit_steps)
-    if not isinstance(horizon, (int, np.integer)) or horizon < 1:
-        raise ValueError(f"horizon must be a positive integer; got {horizon!r}")
+    horizon = positive_int("horizon", int(horizon) if isinstance(horizon, np.integer) else horizon)
     censored = np.where(exits == NEVER, horizon, np.minimum(exits, horizon))
     mean, low, high = bootstrap_interval(censored, np.mean, confidence=confidence,
                                          resamples=resamples, seed=seed)
@@ -214,7 +214,7 @@ def paired_difference(a, b, confidence: float = 0.95) -> dict[str, object]:
     _check_confidence(confidence)
     first, second = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
     if first.shape != second.shape:
-        raise ValueError(f"a and b must hold the same number of paired values; got "
+        raise InputError(f"a and b must hold the same number of paired values; got "
                          f"{first.size} and {second.size}")
     keep = np.isfinite(first) & np.isfinite(second)
     differences = first[keep] - second[keep]
@@ -280,8 +280,8 @@ def minimal_detectable_difference(std_of_differences: float, n: int, alpha: floa
     _check_confidence(1 - alpha)
     _check_confidence(power)
     if not isinstance(n, (int, np.integer)) or n < 2:
-        raise ValueError(f"n must be an integer >= 2; got {n!r}")
+        raise InputError(f"n must be an integer >= 2; got {n!r}")
     if not std_of_differences >= 0:
-        raise ValueError(f"std_of_differences must be >= 0; got {std_of_differences!r}")
+        raise InputError(f"std_of_differences must be >= 0; got {std_of_differences!r}")
     quantiles = _scipy_stats.t.ppf(1 - alpha / 2, n - 1) + _scipy_stats.t.ppf(power, n - 1)
     return float(quantiles * std_of_differences / np.sqrt(n))

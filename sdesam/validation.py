@@ -4,6 +4,19 @@ Each check returns the (normalised) value it accepts and raises :class:`InputErr
 ``ValueError``, so callers that catch ``ValueError`` keep working -- with a message that names
 the argument and says what is accepted. The command line turns an ``InputError`` into a one-line
 message and exit status 2 (see :mod:`sdesam.cli`).
+
+Which error, everywhere in ``sdesam``:
+
+- :class:`InputError`: an argument, setting or input file the caller can correct -- a wrong
+  value, type, shape or combination, a rule a layer does not implement, a missing file --
+  refused before any work is done;
+- plain ``ValueError``: a request the object or data at hand cannot answer, found while working
+  (a ``loss_fn`` that does not return per-sample losses, a derivation with no reference to
+  verify against, a step that is not affine), or an inconsistency in the package's own
+  declarations; ``RuntimeError``: a call out of order (``second_step`` before ``first_step``);
+  ``TypeError``: an internal function handed the wrong kind of object by package code.
+
+An integer that must be positive is checked by :func:`positive_int` (never inline).
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from sdesam.validation import InputError
+
 
 class LossScaler:
     """The loss scale of float16 training (``enabled=False``: a constant scale of 1)."""
@@ -23,7 +25,7 @@ class LossScaler:
                  backoff_factor: float = 0.5, growth_interval: int = 2000) -> None:
         """Start at ``init_scale`` (when enabled); see the module docstring for the policy."""
         if init_scale <= 0:
-            raise ValueError(f"loss_scale must be > 0; got {init_scale!r}")
+            raise InputError(f"loss_scale must be > 0; got {init_scale!r}")
         self.enabled = enabled
         self.scale = float(init_scale) if enabled else 1.0
         self.growth_factor = growth_factor

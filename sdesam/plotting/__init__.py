@@ -25,16 +25,16 @@ from ..validation import InputError
 def drawer(experiment: str) -> ModuleType:
     """The plotting module of ``experiment`` (it provides ``draw(data, out_stem)``)."""
     if not isinstance(experiment, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", experiment):
-        raise ValueError(f"settings.experiment must be a lower-case module name; got {experiment!r}")
+        raise InputError(f"settings.experiment must be a lower-case module name; got {experiment!r}")
     try:
         module = importlib.import_module(f"{__name__}.{experiment}")
     except ModuleNotFoundError as error:
         if error.name != f"{__name__}.{experiment}":
             raise
-        raise ValueError(f"no figure is defined for experiment {experiment!r} "
+        raise InputError(f"no figure is defined for experiment {experiment!r} "
                          f"(expected a module {__name__}.{experiment})") from None
     if not hasattr(module, "draw"):
-        raise ValueError(f"{module.__name__} does not provide draw(data, out_stem)")
+        raise InputError(f"{module.__name__} does not provide draw(data, out_stem)")
     return module
 
 
@@ -43,7 +43,7 @@ def draw(data: dict[str, Any], out_stem: str | Path) -> list[Path]:
     try:
         experiment = data["settings"]["experiment"]
     except (KeyError, TypeError):
-        raise ValueError("data must hold settings.experiment naming the experiment") from None
+        raise InputError("data must hold settings.experiment naming the experiment") from None
     out_stem = Path(out_stem)
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     return drawer(experiment).draw(data, out_stem)

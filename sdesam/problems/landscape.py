@@ -49,7 +49,7 @@ class SharpFlatLandscape(Problem):
         validation.non_negative_number("label_noise", label_noise)
         validation.non_negative_number("confinement", confinement)
         if not flat_width > sharp_width:
-            raise ValueError(f"flat_width must exceed sharp_width; got flat_width={flat_width}, "
+            raise validation.InputError(f"flat_width must exceed sharp_width; got flat_width={flat_width}, "
                              f"sharp_width={sharp_width}")
         if not (math.isfinite(sharp_center) and math.isfinite(flat_center)
                 and flat_center > sharp_center):
@@ -125,7 +125,7 @@ class SharpFlatLandscape(Problem):
         """
         check_rho(rho)
         if c < 0:
-            raise ValueError(f"c must be >= 0; got {c!r}")
+            raise validation.InputError(f"c must be >= 0; got {c!r}")
         grad = self.grad(x)
         return self.loss(x) + rho / 2 * grad.square().sum(-1) + rho * c / 2 * self.trace_V(x)
 
@@ -146,7 +146,7 @@ class SharpFlatLandscape(Problem):
         mean, _ = self.mean_and_tilts(u)
         top = int(mean.argmax())
         if top in (0, grid - 1):
-            raise ValueError("the two wells overlap: f has no barrier between them; move the "
+            raise validation.InputError("the two wells overlap: f has no barrier between them; move the "
                              "centers apart or make the wells narrower")
         return float(self._newton(float(u[top]))[0])
 

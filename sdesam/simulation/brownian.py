@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torchsde import BaseBrownian
 
+from sdesam.validation import InputError, positive_int
+
 
 def time_grid(horizon: float, dt: float, dtype: torch.dtype = torch.float64,
               device: str | torch.device = "cpu") -> torch.Tensor:
@@ -18,10 +20,10 @@ def time_grid(horizon: float, dt: float, dtype: torch.dtype = torch.float64,
     integer), accumulated one addition at a time exactly as ``torchsde`` advances its clock,
     so that the solver lands on every grid point without sub-steps or interpolation."""
     if not dt > 0 or not horizon > 0:
-        raise ValueError(f"horizon and dt must be positive; got horizon={horizon!r}, dt={dt!r}")
+        raise InputError(f"horizon and dt must be positive; got horizon={horizon!r}, dt={dt!r}")
     count = round(horizon / dt)
     if abs(count * dt - horizon) > 1e-9 * horizon:
-        raise ValueError(f"horizon must be a whole number of steps dt; got horizon={horizon}, dt={dt}")
+        raise InputError(f"horizon must be a whole number of steps dt; got horizon={horizon}, dt={dt}")
     times = [torch.zeros((), dtype=dtype, device=device)]
     for _ in range(count):
         times.append(times[-1] + dt)
@@ -39,9 +41,11 @@ class FixedGridBrownian(BaseBrownian):
                  dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> None:
         times = torch.as_tensor(times, dtype=torch.float64)
         if times.dim() != 1 or times.numel() < 2 or not bool((times.diff() > 0).all()):
-            raise ValueError("times must be a strictly increasing 1-D grid with at least 2 points")
-        if len(size) != 2 or any(not isinstance(s, int) or s < 1 for s in size):
-            raise ValueError(f"size must be (chains, channels) of positive integers; got {size!r}")
+            raise InputError("times must be a strictly increasing 1-D grid with at least 2 points")
+        if len(size) != 2:
+            raise InputError(f"size must be (chains, channels) of positive integers; got {size!r}")
+        positive_int("chains", size[0])
+        positive_int("channels", size[1])
         self._times = times.cpu()
         self._size = torch.Size(size)
         self._seed = int(seed)
@@ -52,7 +56,7 @@ class FixedGridBrownian(BaseBrownian):
     def increment(self, k: int) -> torch.Tensor:
         """``W(t_{k+1}) - W(t_k)``: Gaussian with variance ``t_{k+1} - t_k``, fixed by (seed, k)."""
         if not 0 <= k < self._times.numel() - 1:
-            raise ValueError(f"k must lie in [0, {self._times.numel() - 1}); got {k}")
+            raise InputError(f"k must lie in [0, {self._times.numel() - 1}); got {k}")
         self._generator.manual_seed(self._seed * 1_000_003 + k)
         noise = torch.randn(self._size, generator=self._generator, dtype=self._dtype,
                             device=self._device)
@@ -72,7 +76,7 @@ class FixedGridBrownian(BaseBrownian):
     def __call__(self, ta, tb=None, return_U=False, return_A=False):  # noqa: N803 (torchsde API)
         """``W(tb) - W(ta)`` (``W(ta) - W(t_0)`` when ``tb`` is None); no Levy areas."""
         if return_U or return_A:
-            raise ValueError("FixedGridBrownian provides increments only (levy_area_approximation='none')")
+            raise InputError("FixedGridBrownian provides increments only (levy_area_approximation='none')")
         start, stop = (0, self._index(ta)) if tb is None else (self._index(ta), self._index(tb))
         if stop < start:
             raise ValueError(f"need ta <= tb; got ta={ta}, tb={tb}")

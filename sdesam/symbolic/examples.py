@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sympy
 
+from sdesam.validation import InputError
+
 
 def example_losses(dim: int = 2) -> tuple[list[sympy.Expr], list[sympy.Symbol]]:
     """Four non-quadratic per-sample losses whose gradient noise depends on x.
@@ -20,4 +22,4 @@ def example_losses(dim: int = 2) -> tuple[list[sympy.Expr], list[sympy.Symbol]]:
     if dim == 2:
         x, y = sympy.symbols("x y", real=True)
         return [(x - ai) ** 2 / 2 + (y - bi * x) ** 2 / 2 + x**4 / 12 for ai, bi in zip(a, b)], [x, y]
-    raise ValueError(f"dim must be 1 or 2; got {dim!r}")
+    raise InputError(f"dim must be 1 or 2; got {dim!r}")

@@ -16,6 +16,7 @@ from ..algorithms import check_sampling
 from .moments import MomentCalculus
 from .sampling import disjoint_pair_distribution, sample_distribution
 from .taylor import gradient
+from sdesam.validation import InputError
 
 PartFn = Callable[..., sympy.Matrix]
 
@@ -124,7 +125,7 @@ class GenericFamily:
     def instantiate(self, matrix: sympy.Matrix, losses: Sequence[sympy.Expr]) -> sympy.Matrix:
         """Evaluate a generic result on concrete per-sample losses (same variables)."""
         if self.n != len(losses) and isinstance(self.n, int):
-            raise ValueError(f"losses must contain n={self.n} expressions; got {len(losses)}")
+            raise InputError(f"losses must contain n={self.n} expressions; got {len(losses)}")
         f = sum(sympy.sympify(l) for l in losses) / len(losses)
         n_value = {self.n: len(losses)} if isinstance(self.n, sympy.Symbol) else {}
         return matrix.applyfunc(lambda e: self.calculus.instantiate(e, f, losses).subs(n_value))

@@ -17,6 +17,7 @@ from collections import Counter
 import sympy
 
 from ..algorithms import check_sampling
+from ..validation import InputError
 
 IndexSet = tuple[int, ...]
 
@@ -26,7 +27,7 @@ def sample_distribution(n: int, size: int, sampling: str) -> list[tuple[IndexSet
     check_sampling(sampling)
     if sampling == "without-replacement":
         if size > n:
-            raise ValueError(f"cannot draw {size} of n={n} samples without replacement")
+            raise InputError(f"cannot draw {size} of n={n} samples without replacement")
         p = sympy.Rational(1, comb(n, size))
         return [(subset, p) for subset in combinations(range(n), size)]
     total = n**size
@@ -40,7 +41,7 @@ def sample_distribution(n: int, size: int, sampling: str) -> list[tuple[IndexSet
 def disjoint_pair_distribution(n: int, size: int) -> list[tuple[tuple[IndexSet, IndexSet], sympy.Rational]]:
     """Ordered pairs of disjoint ``size``-subsets of ``range(n)``, uniformly (without replacement)."""
     if 2 * size > n:
-        raise ValueError(f"two disjoint micro-batches of {size} need n >= {2 * size}; got n={n}")
+        raise InputError(f"two disjoint micro-batches of {size} need n >= {2 * size}; got n={n}")
     pairs = []
     for first in combinations(range(n), size):
         rest = [i for i in range(n) if i not in first]

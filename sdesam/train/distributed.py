@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from sdesam.validation import InputError
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -44,11 +46,11 @@ def resolve_device(device: str) -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device must be cpu, cuda or cuda:N; got {device!r}") from None
+        raise InputError(f"device must be cpu, cuda or cuda:N; got {device!r}") from None
     if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu, cuda or cuda:N; got {device!r}")
+        raise InputError(f"device must be cpu, cuda or cuda:N; got {device!r}")
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but CUDA is not available")
+        raise InputError(f"device {device!r} was asked for but CUDA is not available")
     return resolved
 
 

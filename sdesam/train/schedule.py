@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from sdesam.validation import InputError
+
 SCHEDULES: tuple[str, ...] = ("cosine", "step", "constant")
 
 
@@ -17,7 +19,7 @@ def lr_factor(step: int, total_steps: int, schedule: str = "cosine", warmup_step
     ``gamma`` at each step count in ``milestones``) or ``constant``.
     """
     if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}")
+        raise InputError(f"schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}")
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "cosine":

@@ -23,6 +23,7 @@ from sdesam.train.models.signal import SIGNAL_NORMS, SignalCNN, SignalMLP
 from sdesam.train.models.small import SmallCNN
 from sdesam.train.models.vit import VisionTransformer, load_vit
 from sdesam.train.models.wrn import wide_resnet
+from sdesam.validation import InputError, int_at_least
 
 MODELS: tuple[str, ...] = ("small", "resnet18", "resnet50", "wrn28-10", "vit", "cnn1d", "mlp1d")
 
@@ -54,27 +55,26 @@ def build_model(name: str, num_classes: int, norm: str | None = None,
     its classification head is replaced by a fresh one with ``num_classes`` outputs).
     """
     if name not in MODELS:
-        raise ValueError(f"model must be one of {', '.join(MODELS)}; got {name!r}")
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}")
+        raise InputError(f"model must be one of {', '.join(MODELS)}; got {name!r}")
+    int_at_least("num_classes", num_classes, 2)
     if name == "vit":
         if norm not in (None, "ln"):
-            raise ValueError(f"norm for vit is its LayerNorm; leave it out (got norm={norm!r})")
+            raise InputError(f"norm for vit is its LayerNorm; leave it out (got norm={norm!r})")
         if checkpoint is None:
-            raise ValueError("model vit needs checkpoint: a local file of pretrained weights "
+            raise InputError("model vit needs checkpoint: a local file of pretrained weights "
                              "(nothing is downloaded)")
         return load_vit(checkpoint, num_classes)
     if checkpoint is not None:
-        raise ValueError(f"checkpoint is only used by model vit, not {name!r}")
+        raise InputError(f"checkpoint is only used by model vit, not {name!r}")
     norm = DEFAULT_NORM[name] if norm is None else norm
     if name in SIGNAL_MODELS:
         if norm not in SIGNAL_NORMS:
-            raise ValueError(f"norm for model {name} must be one of {', '.join(SIGNAL_NORMS)}; "
+            raise InputError(f"norm for model {name} must be one of {', '.join(SIGNAL_NORMS)}; "
                              f"got {norm!r}")
         model = SignalCNN if name == "cnn1d" else SignalMLP
         return model(math.prod(input_shape), num_classes, norm=norm)
     if norm not in NORMS:
-        raise ValueError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")
+        raise InputError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")
     if name == "small":
         return SmallCNN(num_classes, norm)
     if name == "resnet18":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from sdesam.validation import InputError
+
 NORMS: tuple[str, ...] = ("bn", "gn", "none")
 
 
@@ -19,4 +21,4 @@ def norm_layer(norm: str, channels: int) -> nn.Module:
         return nn.GroupNorm(groups, channels)
     if norm == "none":
         return nn.Identity()
-    raise ValueError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")
+    raise InputError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sdesam.validation import InputError
+
 
 def _conv_length(length: int, kernel: int, stride: int, padding: int) -> int:
     """Output length of a 1-D convolution."""
@@ -33,7 +35,7 @@ SIGNAL_NORMS: tuple[str, ...] = ("none", "bn")
 def _signal_norm(norm: str, features: int) -> list[nn.Module]:
     """The layers that normalise ``features`` channels: none, or a BatchNorm1d."""
     if norm not in SIGNAL_NORMS:
-        raise ValueError(f"norm for the signal models must be one of {', '.join(SIGNAL_NORMS)}; "
+        raise InputError(f"norm for the signal models must be one of {', '.join(SIGNAL_NORMS)}; "
                          f"got {norm!r}")
     return [nn.BatchNorm1d(features)] if norm == "bn" else []
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sdesam.validation import InputError
+
 
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection."""
@@ -22,7 +24,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         if dim % heads:
-            raise ValueError(f"heads must divide dim; got dim={dim}, heads={heads}")
+            raise InputError(f"heads must divide dim; got dim={dim}, heads={heads}")
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -81,7 +83,7 @@ class VisionTransformer(nn.Module):
                  dim: int = 768, depth: int = 12, heads: int = 12, mlp_dim: int = 3072) -> None:
         super().__init__()
         if image_size % patch_size:
-            raise ValueError(f"patch_size must divide image_size; got {patch_size}, {image_size}")
+            raise InputError(f"patch_size must divide image_size; got {patch_size}, {image_size}")
         self.image_size = image_size
         self.patch_embed = PatchEmbed(patch_size, dim)
         tokens = (image_size // patch_size) ** 2
@@ -110,11 +112,11 @@ def vit_config_from_state(state: dict[str, torch.Tensor]) -> dict[str, int]:
         tokens = state["pos_embed"].shape[1] - 1
         mlp_dim = state["blocks.0.mlp.fc1.weight"].shape[0]
     except KeyError as missing:
-        raise ValueError(f"checkpoint is not a ViT state dict: no entry {missing}") from None
+        raise InputError(f"checkpoint is not a ViT state dict: no entry {missing}") from None
     dim, patch = proj.shape[0], proj.shape[-1]
     grid = math.isqrt(tokens)
     if grid * grid != tokens:
-        raise ValueError(f"checkpoint pos_embed has {tokens} patch tokens, not a square grid")
+        raise InputError(f"checkpoint pos_embed has {tokens} patch tokens, not a square grid")
     depth = 1 + max(int(key.split(".")[1]) for key in state if key.startswith("blocks."))
     return {"image_size": grid * patch, "patch_size": patch, "dim": dim, "depth": depth,
             "heads": max(1, dim // 64), "mlp_dim": mlp_dim}
@@ -128,7 +130,7 @@ def load_vit(path: str | Path, num_classes: int) -> VisionTransformer:
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"checkpoint {str(path)!r} does not exist (ViT weights are read from a "
+        raise InputError(f"checkpoint {str(path)!r} does not exist (ViT weights are read from a "
                          f"local file; nothing is downloaded)")
     saved = torch.load(path, map_location="cpu", weights_only=True)
     state = saved.get("state_dict", saved.get("model", saved))
@@ -138,7 +140,7 @@ def load_vit(path: str | Path, num_classes: int) -> VisionTransformer:
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("head.")]
     if missing or unexpected:
-        raise ValueError(f"checkpoint {str(path)!r} does not fit the ViT layout: missing "
+        raise InputError(f"checkpoint {str(path)!r} does not fit the ViT layout: missing "
                          f"{missing[:5]}, unexpected {unexpected[:5]}")
     nn.init.zeros_(model.head.weight)
     nn.init.zeros_(model.head.bias)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from sdesam.train.models.norm import norm_layer
+from sdesam.validation import InputError
 
 
 class WideBlock(nn.Module):
@@ -37,7 +38,7 @@ class WideResNet(nn.Module):
                  dropout: float = 0.0) -> None:
         super().__init__()
         if (depth - 4) % 6:
-            raise ValueError(f"depth must be 6n + 4; got {depth}")
+            raise InputError(f"depth must be 6n + 4; got {depth}")
         blocks_per_stage = (depth - 4) // 6
         self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
         stages, c_in = [], 16
