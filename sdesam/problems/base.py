@@ -18,8 +18,28 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch.func import jacrev, vjp, vmap
 
+from sdesam.validation import InputError
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import sympy
+
+
+EXACT_DENOMINATOR = 10_000
+"""A data value whose shortest decimal is a fraction with at most this denominator (0.5, 0.25,
+1.2) enters a sympy form exactly; any other float enters as a sympy Float."""
+
+
+def sympy_number(value: float) -> "sympy.Expr":
+    """A data value for a :meth:`Problem.sympy_form`: an integer or short decimal as an exact
+    rational, any other float as a sympy Float of the same value (53 bits). An exact rational of
+    a random float has a 16-digit denominator, and the products a derivation forms of them
+    outgrow every machine integer (the compiled SDE then fails); a Float stays a float."""
+    import sympy
+
+    exact = sympy.nsimplify(value, rational=True)
+    if exact.q <= EXACT_DENOMINATOR:
+        return exact
+    return sympy.Float(float(value))
 
 
 class Problem(abc.ABC):
@@ -114,19 +134,19 @@ class Problem(abc.ABC):
     def _check_point(self, x: Any) -> None:
         """Raise a ValueError unless ``x`` is a floating tensor whose last dimension is d."""
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise ValueError(f"x must be a floating-point torch.Tensor of shape [..., {self.dim}]")
+            raise InputError(f"x must be a floating-point torch.Tensor of shape [..., {self.dim}]")
         if x.dim() == 0 or x.shape[-1] != self.dim:
-            raise ValueError(f"x must have last dimension d={self.dim}; got shape {tuple(x.shape)}")
+            raise InputError(f"x must have last dimension d={self.dim}; got shape {tuple(x.shape)}")
 
     def _check_indices(self, idx: Any, device: torch.device) -> torch.Tensor:
         """Return ``idx`` as a long tensor on ``device``; raise unless entries lie in [0, N)."""
         idx = torch.as_tensor(idx, device=device)
         if idx.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
-            raise ValueError(f"idx must hold integer sample indices; got dtype {idx.dtype}")
+            raise InputError(f"idx must hold integer sample indices; got dtype {idx.dtype}")
         if idx.dim() == 0 or idx.shape[-1] == 0:
-            raise ValueError("idx must have shape [..., s] with s >= 1 sample indices")
+            raise InputError("idx must have shape [..., s] with s >= 1 sample indices")
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.n):
-            raise ValueError(f"idx entries must lie in [0, {self.n}); got range "
+            raise InputError(f"idx entries must lie in [0, {self.n}); got range "
                              f"[{int(idx.min())}, {int(idx.max())}]")
         return idx.long()
 

@@ -10,7 +10,7 @@ import sympy
 import torch
 
 from .. import validation
-from .base import Problem
+from .base import Problem, sympy_number
 
 
 class Quadratic(Problem):
@@ -21,14 +21,14 @@ class Quadratic(Problem):
         hessians = torch.as_tensor(hessians)
         centers = torch.as_tensor(centers)
         if hessians.dim() != 3 or hessians.shape[1] != hessians.shape[2]:
-            raise ValueError(f"hessians must have shape [N, d, d]; got {tuple(hessians.shape)}")
+            raise validation.InputError(f"hessians must have shape [N, d, d]; got {tuple(hessians.shape)}")
         if centers.shape != hessians.shape[:2]:
-            raise ValueError(f"centers must have shape [N, d] = {tuple(hessians.shape[:2])}; "
+            raise validation.InputError(f"centers must have shape [N, d] = {tuple(hessians.shape[:2])}; "
                              f"got {tuple(centers.shape)}")
         validation.finite_tensor("hessians", hessians)
         validation.finite_tensor("centers", centers)
         if not torch.allclose(hessians, hessians.transpose(1, 2)):
-            raise ValueError("hessians must be symmetric matrices H_i = H_i^T")
+            raise validation.InputError("hessians must be symmetric matrices H_i = H_i^T")
         self.hessians = hessians.to(torch.float64) if not hessians.is_floating_point() else hessians
         self.centers = centers.to(self.hessians.dtype)
         self.n, self.dim = int(centers.shape[0]), int(centers.shape[1])
@@ -60,7 +60,7 @@ class Quadratic(Problem):
         xs = sympy.Matrix(variables)
         losses = []
         for hessian, center in zip(self.hessians.tolist(), self.centers.tolist()):
-            diff = xs - sympy.Matrix([sympy.nsimplify(c, rational=True) for c in center])
-            h = sympy.Matrix([[sympy.nsimplify(v, rational=True) for v in row] for row in hessian])
+            diff = xs - sympy.Matrix([sympy_number(c) for c in center])
+            h = sympy.Matrix([[sympy_number(v) for v in row] for row in hessian])
             losses.append(sympy.expand((diff.T * h * diff)[0, 0] / 2))
         return losses, variables

@@ -6,7 +6,7 @@ import sympy
 import torch
 
 from .. import validation
-from .base import Problem
+from .base import Problem, sympy_number
 
 
 def _check_data(features: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,8 +61,8 @@ class LinearRegression(Problem):
         variables = list(sympy.symbols(f"x0:{self.dim}", real=True))
         losses = []
         for row, target in zip(self.features.tolist(), self.targets.tolist()):
-            pred = sum(sympy.nsimplify(a, rational=True) * v for a, v in zip(row, variables))
-            losses.append((pred - sympy.nsimplify(target, rational=True)) ** 2 / 2)
+            pred = sum(sympy_number(a) * v for a, v in zip(row, variables))
+            losses.append((pred - sympy_number(target)) ** 2 / 2)
         return losses, variables
 
 
@@ -112,9 +112,9 @@ class LogisticRegression(Problem):
     def sympy_form(self) -> tuple[list[sympy.Expr], list[sympy.Symbol]]:
         """The losses as sympy expressions in ``x0..x{d-1}``."""
         variables = list(sympy.symbols(f"x0:{self.dim}", real=True))
-        ridge = sympy.nsimplify(self.l2, rational=True) / 2 * sum(v**2 for v in variables)
+        ridge = sympy_number(self.l2) / 2 * sum(v**2 for v in variables)
         losses = []
         for row, target in zip(self.features.tolist(), self.targets.tolist()):
-            z = sum(sympy.nsimplify(a, rational=True) * v for a, v in zip(row, variables))
+            z = sum(sympy_number(a) * v for a, v in zip(row, variables))
             losses.append(sympy.log(1 + sympy.exp(z)) - int(target) * z + ridge)
         return losses, variables

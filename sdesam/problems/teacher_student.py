@@ -6,7 +6,7 @@ import sympy
 import torch
 
 from .. import validation
-from .base import Problem
+from .base import Problem, sympy_number
 
 
 class TeacherStudent(Problem):
@@ -23,11 +23,9 @@ class TeacherStudent(Problem):
                  teacher_hidden: int | None = None, noise: float = 0.0, seed: int = 0,
                  dtype: torch.dtype = torch.float64) -> None:
         for name, value in (("n", n), ("inputs", inputs), ("hidden", hidden)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
-        teacher_hidden = hidden if teacher_hidden is None else teacher_hidden
-        if not isinstance(teacher_hidden, int) or teacher_hidden < 1:
-            raise ValueError(f"teacher_hidden must be a positive integer; got {teacher_hidden!r}")
+            validation.positive_int(name, value)
+        teacher_hidden = validation.positive_int(
+            "teacher_hidden", hidden if teacher_hidden is None else teacher_hidden)
         noise = validation.non_negative_number("noise", noise)   # an infinite noise: inf targets
         gen = torch.Generator().manual_seed(seed)
         self.inputs_data = torch.randn(n, inputs, generator=gen, dtype=dtype)
@@ -56,9 +54,9 @@ class TeacherStudent(Problem):
         split = self.hidden * self.n_inputs
         losses = []
         for row, target in zip(self.inputs_data.tolist(), self.targets.tolist()):
-            a = [sympy.nsimplify(v, rational=True) for v in row]
+            a = [sympy_number(v) for v in row]
             out = sum(variables[split + k] * sympy.tanh(sum(
                 variables[k * self.n_inputs + j] * a[j] for j in range(self.n_inputs)))
                 for k in range(self.hidden))
-            losses.append((out - sympy.nsimplify(target, rational=True)) ** 2 / 2)
+            losses.append((out - sympy_number(target)) ** 2 / 2)
         return losses, variables
