@@ -115,7 +115,8 @@ def landscape_run_task(settings: dict[str, Any], seed: int) -> dict[str, list[di
     eta, steps, rule, kind = settings["eta"], settings["steps"], settings["rule"], settings["kind"]
     rho_sam, lam = landscape_scales(problem, settings["rho"])
     left_edge = problem.sharp[0] - LEFT_EDGE_WIDTHS * problem.sharp[2]
-    options = dict(eta=eta, rho=rho_sam if get_rule(rule).normalized else settings["rho"],
+    options = dict(eta=eta, rho=(rho_sam if get_rule(rule).normalized else settings["rho"])
+                   if get_rule(rule).perturbed else None,
                    batch=settings["batch"], micro=settings["micro"],
                    x0=problem.poor_minimum.to(settings["device"]), chains=settings["chains"],
                    seed=seed, sampling=settings["sampling"], device=settings["device"])
@@ -242,7 +243,7 @@ def mean_direction(problem: SharpFlatLandscape, rule: str, x: torch.Tensor, *, r
     for block in torch.split(indices, 256):
         points = x.unsqueeze(0).expand(block.shape[0], *x.shape)
         batches = block.unsqueeze(1).expand(block.shape[0], x.shape[0], batch)
-        total += ensemble.update_direction(problem, rule, points, batches, rho=rho,
+        total += ensemble.update_direction(problem, get_rule(rule), points, batches, rho=rho,
                                            micro=micro or batch, lam=rule_lam)[..., 0].sum(0)
     return total / draws
 

@@ -61,7 +61,7 @@ from sdesam.symbolic import Derivation, derive, eta as ETA, example_losses
 
 SCALED_USAM = Rule("scaled-usam", "part", False, False,
                    "G = grad f_B(x + rho s(x) * grad f_B(x)), s(x) = x^2 + 1",
-                   label="scaled USAM", scale=lambda xk: xk**2 + 1, sde=False, optimizer=False)
+                   label="scaled USAM", scale=lambda xk: xk**2 + 1)
 """The user-defined rule of the experiment (registered only while it runs)."""
 
 VARIANTS: dict[str, tuple[bool, bool, bool]] = {

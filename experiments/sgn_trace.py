@@ -86,7 +86,8 @@ def landscape_task(settings: dict[str, Any], seed: int) -> dict[str, list[dict[s
     rho_sam, lam = settings["rho"] * noise_scale, 1.0 / noise_scale
     rule, device = settings["rule"], settings["device"]
     result = ensemble.run(problem, rule, eta=settings["eta"],
-                          rho=rho_sam if get_rule(rule).normalized else settings["rho"],
+                          rho=(rho_sam if get_rule(rule).normalized else settings["rho"])
+                          if get_rule(rule).perturbed else None,
                           batch=settings["batch"], micro=settings["micro"],
                           x0=problem.poor_minimum.to(device), steps=settings["steps"],
                           chains=settings["chains"], seed=seed, sampling=settings["sampling"],

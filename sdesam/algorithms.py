@@ -11,20 +11,26 @@ Gibbs-reweighted gradient of RW-SAM) and the bracketed normalisation is applied 
 variants only.
 
 This module holds the registry (:data:`RULES` of :class:`Rule`, each saying everything a layer
-needs: perturbation source, normalisation, elementwise scale, micro-batches, accepted keywords,
-closed-form drift, SDE, optimizer) and :func:`direction`, a plain reference implementation
-written against two callables (``grad`` and ``norm``) so that the very same code runs on sympy
-matrices (``sdesam.symbolic``), on torch tensors batched over chains (``sdesam.simulation.ensemble``) and
-in the tests of ``sdesam.optim``. A user adds a rule once with :func:`register` and every layer
-knows it by name; every choice list is read from :func:`rule_names`, and no code outside this
-module tests a rule's name.
+needs: perturbation source, normalisation, elementwise scale, micro-batches, descent weights,
+drawn perturbations, accepted keywords) and :func:`direction`, a plain reference
+implementation written against callables (``grad``, ``norm``, ...) so that the very same code
+runs on sympy matrices (``sdesam.symbolic``), on torch tensors batched over chains
+(``sdesam.simulation.ensemble``) and in the tests of ``sdesam.optim``. A user adds a rule once
+with :func:`register` and every layer knows it by name; every choice list is read from
+:func:`rule_names`, and no code outside this module tests a rule's name.
+
+Which layer runs which rule is declared by the layer, not by the rule: each layer holds a
+:class:`Support` listing the rule facts it implements and answers ``supports(rule)`` (None, or
+the fact it lacks); :mod:`sdesam.layers` reads them all (``layers.support("sde", rule)``,
+``layers.rules_for("optimizer")``), and every choice list of a layer is derived from them. Which
+keywords a rule takes is read from the rule by one function, :func:`check_keywords`.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 from . import validation
 
@@ -46,6 +52,10 @@ RULE_KEYWORDS: dict[str, str] = {
 }
 """Every keyword a rule may accept, with what it means (a rule's :attr:`Rule.keywords`)."""
 
+DEFAULT_LAM = 1.0
+"""The inverse temperature of the Gibbs weights when a weighted rule runs without ``lam`` (not
+from the paper; tune it)."""
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -61,10 +71,7 @@ class Rule:
     ``scale``: an optional elementwise preconditioner of the perturbation, ``a_k <- scale(x_k)
     a_k`` applied before normalisation (adaptive / elementwise-scaled variants); it must be
     written with arithmetic that works on sympy scalars and torch tensors alike (``x**2 + 0.1``).
-    ``label``: the display name (tables, legends); ``sde``: whether :mod:`sdesam.simulation.sde` has a
-    hand-written first-order SDE for it (every rule with a derivation also gets the compiled
-    SDE of :mod:`sdesam.simulation.derived_sde`); ``optimizer``: whether :func:`sdesam.optim.create` can
-    build it for an ``nn.Module``.
+    ``label``: the display name (tables, legends).
     ``descent_weights`` (Gibbs-weighted rules only): how the weights p enter the descent
     gradient -- ``"none"`` (the plain batch mean at the perturbed point, the poster's RW-SAM),
     ``"all"`` (``sum_i p_i grad f_i(x + eps)``) or ``"response"`` (``grad f_B(x) +
@@ -73,6 +80,9 @@ class Rule:
     ``ascent_draw`` (Gibbs-weighted rules only): k > 0 builds the perturbation from the mean
     gradient of k samples of the batch drawn with replacement with probabilities p, instead of
     the weighted average ``sum_i p_i grad f_i``; 0 (the default) draws nothing.
+
+    Which layers run it is not a fact of the rule: each layer declares the facts it implements
+    (see :class:`Support`), and :mod:`sdesam.layers` answers for any rule and layer.
     """
 
     name: str
@@ -82,8 +92,6 @@ class Rule:
     description: str
     label: str = ""
     scale: Callable[[Any], Any] | None = field(default=None, compare=False)
-    sde: bool = True
-    optimizer: bool = True
     descent_weights: DescentWeights = "none"
     ascent_draw: int = 0
 
@@ -101,6 +109,12 @@ class Rule:
             raise validation.InputError(
                 "micro: a rule with micro-batches perturbs each one along its own gradient "
                 f"(ascent 'part'); got ascent {self.ascent!r}")
+        if self.scale is not None and not self.perturbed:
+            raise validation.InputError(
+                "scale preconditions the perturbation; a rule without one (ascent 'none') "
+                "takes no scale")
+        if self.scale is not None and not callable(self.scale):
+            raise validation.InputError(f"scale must be a function of x or None; got {self.scale!r}")
         if not self.label:
             object.__setattr__(self, "label", self.name)
 
@@ -115,10 +129,15 @@ class Rule:
         return self.ascent == "reweighted"
 
     @property
+    def scaled(self) -> bool:
+        """Whether its perturbation has an elementwise :attr:`scale`."""
+        return self.scale is not None
+
+    @property
     def extended(self) -> bool:
-        """Whether it uses weights in its descent gradient or draws its perturbation (facts
-        that only :func:`direction` and :mod:`sdesam.implicit` implement so far)."""
+        """Whether it uses weights in its descent gradient or draws its perturbation."""
         return self.descent_weights != "none" or self.ascent_draw > 0
+
 
     @property
     def keywords(self) -> tuple[str, ...]:
@@ -166,17 +185,15 @@ RULES: dict[str, Rule] = {
              label="RW-SAM"),
         Rule("rw-sam-wd", "reweighted", True, False,
              "G = sum_i p_i grad f_i(x + rho g/|g|), g = sum_i p_i grad f_i (weights in the "
-             "descent too)", label="RW-SAM, weighted descent", sde=False, optimizer=False,
-             descent_weights="all"),
+             "descent too)", label="RW-SAM, weighted descent", descent_weights="all"),
         Rule("rw-sam-wr", "reweighted", True, False,
              "G = grad f_B(x) + sum_i p_i [grad f_i(x + rho g/|g|) - grad f_i(x)], "
              "g = sum_i p_i grad f_i (weights on the response to the perturbation)",
-             label="RW-SAM, weighted response", sde=False, optimizer=False,
-             descent_weights="response"),
+             label="RW-SAM, weighted response", descent_weights="response"),
         Rule("rw-sam-draw", "reweighted", True, False,
              "G = grad f_B(x + rho g_k/|g_k|), g_k the gradient of one sample of the batch "
-             "drawn with probabilities p", label="RW-SAM, drawn perturbation (k=1)", sde=False,
-             optimizer=False, ascent_draw=1),
+             "drawn with probabilities p", label="RW-SAM, drawn perturbation (k=1)",
+             ascent_draw=1),
     )
 }
 """The registry: every layer looks rules up here (built-in ones and those a user registers)."""
@@ -229,8 +246,9 @@ def __getattr__(name: str) -> Any:
 
 
 def get_rule(algorithm: "str | Rule") -> Rule:
-    """The registered :class:`Rule` named ``algorithm`` (a Rule passes through); a ValueError
-    listing the registered names otherwise."""
+    """The :class:`Rule` an entry point was given: a Rule passes through (registered or not),
+    a name is looked up in :data:`RULES`; an InputError listing the registered names otherwise.
+    Entry points call it once and pass the Rule down."""
     if isinstance(algorithm, Rule):
         return algorithm
     if not isinstance(algorithm, str) or algorithm.lower() not in RULES:
@@ -240,24 +258,129 @@ def get_rule(algorithm: "str | Rule") -> Rule:
     return RULES[algorithm.lower()]
 
 
-resolve = get_rule
+# ---------------------------------------------------------------------- what a layer implements
+FACTS: tuple[str, ...] = ("ascent", "normalized", "micro", "scaled", "descent_weights",
+                          "ascent_draw")
+"""The rule facts a layer may or may not implement (``scaled``: the rule has a :attr:`Rule.scale`)."""
+
+PLAIN: dict[str, Any] = {"scaled": False, "descent_weights": "none", "ascent_draw": 0}
+"""The extensions of the SAM family and their plain values: a layer that does not name one in
+its :class:`Support` implements only the plain value, so a rule using it is refused, never run
+as another rule."""
 
 
-def check_keywords(algorithm: "str | Rule", **given: Any) -> Rule:
-    """Refuse a rule keyword (``rho``, ``micro``, ``lam``, ``delta``; None means not given) that
-    ``algorithm`` does not accept, and a missing ``micro`` for a rule with micro-batches."""
-    rule = get_rule(algorithm)
+class _Any(tuple):
+    """Every value of a fact (``value in ANY`` is always true)."""
+
+    def __contains__(self, value: object) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+ANY: tuple = _Any()
+"""In a :class:`Support`: the layer implements every value of this fact."""
+
+
+class Support:
+    """One layer's declaration of the rule facts it implements: ``Support("the ensemble",
+    scaled=(False, True), ascent_draw=ANY)``.
+
+    A fact it names accepts the listed values (:data:`ANY`: all); one it does not name accepts
+    every value, except the extensions of :data:`PLAIN`, which then accept only their plain
+    value. :meth:`reason` says which fact of a rule it lacks; :meth:`require` refuses that
+    rule in one line naming the rule and the fact.
+    """
+
+    def __init__(self, layer: str, **handles: Sequence[Any]) -> None:
+        unknown = set(handles) - set(FACTS)
+        if unknown:
+            raise ValueError(f"Support of {layer}: unknown facts {sorted(unknown)}; facts: {FACTS}")
+        self.layer = layer
+        self.handles: Mapping[str, Sequence[Any]] = dict(handles)
+
+    def allowed(self, fact: str) -> Sequence[Any]:
+        """The values of ``fact`` this layer implements."""
+        if fact in self.handles:
+            return self.handles[fact]
+        return (PLAIN[fact],) if fact in PLAIN else ANY
+
+    def missing(self, rule: Rule) -> list[str]:
+        """The facts of ``rule`` (in :data:`FACTS` order) whose value this layer lacks."""
+        return [fact for fact in FACTS if getattr(rule, fact) not in self.allowed(fact)]
+
+    def describe(self, rule: Rule, fact: str) -> str:
+        """``fact=value (it implements fact ...)`` for one fact of ``rule``."""
+        return (f"{fact}={getattr(rule, fact)!r} (it implements {fact} "
+                f"{', '.join(map(repr, self.allowed(fact)))})")
+
+    def reason(self, rule: Rule) -> str | None:
+        """None when every fact of ``rule`` is implemented, else the first missing one
+        described (:meth:`describe`)."""
+        missing = self.missing(rule)
+        return self.describe(rule, missing[0]) if missing else None
+
+    def refusal(self, rule: Rule) -> str | None:
+        """The one-line refusal of ``rule`` naming it and the fact this layer lacks, or None."""
+        reason = self.reason(rule)
+        return None if reason is None else f"{self.layer} does not implement rule {rule.name!r}: {reason}"
+
+    def require(self, rule: Rule) -> Rule:
+        """``rule`` if this layer implements it; an InputError naming the rule and the fact otherwise."""
+        refusal = self.refusal(rule)
+        if refusal is not None:
+            raise validation.InputError(refusal)
+        return rule
+
+    def __repr__(self) -> str:
+        return f"Support({self.layer!r}, {', '.join(f'{k}={v!r}' for k, v in self.handles.items())})"
+
+
+# ---------------------------------------------------------------------- keywords
+def check_keywords(rule: Rule, **given: Any) -> Rule:
+    """The one keyword policy of every layer and the command line: refuse a rule keyword
+    (``rho``, ``micro``, ``lam``, ``delta``; None means not given) that ``rule`` does not take
+    (:attr:`Rule.keywords`), and a missing ``micro`` when ``micro`` is asked about and the rule
+    has micro-batches. ``rho = 0`` passes for a rule without a perturbation: it is that rule's
+    step, so a sweep may give every rule its rho (any other value would be ignored, and is
+    refused)."""
+    if not isinstance(rule, Rule):
+        raise TypeError(f"check_keywords takes a resolved Rule (get_rule); got {rule!r}")
     for word, value in given.items():
         if word not in RULE_KEYWORDS:
             raise validation.InputError(f"unknown rule keyword {word!r}; accepted: "
                                         f"{', '.join(RULE_KEYWORDS)}")
-        if value is not None and word not in rule.keywords and word != "rho":
-            raise validation.InputError(
-                f"{word} is not accepted by {rule.name!r} (it accepts: "
-                f"{', '.join(rule.keywords) or 'no rule keywords'})")
+        if value is None or word in rule.keywords:
+            continue
+        if word == "rho" and _is_zero(value):
+            continue
+        note = "rho = 0 or none for a rule without a perturbation; " if word == "rho" else ""
+        raise validation.InputError(
+            f"{word} is not accepted by {rule.name!r} ({note}it accepts: "
+            f"{', '.join(rule.keywords) or 'no rule keywords'})")
     if rule.micro and "micro" in given and given["micro"] is None:
-        raise validation.InputError(f"micro is required by {rule.name!r} (the micro-batch size m)")
+        raise validation.InputError(f"micro is required by {rule.name!r}: the micro-batch size m, "
+                                    "a divisor of the batch")
     return rule
+
+
+def _is_zero(value: Any) -> bool:
+    """Whether ``value`` is the number 0 (a sympy 0 too)."""
+    try:
+        return not isinstance(value, (bool, str)) and float(value) == 0.0
+    except (TypeError, ValueError):
+        return False
+
+
+def rule_options(rule: Rule, **values: Any) -> dict[str, Any]:
+    """The rule keywords among ``values`` (rho, micro, lam, delta) that ``rule`` takes: how a
+    caller holding every keyword passes a rule only its own (the others are dropped)."""
+    for word in values:
+        if word not in RULE_KEYWORDS:
+            raise validation.InputError(f"unknown rule keyword {word!r}; accepted: "
+                                        f"{', '.join(RULE_KEYWORDS)}")
+    return {word: value for word, value in values.items() if word in rule.keywords}
 
 
 def check_sampling(sampling: str) -> str:
@@ -271,19 +394,19 @@ def check_rho(rho: Any) -> Any:
 
 
 def check_sizes(
-    algorithm: "str | Rule",
+    rule: Rule,
     batch: int,
     micro: int | None = None,
     n: int | None = None,
     sampling: str = "with-replacement",
 ) -> int:
-    """Validate batch and micro-batch sizes for ``algorithm``; return the micro size to use.
+    """Validate batch and micro-batch sizes for ``rule``; return the micro size to use.
 
     ``micro`` is required by the rules with micro-batches (it must divide ``batch``) and refused
-    by the others, for which the returned size is ``batch``. Without replacement the batch
-    cannot exceed the ``n`` samples.
+    by the others (:func:`check_keywords`), for which the returned size is ``batch``. Without
+    replacement the batch cannot exceed the ``n`` samples.
     """
-    rule = resolve(algorithm)
+    check_keywords(rule, micro=micro)
     check_sampling(sampling)
     validation.positive_int("batch", batch)
     if n is not None and sampling == "without-replacement" and batch > n:
@@ -292,17 +415,7 @@ def check_sizes(
             f"without replacement; got batch={batch}"
         )
     if micro is None:
-        if rule.micro:
-            raise validation.InputError(
-                f"micro is required by {rule.name!r}: the micro-batch size m, a divisor of "
-                f"batch={batch} (micro=batch is mini-batch {rule.family.upper()})")
         return batch
-    if not rule.micro:
-        micro_rules = ", ".join(rule_names(lambda r: r.micro))
-        raise validation.InputError(
-            f"micro is only accepted by rules with micro-batches ({micro_rules}), not "
-            f"{rule.name!r}; leave it out (got micro={micro!r})"
-        )
     validation.positive_int("micro", micro)
     if batch % micro:
         raise validation.InputError(f"micro must divide batch; got micro={micro}, batch={batch}")
@@ -355,15 +468,16 @@ def direction(
     weights p of the step's point x (fixed while the gradient moves to ``point``); rules with
     :attr:`Rule.ascent_draw` need ``draw(idx)``: that many indices of ``idx`` drawn with
     replacement with probabilities p (the caller owns the randomness). Only ``+``, ``*`` and
-    ``/`` are applied to vectors, so any array type works.
+    ``/`` are applied to vectors, so any array type works. At ``rho = 0`` (a Python or sympy
+    number) nothing is perturbed and no ascent is computed.
     """
-    rule = resolve(algorithm)
+    rule = get_rule(algorithm)
     if not parts:
-        raise ValueError("parts must contain at least one index set")
+        raise validation.InputError("parts must contain at least one index set")
     if not rule.micro and len(parts) != 1:
-        raise ValueError(f"{rule.name} takes the whole batch as one part; got {len(parts)} parts")
+        raise validation.InputError(f"{rule.name} takes the whole batch as one part; got {len(parts)} parts")
     if rule.descent_weights != "none" and weighted_grad is None:
-        raise ValueError(f"{rule.name} needs weighted_grad, the Gibbs-weighted gradient at a point")
+        raise validation.InputError(f"{rule.name} needs weighted_grad, the Gibbs-weighted gradient at a point")
     total = None
     for part in parts:
         point = perturbed_point(rule, x, part, rho, grad, norm, reweighted_grad, draw)
@@ -387,8 +501,9 @@ def perturbed_point(
     reweighted_grad: Grad | None = None,
     draw: Callable[[Any], Any] | None = None,
 ) -> Any:
-    """The point ``x + rho * a`` (``a`` normalised for SAM variants) where ``part``'s gradient is taken."""
-    if rule.ascent == "none":
+    """The point ``x + rho * a`` (``a`` normalised for SAM variants) where ``part``'s gradient
+    is taken: the one place that reads where a rule's ascent comes from."""
+    if rule.ascent == "none" or _is_number_zero(rho):
         return x
     if rule.ascent == "full":
         ascent = grad(x, None)
@@ -396,17 +511,25 @@ def perturbed_point(
         ascent = grad(x, part)
     elif rule.ascent_draw:
         if draw is None:
-            raise ValueError(f"{rule.name} needs draw, the weighted draw of samples of the batch")
+            raise validation.InputError(f"{rule.name} needs draw, the weighted draw of samples of the batch")
         ascent = grad(x, draw(part))
     else:
         if reweighted_grad is None:
-            raise ValueError(f"{rule.name} needs reweighted_grad, the Gibbs-weighted ascent direction")
+            raise validation.InputError(f"{rule.name} needs reweighted_grad, the Gibbs-weighted ascent direction")
         ascent = reweighted_grad(x, part)
     if rule.scale is not None:
         ascent = scaled(rule.scale, x, ascent)
     if rule.normalized:
         ascent = ascent / norm(ascent)
     return x + rho * ascent
+
+
+def _is_number_zero(rho: Any) -> bool:
+    """Whether ``rho`` is a plain (Python or sympy) zero; a tensor is never taken for one, so
+    that differentiating in rho (``torch.func.jvp``) sees the whole map."""
+    if isinstance(rho, (int, float)) and not isinstance(rho, bool):
+        return rho == 0
+    return getattr(rho, "is_zero", False) is True
 
 
 def scaled(scale: Callable[[Any], Any], x: Any, ascent: Any) -> Any:

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sdesam import algorithms
+from sdesam import algorithms, layers
 from sdesam.cli import build_parser, experiment_names
 from sdesam.optim import optimizer_names
-from sdesam.symbolic import symbolic_support
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,13 +24,13 @@ def choices_of(command: str, dest: str) -> tuple[str, ...]:
 
 
 def test_rule_choices_are_read_from_the_registry():
-    assert choices_of("derive", "algorithm") == algorithms.rule_names(symbolic_support)
-    assert choices_of("train", "optimizer") == optimizer_names() == \
-        algorithms.rule_names(lambda r: r.optimizer)
+    assert choices_of("derive", "algorithm") == layers.rules_for("symbolic")
+    assert choices_of("train", "optimizer") == optimizer_names() == layers.rules_for("optimizer") \
+        == algorithms.rule_names(lambda r: layers.support("optimizer", r) is None)
 
 
 def test_a_registered_rule_becomes_a_choice():
-    rule = algorithms.Rule("cli-test-usam", "part", False, False, "test rule", sde=False)
+    rule = algorithms.Rule("cli-test-usam", "part", False, False, "test rule")
     with algorithms.registered(rule):
         assert "cli-test-usam" in choices_of("derive", "algorithm")
         assert "cli-test-usam" in choices_of("train", "optimizer")

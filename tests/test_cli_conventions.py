@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 import sdesam
-from sdesam import algorithms
+from sdesam import algorithms, layers
 from sdesam.cli import main
-from sdesam.symbolic import derive, example_losses, listing, symbolic_support
+from sdesam.symbolic import derive, example_losses, listing
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -54,8 +54,8 @@ def test_derive_help_lists_the_rules_of_the_registry(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "10000")          # no wrapping (argparse breaks at hyphens)
     code, out = run_main(capsys, "derive", "--help")
     assert code == 0
-    assert "one of: " + ", ".join(algorithms.rule_names(symbolic_support)) in out
-    rule = algorithms.Rule("help-test-usam", "part", False, False, "test rule", sde=False)
+    assert "one of: " + ", ".join(layers.rules_for("symbolic")) in out
+    rule = algorithms.Rule("help-test-usam", "part", False, False, "test rule")
     with algorithms.registered(rule):
         assert "help-test-usam" in run_main(capsys, "derive", "--help")[1]
 

@@ -15,7 +15,8 @@ from sdesam.simulation import compare, ensemble, sde
 from sdesam.algorithms import Rule
 from sdesam.simulation.brownian import FixedGridBrownian, time_grid
 from sdesam.simulation.derived_sde import CompiledMatrix, DerivedSDE, noise_factor, simulate_derivation
-from sdesam.symbolic import derive, example_losses, symbolic_support
+from sdesam import layers
+from sdesam.symbolic import derive, example_losses, rho as RHO
 from sdesam.symbolic.sampling import sample_distribution
 from sdesam.validation import InputError
 
@@ -41,7 +42,7 @@ def family():
 @pytest.fixture
 def scaled_usam():
     rule = Rule("scaled-usam", "part", False, False,
-                "G = grad f_B(x + rho s(x) * grad f_B(x))", scale=lambda xk: xk**2 + 1, sde=False)
+                "G = grad f_B(x + rho s(x) * grad f_B(x))", scale=lambda xk: xk**2 + 1)
     with algorithms.registered(rule):
         yield rule
 
@@ -51,15 +52,16 @@ def test_compiled_first_order_sde_equals_hand_written(family, sampling):
     losses, variables, problem = family
     eta, rho = 0.1, 0.3
     y = random_points(32, 2)
-    names = algorithms.rule_names(lambda r: symbolic_support(r) and r.sde)
+    names = [name for name in layers.rules_for("symbolic") if name in layers.rules_for("sde")]
     assert names
     for name in names:
         rule = algorithms.get_rule(name)
         lam = {"lam": 1.5} if "lam" in rule.keywords else {}
+        radius = rho if rule.perturbed else None
         derivation = derive(rule, losses, variables, batch=BATCH, micro=micro_of(rule),
                             sampling=sampling, **lam)
-        compiled = DerivedSDE(derivation, eta=eta, rho=rho)
-        written = sde.AlgorithmSDE(problem, name, eta=eta, rho=rho, batch=BATCH,
+        compiled = DerivedSDE(derivation, eta=eta, rho=radius)
+        written = sde.AlgorithmSDE(problem, name, eta=eta, rho=radius, batch=BATCH,
                                    micro=micro_of(rule), sampling=sampling, **lam)
         torch.testing.assert_close(compiled.f(0.0, y), written.f(0.0, y), rtol=0, atol=1e-10,
                                    msg=f"drift of {name}")
@@ -188,7 +190,7 @@ def test_user_rule_sde_has_weak_order_at_least_0_6_in_2d(scaled_usam):
     pytest.param(lambda r: r.micro and not r.normalized, id="micro-batch-usam")])
 def test_eta_correction_and_order_rho_diffusion_compile_run_and_are_right(family, rule_filter):
     losses, variables, problem = family
-    name = algorithms.rule_names(lambda r: symbolic_support(r) and rule_filter(r))[0]
+    name = algorithms.rule_names(lambda r: r.name in layers.rules_for("symbolic") and rule_filter(r))[0]
     rule = algorithms.get_rule(name)
     sampling = "without-replacement"
     derivation = derive(rule, losses, variables, batch=BATCH, micro=micro_of(rule),
@@ -209,7 +211,7 @@ def test_eta_correction_and_order_rho_diffusion_compile_run_and_are_right(family
     probs = torch.tensor([float(p) for _, p in index_sets], dtype=torch.float64)
 
     def exact_covariance(rho: float) -> torch.Tensor:
-        g = ensemble.update_direction(problem, name, y.expand(len(index_sets), *y.shape), idx,
+        g = ensemble.update_direction(problem, rule, y.expand(len(index_sets), *y.shape), idx,
                                       rho=rho, micro=micro_of(rule) or BATCH, lam=1.0)
         mean = torch.einsum("s,scd->cd", probs, g)
         second = torch.einsum("s,sci,scj->cij", probs, g, g)
@@ -227,3 +229,46 @@ def test_eta_correction_and_order_rho_diffusion_compile_run_and_are_right(family
     times, path = run.times, run.states
     assert path.shape == (11, 256, 2) and bool(path.isfinite().all())
     torch.testing.assert_close(times, torch.arange(11, dtype=torch.float64) * eta)
+
+
+def random_hessians(generator: torch.Generator) -> torch.Tensor:
+    """Four random symmetric positive definite 2 x 2 matrices ``I + A^T A / 10``."""
+    a = torch.randn(4, 2, 2, generator=generator, dtype=torch.float64)
+    return torch.eye(2, dtype=torch.float64) + a.transpose(-1, -2) @ a / 10
+
+
+@pytest.mark.parametrize("make", [
+    lambda g: problems.LogisticRegression(torch.randn(4, 2, generator=g, dtype=torch.float64),
+                                          torch.tensor([0.0, 1.0, 0.0, 1.0]), l2=0.1),
+    lambda g: problems.LinearRegression(torch.randn(4, 2, generator=g, dtype=torch.float64),
+                                        torch.randn(4, generator=g, dtype=torch.float64)),
+    lambda g: problems.Quadratic(random_hessians(g), torch.randn(4, 2, generator=g, dtype=torch.float64)),
+], ids=["logistic", "linear", "quadratic"])
+def test_derivation_to_simulation_on_random_float_data(make):
+    """A built-in problem with random float data: its sympy form keeps the floats as floats
+    (exact rationals of them overflowed the compiled code), the derivation verifies, and the
+    compiled SDE simulates and has the hand-written SDE's drift."""
+    problem = make(torch.Generator().manual_seed(0))
+    losses, variables = problem.sympy_form()
+    assert any(loss.has(sympy.Float) for loss in losses)
+    derivation = derive("usam", losses, variables, batch=BATCH)
+    assert derivation.verify() and derivation.verify_diffusion()
+    run = simulate_derivation(derivation, eta=0.1, rho=0.1, x0=[0.2, -0.3], horizon=0.5, chains=8,
+                              seed=0)
+    assert run.final.shape == (8, 2) and bool(torch.isfinite(run.final).all())
+    y = random_points(6, 2, seed=3)
+    torch.testing.assert_close(DerivedSDE(derivation, eta=0.1, rho=0.1).f(0.0, y),
+                               sde.AlgorithmSDE(problem, "usam", eta=0.1, rho=0.1, batch=BATCH).f(0.0, y),
+                               rtol=0, atol=1e-12)
+
+
+def test_compiled_code_takes_rationals_beyond_machine_integers():
+    """A derivation on exact rationals of random floats (the products outgrow int64) compiles:
+    such rationals reach the torch code as floats."""
+    x = sympy.Symbol("x", real=True)
+    a = [sympy.nsimplify(v, rational=True) for v in (0.123456789012345, -1.98765432109876, 0.5)]
+    derivation = derive("usam", [(a_i * x - 1) ** 2 / 2 + x**4 / 12 for a_i in a], [x], batch=2)
+    assert max(abs(r.q) for e in derivation.drift for r in e.atoms(sympy.Rational)) > 2**63
+    drift = DerivedSDE(derivation, eta=0.1, rho=0.2).f(0.0, torch.tensor([[0.3]], dtype=torch.float64))
+    expected = float(derivation.drift[0].subs({x: 0.3, RHO: 0.2}).evalf())
+    assert drift.item() == pytest.approx(expected, rel=1e-12)

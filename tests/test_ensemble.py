@@ -5,7 +5,8 @@ import sympy
 import torch
 
 from sdesam.simulation import ensemble
-from sdesam.algorithms import ALGORITHMS, direction, get_rule, reweighted_gradient
+from sdesam.simulation.inputs import drawn_positions
+from sdesam.algorithms import ALGORITHMS, direction, get_rule, gibbs_weights, reweighted_gradient
 from sdesam.problems import LogisticRegression, Quadratic, TeacherStudent, from_sympy
 
 CHAINS, BATCH, MICRO = 3, 4, 2
@@ -15,28 +16,76 @@ def micro_of(algorithm):
     return MICRO if get_rule(algorithm).micro else None
 
 
-def reference_step(problem, algorithm, x, idx, eta, rho, lam):
-    """Chain by chain, with the plain reference ``direction`` and per-chain gradients."""
+def rho_of(algorithm, rho):
+    """rho for a rule with a perturbation; None (not given) for one without."""
+    return rho if get_rule(algorithm).perturbed else None
+
+
+def reference_step(problem, algorithm, x, idx, eta, rho, lam, uniforms=None):
+    """Chain by chain, with the plain reference ``direction`` and per-chain gradients; a rule
+    that draws its perturbation draws at ``uniforms [chains, k]``."""
     micro = micro_of(algorithm)
     out = []
     for c in range(x.shape[0]):
         parts = list(idx[c].split(micro)) if micro else [idx[c]]
+        weights = gibbs_weights(problem.sample_grads(x[c])[idx[c]].norm(dim=-1), lam)
+
+        def weighted(point, i):
+            return (weights.unsqueeze(-1) * problem.sample_grads(point)[i]).sum(0)
+
+        def draw(i):
+            return i[drawn_positions(weights, uniforms[c])]
+
         g = direction(algorithm, x[c], parts, rho, grad=problem.grad, norm=torch.linalg.norm,
-                      reweighted_grad=lambda p, i: reweighted_gradient(problem.sample_grads(p)[i], lam))
+                      reweighted_grad=lambda p, i: reweighted_gradient(problem.sample_grads(p)[i], lam),
+                      weighted_grad=weighted, draw=draw)
         out.append(x[c] - eta * g)
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("algorithm", [a for a in ALGORITHMS if not get_rule(a).extended])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_vectorised_step_equals_reference_direction(algorithm):
     problem = TeacherStudent(n=10, inputs=2, hidden=2, noise=0.2, seed=3)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(CHAINS, problem.dim, generator=gen, dtype=torch.float64)
     idx = torch.randint(0, problem.n, (CHAINS, BATCH), generator=gen)
-    lam = 2.0 if get_rule(algorithm).weighted else None
-    new = ensemble.step(problem, algorithm, x, idx, eta=0.1, rho=0.3, micro=micro_of(algorithm), lam=lam)
-    assert torch.allclose(new, reference_step(problem, algorithm, x, idx, 0.1, 0.3, 2.0), atol=1e-12)
+    rule = get_rule(algorithm)
+    lam = 2.0 if rule.weighted else None
+    draws = torch.Generator().manual_seed(7)
+    uniforms = torch.rand(CHAINS, rule.ascent_draw, generator=torch.Generator().manual_seed(7),
+                          dtype=torch.float64)
+    new = ensemble.step(problem, algorithm, x, idx, eta=0.1, rho=rho_of(algorithm, 0.3),
+                        micro=micro_of(algorithm), lam=lam, generator=draws)
+    expected = reference_step(problem, algorithm, x, idx, 0.1, 0.3, 2.0, uniforms)
+    assert torch.allclose(new, expected, atol=1e-12)
     assert not torch.allclose(new, x)
+
+
+@pytest.mark.parametrize("algorithm", ["rw-sam-wd", "rw-sam-wr", "rw-sam-draw"])
+def test_extended_rw_sam_readings_run_as_themselves(algorithm):
+    """rw-sam-wd / -wr / -draw give other iterates than rw-sam from the same seed (they ran as
+    plain rw-sam before), and equal the reference map step by step."""
+    problem = TeacherStudent(n=10, inputs=2, hidden=2, noise=0.2, seed=3)
+    options = dict(eta=0.1, rho=0.3, batch=BATCH, lam=2.0, x0=torch.full((problem.dim,), 0.3,
+                   dtype=torch.float64), steps=3, chains=CHAINS, seed=5)
+    plain = ensemble.run(problem, "rw-sam", **options).states
+    run = ensemble.run(problem, algorithm, **options).states
+    assert not torch.allclose(run[1:], plain[1:])
+    generator = torch.Generator().manual_seed(5)
+    x = run[0]
+    for k in range(3):
+        idx = ensemble.draw_batches(generator, CHAINS, problem.n, BATCH, "with-replacement")
+        uniforms = torch.rand(CHAINS, get_rule(algorithm).ascent_draw, generator=generator,
+                              dtype=torch.float64)
+        x = reference_step(problem, algorithm, x, idx, 0.1, 0.3, 2.0, uniforms)
+        torch.testing.assert_close(run[k + 1], x, rtol=0, atol=1e-12)
+
+
+def test_a_rule_that_draws_needs_a_generator_in_step():
+    problem = TeacherStudent(n=10, inputs=2, hidden=2, noise=0.2, seed=3)
+    x = torch.zeros(2, problem.dim, dtype=torch.float64)
+    with pytest.raises(ValueError, match="generator is required by 'rw-sam-draw'"):
+        ensemble.step(problem, "rw-sam-draw", x, torch.zeros(2, 3, dtype=torch.long), eta=0.1, rho=0.1)
 
 
 @pytest.mark.parametrize("algorithm", [a for a in ALGORITHMS if not get_rule(a).weighted])
@@ -62,7 +111,8 @@ def test_symbolic_one_step_map_equals_ensemble_step(algorithm):
     exact = sympy.Matrix(point) - sympy.Rational(1, 10) * direction(
         algorithm, sympy.Matrix(point), parts, rho, grad, norm=lambda w: sympy.sqrt((w.T * w)[0, 0]))
     x = torch.tensor([[0.3, -0.5]], dtype=torch.float64)
-    new = ensemble.step(problem, algorithm, x, torch.tensor([batch]), eta=0.1, rho=0.2, micro=micro)
+    new = ensemble.step(problem, algorithm, x, torch.tensor([batch]), eta=0.1,
+                        rho=rho_of(algorithm, 0.2), micro=micro)
     assert torch.allclose(new[0], torch.tensor([float(e.evalf(30)) for e in exact], dtype=torch.float64),
                           atol=1e-12)
 
@@ -113,7 +163,9 @@ def test_without_replacement_batches_hold_distinct_samples():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(algorithm="adam"), "algorithm must be one of"),
     (dict(micro=3), "micro must divide batch"),
-    (dict(algorithm="sam", micro=2), "micro is only accepted"),
+    (dict(algorithm="sam", micro=2), "micro is not accepted by 'sam'"),
+    (dict(algorithm="sgd", micro=None, rho=0.1), "rho is not accepted by 'sgd'"),
+    (dict(algorithm="sam", micro=None, rho=None), "rho is required by 'sam'"),
     (dict(rho=-0.1), "rho must be .*>= 0"),
     (dict(eta=0.0), "eta must be a positive number"),
     (dict(steps=0), "steps must be a positive integer"),

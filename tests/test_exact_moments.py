@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from sdesam import layers
 from sdesam.algorithms import Rule, get_rule, registered, rule_names, sampling_factor
 from sdesam.implicit import enumerate_batches
 from sdesam.problems import LogisticRegression, Quadratic
@@ -39,12 +40,13 @@ def mc_moments(states: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray
 @pytest.mark.parametrize("rule, micro", AFFINE_RUNS)
 def test_step_maps_reproduce_the_ensemble_step_on_every_batch(rule, micro, sampling):
     problem = quadratic()
-    maps = exact_moments.step_maps(problem, rule, eta=0.1, rho=0.3, batch=2, micro=micro,
+    rho = 0.3 if get_rule(rule).perturbed else None
+    maps = exact_moments.step_maps(problem, rule, eta=0.1, rho=rho, batch=2, micro=micro,
                                    sampling=sampling)
     idx = enumerate_batches(problem.n, 2, sampling).idx
     assert maps.prob.sum() == pytest.approx(1.0) and len(maps.prob) == len(idx)
     x = torch.randn(len(idx), 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    stepped = ensemble.step(problem, rule, x, idx, eta=0.1, rho=0.3, micro=micro).numpy()
+    stepped = ensemble.step(problem, rule, x, idx, eta=0.1, rho=rho, micro=micro).numpy()
     affine = np.einsum("sij,sj->si", maps.matrices, x.numpy()) + maps.offsets
     np.testing.assert_allclose(affine, stepped, rtol=0, atol=1e-12)
 
@@ -155,7 +157,7 @@ def test_at_rho_zero_every_rule_has_sgd_moments():
                 refused.add(name)
             else:
                 np.testing.assert_allclose(moments.state, sgd.state, rtol=0, atol=1e-13)
-            if rule.sde:
+            if layers.support("sde", rule) is None:
                 flow = exact_moments.sde_moments(problem, name, horizon=0.5, micro=micro, **common)
                 np.testing.assert_allclose(flow.state, sgd_sde.state, rtol=0, atol=1e-13)
     assert refused == set(rule_names(lambda r: r.descent_weights == "all"))
@@ -170,7 +172,7 @@ def test_a_non_affine_rule_is_refused_by_name(rule, micro):
 
 def test_a_user_rule_with_a_state_dependent_scale_and_a_non_quadratic_problem_are_refused():
     scaled = Rule("scaled-usam", "part", False, False, "USAM with a state-dependent scale",
-                  scale=lambda x: x**2 + 0.1, sde=False, optimizer=False)
+                  scale=lambda x: x**2 + 0.1)
     with registered(scaled):
         with pytest.raises(NotAffineError, match="'scaled-usam'"):
             exact_moments.step_maps(quadratic(), "scaled-usam", eta=0.1, rho=0.1, batch=2)

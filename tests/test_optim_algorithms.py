@@ -45,17 +45,38 @@ def norm(v: torch.Tensor) -> torch.Tensor:
     return v.norm()
 
 
-def reweighted_grad_with(generator: torch.Generator):
-    """RW-SAM's ascent direction with the estimated norms, drawing z as the class does."""
+class GibbsReference:
+    """RW-SAM's Gibbs weights from the estimated norms, drawing z (and a drawn perturbation's
+    samples) from ``generator`` as the class does; :meth:`at` fixes the step's point x."""
 
-    def reweighted(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        z = (torch.randint(0, 2, (1, D), generator=generator, dtype=torch.float64) * 2 - 1).squeeze(0)
-        scores = (losses_at(x + DELTA * z, idx) - losses_at(x, idx)).abs() / DELTA
-        weights = torch.softmax(LAM * scores, dim=0)
-        xg = x.detach().requires_grad_(True)
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator, self.x, self.weights = generator, None, None
+
+    def at(self, x: torch.Tensor) -> "GibbsReference":
+        self.x, self.weights = x, None
+        return self
+
+    def _gibbs(self, idx: torch.Tensor) -> torch.Tensor:
+        z = (torch.randint(0, 2, (1, D), generator=self.generator, dtype=torch.float64) * 2 - 1).squeeze(0)
+        scores = (losses_at(self.x + DELTA * z, idx) - losses_at(self.x, idx)).abs() / DELTA
+        self.weights = torch.softmax(LAM * scores, dim=0)
+        return self.weights
+
+    def reweighted(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return self.weighted(x, idx, self._gibbs(idx))
+
+    def weighted(self, point: torch.Tensor, idx: torch.Tensor,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
+        weights = self.weights if weights is None else weights
+        xg = point.detach().requires_grad_(True)
         return torch.autograd.grad((weights * losses_at(xg, idx)).sum(), xg)[0]
 
-    return reweighted
+    def draw(self, rule):
+        def draw(idx: torch.Tensor) -> torch.Tensor:
+            weights = self._gibbs(idx)
+            return idx[torch.multinomial(weights, rule.ascent_draw, replacement=True,
+                                         generator=self.generator)]
+        return draw
 
 
 def rule_options(rule, inputs: torch.Tensor, targets: torch.Tensor) -> dict:
@@ -80,12 +101,14 @@ def check_class_step_equals_rule_table(algorithm: str) -> None:
     model = nn.Linear(D, 1, bias=False).double()
     x = model.weight.detach().clone().squeeze(0)
     opt = create(algorithm, model.parameters(), torch.optim.SGD, **rule_options(rule, inputs, targets))
-    reweighted = reweighted_grad_with(torch.Generator().manual_seed(11))
+    gibbs = GibbsReference(torch.Generator().manual_seed(11))
     order = torch.Generator().manual_seed(5)
     for _ in range(3):
         idx = torch.randperm(N, generator=order)[:BATCH]
         parts = list(idx.split(MICRO)) if rule.micro else [idx]
-        x = x - LR * direction(algorithm, x, parts, RHO, mean_grad, norm, reweighted)
+        gibbs.at(x)
+        x = x - LR * direction(rule, x, parts, RHO, mean_grad, norm, gibbs.reweighted,
+                               gibbs.weighted, gibbs.draw(rule))
         opt.step(model, per_sample_loss, inputs[idx], targets[idx])
         torch.testing.assert_close(model.weight.detach().squeeze(0), x, rtol=1e-10, atol=1e-12)
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdesam.algorithms import Rule, register, registered, rule_names, unregister
-from sdesam import optim
-from sdesam.optim import MUSAM, RWSAM, SAM, USAM, create, optimizer_names
+from sdesam.algorithms import Rule, register, registered, unregister
+from sdesam import layers, optim
+from sdesam.optim import MUSAM, RWSAM, SAM, USAM, create, optimizer_names, registry
 from sdesam.validation import InputError
 from test_optim_algorithms import check_class_step_equals_rule_table
 from test_optim_reference import BASE, BATCHES, RHO, ascent_step, grad_at, mean_grad, run_pair
@@ -26,18 +26,26 @@ def square_plus_one(xk):
 SCALED = {
     "scaled-usam": Rule("scaled-usam", "part", False, False,
                         "G = grad f_B(x + rho s(x) g), s(x) = x**2 + 1 elementwise",
-                        scale=square_plus_one, sde=False),
+                        scale=square_plus_one),
     "scaled-sam": Rule("scaled-sam", "part", True, False, "SAM with a = s(x) g before normalising",
-                       scale=square_plus_one, sde=False),
+                       scale=square_plus_one),
     "scaled-m-usam": Rule("scaled-m-usam", "part", False, True, "m-USAM with a_j = s(x) g_j",
-                          scale=square_plus_one, sde=False),
+                          scale=square_plus_one),
     "scaled-n-sam": Rule("scaled-n-sam", "full", True, False, "n-SAM with a = s(x) grad f",
-                         scale=square_plus_one, sde=False),
+                         scale=square_plus_one),
     "scaled-rw-sam": Rule("scaled-rw-sam", "reweighted", True, False, "RW-SAM with a = s(x) g",
-                          scale=square_plus_one, sde=False),
+                          scale=square_plus_one),
 }
-NO_OPTIMIZER = Rule("symbolic-only", "part", False, False, "a rule without an optimizer",
-                    optimizer=False)
+NO_OPTIMIZER = Rule("symbolic-only", "part", False, False, "a rule no optimizer class implements "
+                    "once USAM is taken out of the classes (see without_usam)")
+
+
+@pytest.fixture
+def without_usam(monkeypatch):
+    """The optimizer layer with its USAM class taken out: unnormalised ascents on the batch are
+    then implemented by no class."""
+    monkeypatch.setattr(registry, "IMPLEMENTATIONS",
+                        tuple(cls for cls in registry.IMPLEMENTATIONS if cls is not USAM))
 
 
 @pytest.fixture
@@ -94,15 +102,27 @@ def test_class_is_chosen_from_facts(user_rules):
 
 
 def test_optimizer_names_follow_the_registry(user_rules):
-    expected = rule_names(lambda r: r.optimizer)
+    expected = layers.rules_for("optimizer")
     assert optimizer_names() == expected and tuple(optim.OPTIMIZERS) == expected
-    assert set(SCALED) <= set(expected) and NO_OPTIMIZER.name not in expected
+    assert set(SCALED) <= set(expected) and NO_OPTIMIZER.name in expected
+
+
+def test_optimizer_names_follow_the_classes_declarations(user_rules, without_usam):
+    """Take a class out and the rules only it implemented leave the optimizer names (and the
+    Rule's derived ``optimizer``), and create refuses them naming the fact no class has."""
+    names = optimizer_names()
+    assert "usam" not in names and NO_OPTIMIZER.name not in names and "scaled-usam" not in names
+    assert "sam" in names and layers.support("optimizer", NO_OPTIMIZER) is not None
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    with pytest.raises(InputError, match="do not implement rule 'symbolic-only': "
+                                         "(micro|normalized)=False .*nearest"):
+        create("symbolic-only", params, rho=0.1, lr=0.1)
 
 
 def test_optimizer_names_without_user_rules():
     with registered(SCALED["scaled-usam"]):
         assert "scaled-usam" in optimizer_names()
-    assert optimizer_names() == rule_names(lambda r: r.optimizer)
+    assert optimizer_names() == layers.rules_for("optimizer")
     assert "scaled-usam" not in optimizer_names()
 
 
@@ -110,7 +130,6 @@ def test_optimizer_names_without_user_rules():
     ("scaled-usam", {"micro": 2}, "micro is not accepted by 'scaled-usam'"),
     ("scaled-usam", {"lam": 1.0}, "lam is not accepted by 'scaled-usam'"),
     ("scaled-m-usam", {}, "micro is required by 'scaled-m-usam'"),
-    ("symbolic-only", {}, "has no optimizer"),
     ("scaled-sam", {"adaptive": True}, "adaptive"),
 ])
 def test_create_refuses_keywords_the_rule_does_not_accept(user_rules, name, options, message):
@@ -121,5 +140,5 @@ def test_create_refuses_keywords_the_rule_does_not_accept(user_rules, name, opti
 
 def test_a_class_refuses_a_rule_it_does_not_implement(user_rules):
     params = [torch.nn.Parameter(torch.zeros(3))]
-    with pytest.raises(InputError, match="not implemented by SAM"):
+    with pytest.raises(InputError, match="SAM does not implement rule 'scaled-usam': normalized=False"):
         SAM(params, rule="scaled-usam", lr=0.1)

@@ -20,7 +20,7 @@ from sdesam.cli import build_parser
 from sdesam.cli import main as sdesam_main
 from sdesam.experiment import outputs
 from sdesam.optim import optimizer_names
-from sdesam.train import TrainConfig, checkpoint, loop, train
+from sdesam.train import TrainConfig, checkpoint, epochs, loop, train
 from sdesam.train.models import build_model
 from sdesam.validation import InputError
 
@@ -87,7 +87,7 @@ def _train_help(capsys) -> str:
 
 
 def test_train_help_lists_the_rules_of_the_registry_at_call_time(capsys):
-    rule = algorithms.Rule("help-test-usam", "part", False, False, "a rule for this test", sde=False)
+    rule = algorithms.Rule("help-test-usam", "part", False, False, "a rule for this test")
     with algorithms.registered(rule):
         text = _train_help(capsys)
         for name in [*optimizer_names(), "help-test-usam"]:
@@ -154,7 +154,7 @@ def test_parameters_gone_non_finite_in_the_last_step_are_divergence_too(tmp_path
 
 
 def test_a_non_finite_measurement_is_written_as_null(tmp_path, monkeypatch):
-    monkeypatch.setattr(loop, "evaluate", lambda run, inputs, labels: (float("nan"), 10.0))
+    monkeypatch.setattr(epochs, "evaluate", lambda run, inputs, labels: (float("nan"), 10.0))
     result = train(TrainConfig(out=str(tmp_path), optimizer="sgd", epochs=1, **TINY))
     record = strict_json((tmp_path / "metrics.jsonl").read_text())
     assert record["test_loss"] is None and record["test_acc"] == 10.0

@@ -197,9 +197,10 @@ def test_cli_refuses_an_out_holding_a_run_unless_resume_or_overwrite(tmp_path, c
 
 
 def test_optimizer_choices_are_the_rule_registry_and_every_rule_trains(tmp_path):
+    from sdesam import layers
     from sdesam.algorithms import get_rule, rule_names
     from sdesam.optim import optimizer_names
-    assert optimizer_names() == rule_names(lambda r: r.optimizer)
+    assert optimizer_names() == rule_names(lambda r: layers.support("optimizer", r) is None)
     for name in optimizer_names():
         rule = get_rule(name)
         extra = {"micro": 8} if rule.micro else {}

@@ -27,6 +27,8 @@ from sdesam.progress import progress_bar
 from .. import per_sample
 from .outputs import RUNS_DIR, check_writable
 from .records import atomic_write
+from sdesam import validation
+from sdesam.validation import InputError
 
 
 @dataclass(frozen=True)
@@ -51,12 +53,10 @@ def load_digits_data(n_train: int = 1000, n_random: int = 200, seed: int = 0,
     from sklearn.datasets import load_digits
 
     images, labels = load_digits(return_X_y=True)
-    for name, value in (("n_train", n_train), ("n_random", n_random)):
-        if not isinstance(value, int) or value < (1 if name == "n_train" else 0):
-            raise ValueError(f"{name} must be a {'positive' if name == 'n_train' else 'non-negative'}"
-                             f" integer; got {value!r}")
+    validation.positive_int("n_train", n_train)
+    validation.int_at_least("n_random", n_random, 0)
     if n_train + n_random >= len(labels) - 100:
-        raise ValueError(f"n_train + n_random must leave at least 100 of the {len(labels)} digits "
+        raise InputError(f"n_train + n_random must leave at least 100 of the {len(labels)} digits "
                          f"for testing; got {n_train} + {n_random}")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(labels))
@@ -71,8 +71,7 @@ def load_digits_data(n_train: int = 1000, n_random: int = 200, seed: int = 0,
 
 def make_model(hidden: int = 128, seed: int = 0) -> nn.Sequential:
     """The MLP 64 -> hidden -> 10 (ReLU), initialised from ``seed`` (PyTorch's default init)."""
-    if not isinstance(hidden, int) or hidden < 1:
-        raise ValueError(f"hidden must be a positive integer; got {hidden!r}")
+    validation.positive_int("hidden", hidden)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
@@ -106,8 +105,8 @@ def poor_minimum(data: DigitsData, *, hidden: int = 128, lr: float = 0.5, steps:
     the next call, so every optimizer and seed starts from the same point; a ``cache_dir`` that
     cannot take that file is refused before the descent (:func:`check_cache`).
     """
-    if not lr > 0 or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"lr must be > 0 and steps a positive integer; got lr={lr!r}, steps={steps!r}")
+    validation.positive_number("lr", lr)
+    validation.positive_int("steps", steps)
     device = data.train_x.device
     settings = _minimum_settings(data, hidden=hidden, lr=lr, steps=steps, seed=seed)
     path = None if cache_dir is None else check_cache(cache_dir, settings, argument="cache_dir")
@@ -153,26 +152,20 @@ def continue_training(start: nn.Module, rule: str, data: DigitsData, *, lr: floa
     holds ``optimizer_seconds``, the wall time spent in the optimizer's steps (for cost
     comparisons), and with ``return_model`` the trained ``model``.
     """
-    from ..algorithms import get_rule
+    from ..algorithms import get_rule, rule_options
     from ..optim import create
 
-    if not isinstance(log_every, int) or log_every < 1 or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps and log_every must be positive integers; got {steps!r}, {log_every!r}")
+    validation.positive_int("steps", steps)
+    validation.positive_int("log_every", log_every)
     n = len(data.train_y)
-    if not isinstance(batch, int) or not 1 <= batch <= n:
-        raise ValueError(f"batch must be an integer in [1, {n}]; got {batch!r}")
+    if validation.positive_int("batch", batch) > n:
+        raise validation.InputError(f"batch must be at most the {n} training samples; got {batch!r}")
     model = make_model(start[0].out_features).to(data.train_x.device)
     model.load_state_dict(start.state_dict())
     origin = flat_parameters(model)
     facts = get_rule(rule)
-    options: dict[str, Any] = {"lr": lr}
-    if facts.perturbed:
-        options["rho"] = rho
-    if facts.micro:
-        options["micro"] = micro
-    if facts.weighted:
-        options.update(lam=lam, delta=delta)
-    optimizer = create(rule, model.parameters(), base=torch.optim.SGD, **options)
+    options = rule_options(facts, rho=rho, micro=micro, lam=lam, delta=delta)
+    optimizer = create(facts, model.parameters(), base=torch.optim.SGD, lr=lr, **options)
     generator = torch.Generator(device=data.train_x.device).manual_seed(seed)
     log: dict[str, Any] = {"step": [], "test_accuracy": [], "clean_train_loss": [],
                            "trace_V": [], "distance": [], "optimizer_seconds": 0.0}

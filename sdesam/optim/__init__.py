@@ -14,22 +14,22 @@ restore frame), :mod:`~sdesam.optim.passes` (BatchNorm policy, DDP, autocast, ch
 :mod:`~sdesam.optim.scaler` (fp16 loss scaling), :mod:`~sdesam.optim.sam` (SGD, SAM, USAM,
 n-SAM), :mod:`~sdesam.optim.msam` (vectorised m-SAM), :mod:`~sdesam.optim.rwsam` (RW-SAM and
 its gradient-norm estimator), :mod:`~sdesam.optim.registry` (:func:`create`, which builds
-every registered rule with ``optimizer=True``, user-registered ones included, choosing the
-class from the rule's facts).
+every registered rule the classes implement, user-registered ones included, choosing the
+class from the rule's facts; :func:`supports` is the layer's declaration).
 """
 
 from sdesam.optim.base import NonFiniteLossError, PerturbedOptimizer, RuleOptimizer
 from sdesam.optim.msam import MSAM, MUSAM
 from sdesam.optim.passes import BN_POLICIES
-from sdesam.optim.registry import check_rule_keywords, create, implementation, optimizer_names
+from sdesam.optim.registry import class_options, create, implementation, optimizer_names, supports
 from sdesam.optim.rwsam import DEFAULT_DELTA, DEFAULT_LAM, RWSAM, estimate_grad_norms, gibbs_weights
 from sdesam.optim.sam import NSAM, NUSAM, SAM, USAM, SGDRule
 
 __all__ = [
     "BN_POLICIES", "DEFAULT_DELTA", "DEFAULT_LAM", "MSAM", "MUSAM", "NSAM", "NUSAM", "OPTIMIZERS",
     "NonFiniteLossError", "RWSAM", "SAM", "SGDRule", "USAM", "PerturbedOptimizer", "RuleOptimizer",
-    "check_rule_keywords", "create", "estimate_grad_norms", "gibbs_weights", "implementation",
-    "optimizer_names",
+    "class_options", "create", "estimate_grad_norms", "gibbs_weights", "implementation",
+    "optimizer_names", "supports",
 ]
 
 

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from sdesam import validation
-from sdesam.algorithms import Rule, get_rule, scaled
+from sdesam.algorithms import Rule, Support, get_rule, scaled
 from sdesam.optim import passes
 from sdesam.optim.passes import LossFn
 from sdesam.optim.scaler import LossScaler
@@ -71,19 +71,29 @@ class RuleOptimizer(torch.optim.Optimizer):
     (unperturbed) pass, detached, and with ``return_outputs=True`` that pass's outputs too.
     ``loss_fn(outputs, targets)`` must return per-sample losses ``[B]``.
 
-    Each class implements the registered rules whose facts match its :attr:`handles`
-    (``rule=`` picks one, by name or as a :class:`~sdesam.algorithms.Rule`; the default is
-    :attr:`rule_name`); the rule's facts (normalisation, elementwise scale, micro-batches),
-    never its name, decide what a step does.
+    Each class implements the registered rules whose facts match its :attr:`handles` (a
+    :class:`~sdesam.algorithms.Support` declaration: a fact it does not name takes any value,
+    except the extensions -- ``scaled``, ``descent_weights``, ``ascent_draw`` -- which then
+    take only their plain value); ``rule=`` picks one, by name or as a
+    :class:`~sdesam.algorithms.Rule` (the default is :attr:`rule_name`). The rule's facts
+    (normalisation, elementwise scale, micro-batches, weights), never its name, decide what a
+    step does. A step checks its batch (micro-batches, accumulation chunks) once per batch size.
     """
 
     rule_name: ClassVar[str] = "sgd"
     handles: ClassVar[dict[str, tuple[Any, ...]]] = {"ascent": ("none",), "micro": (False,)}
+    options: ClassVar[tuple[str, ...]] = ()
+    """The class's own keywords beyond every rule's (read by :func:`sdesam.optim.registry.class_options`)."""
+
+    @classmethod
+    def declaration(cls) -> Support:
+        """This class's :attr:`handles` as a :class:`~sdesam.algorithms.Support`."""
+        return Support(cls.__name__, **cls.handles)
 
     @classmethod
     def supports(cls, rule: Rule) -> bool:
-        """Whether this class implements ``rule``: each fact in :attr:`handles` has an allowed value."""
-        return all(getattr(rule, fact) in values for fact, values in cls.handles.items())
+        """Whether this class implements every fact of ``rule``."""
+        return cls.declaration().reason(rule) is None
 
     def __init__(
         self,
@@ -100,29 +110,31 @@ class RuleOptimizer(torch.optim.Optimizer):
     ) -> None:
         """Wrap ``base``; ``base_kwargs`` (lr, momentum, weight_decay, ...) go to it."""
         self.rule: Rule = get_rule(self.rule_name if rule is None else rule)
-        if not self.supports(self.rule):
-            facts = ", ".join(f"{fact}={getattr(self.rule, fact)!r}" for fact in self.handles)
+        refusal = self.declaration().refusal(self.rule)
+        if refusal is not None:
             raise validation.InputError(
-                f"rule {self.rule.name!r} ({facts}) is not implemented by {type(self).__name__}; "
-                "sdesam.optim.create picks the class that implements it")
+                f"{refusal}; sdesam.optim.create picks the class that implements a rule")
         self.bn = validation.one_of("bn", bn, passes.BN_POLICIES)
         self.autocast_dtype = validation.one_of("autocast_dtype", autocast_dtype,
                                                 passes.AUTOCAST_DTYPES)
         self.accumulate = validation.positive_int("accumulate", accumulate)
         if not isinstance(perturb_weight_decay, bool):
-            raise ValueError(f"perturb_weight_decay must be True or False; got {perturb_weight_decay!r}")
+            raise validation.InputError(
+                f"perturb_weight_decay must be True or False; got {perturb_weight_decay!r}")
         self.perturb_weight_decay = perturb_weight_decay
         if not callable(base):
-            raise ValueError(f"base must be a torch.optim.Optimizer class (e.g. torch.optim.SGD); got {base!r}")
+            raise validation.InputError(
+                f"base must be a torch.optim.Optimizer class (e.g. torch.optim.SGD); got {base!r}")
         super().__init__(params, {})
         try:
             self.base_optimizer = base(self.param_groups, **base_kwargs)
         except TypeError as error:
-            raise ValueError(
+            raise validation.InputError(
                 f"base optimizer {getattr(base, '__name__', base)!r} rejected the keywords "
                 f"{sorted(base_kwargs)}: {error}"
             ) from None
         self.scaler = LossScaler(autocast_dtype == torch.float16, loss_scale)
+        self._checked_batch: int | None = None
         self._sync_with_base()
 
     # -- the torch.optim.Optimizer surface ------------------------------------------------------
@@ -145,9 +157,9 @@ class RuleOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (a ValueError for another rule's state)."""
         if not isinstance(state_dict, dict) or "base" not in state_dict:
-            raise ValueError("state_dict must be a dict returned by this optimizer's state_dict()")
+            raise validation.InputError("state_dict must be a dict returned by this optimizer's state_dict()")
         if state_dict.get("rule") != self.rule.name:
-            raise ValueError(
+            raise validation.InputError(
                 f"state_dict was saved by {state_dict.get('rule')!r}, not {self.rule.name!r}"
             )
         self.base_optimizer.load_state_dict(state_dict["base"])
@@ -173,10 +185,12 @@ class RuleOptimizer(torch.optim.Optimizer):
         when that loss is NaN or infinite.
         """
         batch = passes.check_batch(model, loss_fn, inputs, targets)
-        if batch % self.accumulate:
-            raise ValueError(
-                f"accumulate must divide the batch size; got accumulate={self.accumulate}, batch={batch}"
-            )
+        if batch != self._checked_batch:   # the sizes are checked once per batch size
+            if batch % self.accumulate:
+                raise validation.InputError(f"accumulate must divide the batch size; got "
+                                            f"accumulate={self.accumulate}, batch={batch}")
+            self._check_sizes(model, batch)
+            self._checked_batch = batch
         self._check_step(model, batch)
         stats = passes.running_stats_snapshot(model) if self.bn == "first-pass" else []
         self.zero_grad()
@@ -194,6 +208,9 @@ class RuleOptimizer(torch.optim.Optimizer):
         passes.restore(stats)
         self.zero_grad()
         raise NonFiniteLossError(self.rule.name, float(loss))
+
+    def _check_sizes(self, model: nn.Module, batch: int) -> None:
+        """Rule-specific checks of a batch size (micro-batches), made once per batch size."""
 
     def _check_step(self, model: nn.Module, batch: int) -> None:
         """Rule-specific checks of a step's arguments, before any work (none by default)."""

@@ -34,7 +34,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from sdesam import validation
-from sdesam.algorithms import check_sizes, scaled
+from sdesam.algorithms import check_keywords, check_sizes, scaled
 from sdesam.optim import passes
 from sdesam.optim.base import NORM_FLOOR, PerturbedOptimizer
 from sdesam.optim.passes import LossFn
@@ -73,7 +73,8 @@ class MSAM(PerturbedOptimizer):
 
     rule_name: ClassVar[str] = "m-sam"
     handles: ClassVar[dict[str, tuple[Any, ...]]] = {
-        "ascent": ("part",), "micro": (True,), "normalized": (True,)}
+        "ascent": ("part",), "micro": (True,), "normalized": (True,), "scaled": (False, True)}
+    options: ClassVar[tuple[str, ...]] = ("vmap_budget_mb",)
     min_vmap_group: int = MIN_VMAP_GROUP
     """The fewest micro-batches one vmapped pass takes (an instance may set its own, e.g. a
     benchmark timing vmap at every group size)."""
@@ -82,12 +83,10 @@ class MSAM(PerturbedOptimizer):
                  micro: int | None = None, vmap_budget_mb: float = DEFAULT_VMAP_BUDGET_MB,
                  **kwargs: Any) -> None:
         """``micro``: the micro-batch size m; ``vmap_budget_mb``: see the class docstring."""
-        if micro is None:
-            raise validation.InputError(
-                "micro is required: the micro-batch size m (m divides the batch)")
-        self.micro = validation.positive_int("micro", micro)
         self.vmap_budget_mb = validation.non_negative_number("vmap_budget_mb", vmap_budget_mb)
         super().__init__(params, base, rho=rho, **kwargs)
+        check_keywords(self.rule, micro=micro)
+        self.micro = validation.positive_int("micro", micro)
 
     def vmap_group(self, micro_count: int) -> int:
         """How many of ``micro_count`` micro-batches one vmapped pass takes under the budget."""
@@ -97,12 +96,15 @@ class MSAM(PerturbedOptimizer):
         group = min(micro_count, fits)
         return group if group >= self.min_vmap_group else 1
 
-    def _check_step(self, model: nn.Module, batch: int) -> None:
+    def _check_sizes(self, model: nn.Module, batch: int) -> None:
         """micro must divide the batch and, when smaller, each accumulation chunk."""
         check_sizes(self.rule, batch, self.micro)
-        if self.micro == batch:
-            return
         passes.check_micro_chunks(batch, self.accumulate, self.micro)
+
+    def _check_step(self, model: nn.Module, batch: int) -> None:
+        """The vmapped pass (micro < batch) cannot run BatchNorm under CPU autocast."""
+        if self.micro == batch or self.autocast_dtype is None:
+            return
         module = passes.unwrap(model)
         device = next(module.parameters()).device
         if (self.autocast_dtype is not None and device.type == "cpu"
@@ -342,7 +344,7 @@ class MUSAM(MSAM):
 
     rule_name: ClassVar[str] = "m-usam"
     handles: ClassVar[dict[str, tuple[Any, ...]]] = {
-        "ascent": ("part",), "micro": (True,), "normalized": (False,)}
+        "ascent": ("part",), "micro": (True,), "normalized": (False,), "scaled": (False, True)}
 
 
 def _mapped(loss: Callable[..., Any], in_dims: tuple[int | None, ...], args: tuple[Any, ...]) -> Any:

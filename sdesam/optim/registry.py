@@ -14,30 +14,48 @@ from typing import Any
 import torch
 
 from sdesam import validation
-from sdesam.algorithms import RULE_KEYWORDS, Rule, check_keywords, get_rule, rule_names
+from sdesam.algorithms import FACTS, RULE_KEYWORDS, Rule, check_keywords, get_rule, rule_names
 from sdesam.optim.base import RuleOptimizer
 from sdesam.optim.msam import MSAM, MUSAM
 from sdesam.optim.rwsam import RWSAM
 from sdesam.optim.sam import NSAM, NUSAM, SAM, USAM, SGDRule
 
 IMPLEMENTATIONS: tuple[type[RuleOptimizer], ...] = (SGDRule, SAM, USAM, NSAM, NUSAM, MSAM, MUSAM, RWSAM)
-"""The optimizer classes; each registered rule's facts match exactly one of them."""
+"""The optimizer classes; a rule the optimizer layer implements matches exactly one of them."""
+
+LAYER = "the optimizers (sdesam.optim)"
+
+
+def supports(rule: Rule) -> str | None:
+    """None when exactly one optimizer class implements ``rule`` (the optimizer layer's
+    declaration: the union of the classes' :attr:`~sdesam.optim.base.RuleOptimizer.handles`),
+    else why not: the fact the nearest class lacks, or the classes that all claim it."""
+    missing = [(cls, cls.declaration().missing(rule)) for cls in IMPLEMENTATIONS]
+    matches = [cls.__name__ for cls, facts in missing if not facts]
+    if len(matches) == 1:
+        return None
+    if matches:
+        return f"several classes claim it ({', '.join(matches)}); their handles must not overlap"
+    # the nearest class: fewest missing facts, then the latest first missing fact (the class
+    # that agrees on the most basic facts)
+    cls, facts = min(missing, key=lambda item: (len(item[1]), -FACTS.index(item[1][0])))
+    return (f"{cls.declaration().describe(rule, facts[0])} (no class implements it; nearest: "
+            f"{cls.__name__})")
 
 
 def optimizer_names() -> tuple[str, ...]:
-    """The names :func:`create` accepts: the registered rules with ``optimizer=True``."""
-    return rule_names(lambda rule: rule.optimizer)
+    """The names :func:`create` accepts: the registered rules the optimizer layer implements."""
+    return rule_names(lambda rule: supports(rule) is None)
 
 
 def implementation(rule: Rule | str) -> type[RuleOptimizer]:
-    """The class that implements ``rule``, chosen from its facts."""
+    """The class that implements ``rule``, chosen from its facts; an InputError naming the rule
+    and the fact no class implements otherwise."""
     rule = get_rule(rule)
-    matches = [cls for cls in IMPLEMENTATIONS if cls.supports(rule)]
-    if len(matches) != 1:
-        raise validation.InputError(
-            f"rule {rule.name!r} (ascent {rule.ascent!r}, normalized {rule.normalized}, micro "
-            f"{rule.micro}) matches {len(matches)} optimizer classes, not one")
-    return matches[0]
+    reason = supports(rule)
+    if reason is not None:
+        raise validation.InputError(f"{LAYER} do not implement rule {rule.name!r}: {reason}")
+    return next(cls for cls in IMPLEMENTATIONS if cls.supports(rule))
 
 
 def __getattr__(name: str) -> Any:
@@ -49,32 +67,26 @@ def __getattr__(name: str) -> Any:
 
 def create(rule: Rule | str, params: Iterable[Any], base: Any = torch.optim.SGD,
            **kwargs: Any) -> RuleOptimizer:
-    """The optimizer of ``rule`` (a registered name or a :class:`~sdesam.algorithms.Rule` with
-    ``optimizer=True``) over ``params``, wrapping ``base``.
+    """The optimizer of ``rule`` (a registered name or any :class:`~sdesam.algorithms.Rule` the
+    optimizer layer implements, registered or not) over ``params``, wrapping ``base``.
 
-    ``kwargs`` are the rule's keywords (``rho``, ``micro``, ``lam``, ``delta``: checked against
-    ``rule.keywords`` -- one the rule does not accept is an error naming it, and ``micro`` is
-    required by the m-rules; None means not given), the class's own (``bn``,
-    ``autocast_dtype``, ``accumulate``, ``vmap_budget_mb``, ...) and the base optimizer's
-    (``lr``, ``momentum``, ``weight_decay``, ...).
+    ``kwargs`` are the rule's keywords (``rho``, ``micro``, ``lam``, ``delta``: checked by
+    :func:`sdesam.algorithms.check_keywords` -- one the rule does not accept is an error naming
+    it, and ``micro`` is required by the m-rules; None means not given), the class's own
+    (``bn``, ``autocast_dtype``, ``accumulate``, ``vmap_budget_mb``, ...; :func:`class_options`)
+    and the base optimizer's (``lr``, ``momentum``, ``weight_decay``, ...).
     """
     rule = get_rule(rule)
-    if not rule.optimizer:
-        raise validation.InputError(
-            f"rule {rule.name!r} has no optimizer (optimizer=False); optimizer rules: "
-            f"{', '.join(optimizer_names())}")
+    cls = implementation(rule)
     given = {word: kwargs.pop(word) for word in RULE_KEYWORDS if word in kwargs}
-    check_rule_keywords(rule, **given)
+    check_keywords(rule, **{"micro": None, **given})
     kwargs.update({word: value for word, value in given.items() if value is not None})
-    return implementation(rule)(params, base, rule=rule, **kwargs)
+    return cls(params, base, rule=rule, **kwargs)
 
 
-def check_rule_keywords(rule: Rule | str, **given: Any) -> Rule:
-    """Refuse every rule keyword in ``given`` (``rho``, ``micro``, ``lam``, ``delta``; None means
-    not given) that ``rule`` does not take, read from ``rule.keywords``, and a missing ``micro``
-    for a rule with micro-batches: the one check of :func:`create` and of the trainer's settings."""
-    rule = check_keywords(rule, **{"micro": None, **given})
-    if given.get("rho") is not None and "rho" not in rule.keywords:
-        raise validation.InputError(f"rho is not accepted by {rule.name!r} (it has no perturbation; "
-                                    f"it accepts: {', '.join(rule.keywords) or 'no rule keywords'})")
-    return rule
+def class_options(rule: Rule | str) -> tuple[str, ...]:
+    """The keywords of the class that implements ``rule`` beyond every rule's own (e.g.
+    ``ascent_data`` for the full-gradient ascent, ``local_perturbation`` for the reweighted
+    rules: :attr:`~sdesam.optim.base.RuleOptimizer.options`), so a trainer knows what to pass
+    without reading the rule's ascent."""
+    return implementation(rule).options

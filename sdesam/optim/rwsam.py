@@ -16,6 +16,13 @@ One step (paper, section 4):
 the probe also recomputes ``l_i(x)`` in float32 (two forwards more than SAM), since loss
 differences of order ``delta |grad f_i|`` vanish in bfloat16/float16.
 
+The class also runs RW-SAM's other readings (:attr:`sdesam.algorithms.Rule.descent_weights`,
+:attr:`~sdesam.algorithms.Rule.ascent_draw`), each a change of the weights of one backward:
+a drawn perturbation backpropagates the mean loss of k samples drawn with probabilities p
+(``counts / k``) in step 4, from ``generator``; weights on the whole descent gradient make step
+5 the backward of ``sum_i p_i l_i(x + eps)``; weights on the response add, after the restore, a
+backward at x of ``sum_i (1/B - p_i) l_i`` (one forward and backward more).
+
 Under DistributedDataParallel the weights are normalised over each device's batch;
 ``local_perturbation=True`` keeps the ascent gradient local (the backward of step 4 runs
 under ``no_sync``, no communication), ``False`` all-reduces it. The descent gradient is
@@ -32,7 +39,7 @@ from torch import nn
 from torch.func import functional_call
 
 from sdesam import validation
-from sdesam.algorithms import gibbs_weights
+from sdesam.algorithms import ANY, DEFAULT_LAM, DESCENT_WEIGHTS, gibbs_weights
 from sdesam.optim import passes
 from sdesam.optim.base import PerturbedOptimizer
 from sdesam.optim.passes import LossFn
@@ -42,8 +49,6 @@ __all__ = ["DEFAULT_DELTA", "DEFAULT_LAM", "RWSAM", "estimate_grad_norms", "gibb
 
 DEFAULT_DELTA = 1e-3
 """The default finite-difference step of the gradient-norm probe."""
-DEFAULT_LAM = 1.0
-"""The default inverse temperature of the Gibbs weights (not from the paper; tune it)."""
 
 
 def rademacher(params: Iterable[torch.Tensor], generator: torch.Generator | None = None) -> list[torch.Tensor]:
@@ -98,12 +103,16 @@ class RWSAM(PerturbedOptimizer):
     """Reweighted SAM (see the module docstring for the step and its DDP behaviour).
 
     ``lam``: inverse temperature of the Gibbs weights (>= 0); ``delta``: finite-difference
-    step of the norm estimate; ``generator``: the source of the Rademacher directions (a
-    generator on the parameters' device avoids a host-to-device copy; None: the global RNG).
+    step of the norm estimate; ``generator``: the source of the Rademacher directions and of
+    the draws of a drawn perturbation (a generator on the parameters' device avoids a
+    host-to-device copy; None: the global RNG).
     """
 
     rule_name: ClassVar[str] = "rw-sam"
-    handles: ClassVar[dict[str, tuple[Any, ...]]] = {"ascent": ("reweighted",)}
+    handles: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "ascent": ("reweighted",), "scaled": (False, True), "descent_weights": DESCENT_WEIGHTS,
+        "ascent_draw": ANY}
+    options: ClassVar[tuple[str, ...]] = ("local_perturbation", "generator")
 
     def __init__(self, params: Iterable[Any], base: Any = torch.optim.SGD, *, rho: float = 0.05,
                  lam: float = DEFAULT_LAM, delta: float = DEFAULT_DELTA, local_perturbation: bool = False,
@@ -118,7 +127,40 @@ class RWSAM(PerturbedOptimizer):
         self.delta = validation.positive_number("delta", delta)
         self.local_perturbation = local_perturbation
         self.generator = generator
+        self._weights: torch.Tensor | None = None
         super().__init__(params, base, rho=rho, **kwargs)
+
+    def _gradient(self, model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
+                  targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ascent, perturb, descent at the perturbed point (Gibbs-weighted where the rule says
+        so), restore; with weights on the response, the weighted correction at x."""
+        try:
+            loss, outputs = self._ascent(model, loss_fn, inputs, targets)
+            anchors = self._perturb()
+            self.zero_grad()
+            weights = self._weights
+            descent = None if self.rule.descent_weights == "none" else weights
+            self._pass(model, loss_fn, inputs, targets, sync=True, first=False, weights=descent)
+            self._restore(anchors)
+            if self.rule.descent_weights == "response":
+                self._pass(model, loss_fn, inputs, targets, sync=True, first=False,
+                           weights=1.0 / inputs.shape[0] - weights)
+        finally:
+            self._weights = None
+        return loss, outputs
+
+    def _ascent_weights(self, weights: torch.Tensor) -> torch.Tensor:
+        """The weights of the ascent backward: the Gibbs weights, or for a drawn perturbation
+        the share ``counts / k`` of each sample among k draws with those probabilities."""
+        self._weights = weights
+        k = self.rule.ascent_draw
+        if not k:
+            return weights
+        probs = weights.detach().to(self.generator.device if self.generator is not None
+                                    else weights.device)
+        drawn = torch.multinomial(probs, k, replacement=True, generator=self.generator)
+        counts = torch.bincount(drawn, minlength=weights.shape[0]).to(weights)
+        return counts / k
 
     def _extra_state(self) -> dict[str, Any]:
         """The generator's state, so that a resumed run draws the same directions."""
@@ -145,7 +187,7 @@ class RWSAM(PerturbedOptimizer):
                 losses = passes.upcast(losses)
                 scores = probe_scores(module, loss_fn, inputs, targets, self.delta, direction,
                                       losses.detach() if exact_losses else None)
-                weights = gibbs_weights(scores, self.lam)
+                weights = self._ascent_weights(gibbs_weights(scores, self.lam))
                 ((weights * losses).sum() * self.scaler.scale).backward()
             return losses.detach().mean(), outputs.detach()
         # Accumulation: weights need the whole batch first, so the reweighted pass recomputes.
@@ -157,5 +199,5 @@ class RWSAM(PerturbedOptimizer):
             for (x, y), part in parts
         ])
         self._pass(model, loss_fn, inputs, targets, sync=sync, first=False,
-                   weights=gibbs_weights(scores, self.lam))
+                   weights=self._ascent_weights(gibbs_weights(scores, self.lam)))
         return losses.mean(), outputs

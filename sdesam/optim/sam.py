@@ -47,7 +47,7 @@ class SGDRule(RuleOptimizer):
         check_keywords(self.rule, micro=micro)
         self.micro = None if micro is None else validation.positive_int("micro", micro)
 
-    def _check_step(self, model: nn.Module, batch: int) -> None:
+    def _check_sizes(self, model: nn.Module, batch: int) -> None:
         """micro (if any) must divide the batch and each accumulation chunk."""
         if self.micro is not None:
             check_sizes(self.rule, batch, self.micro)
@@ -85,7 +85,8 @@ class SAM(PerturbedOptimizer):
 
     rule_name: ClassVar[str] = "sam"
     handles: ClassVar[dict[str, tuple[Any, ...]]] = {
-        "ascent": ("part",), "micro": (False,), "normalized": (True,)}
+        "ascent": ("part",), "micro": (False,), "normalized": (True,), "scaled": (False, True)}
+    options: ClassVar[tuple[str, ...]] = ("adaptive",)
 
     def __init__(self, params: Iterable[Any], base: Any = torch.optim.SGD, *, rho: float = 0.05,
                  adaptive: bool = False, **kwargs: Any) -> None:
@@ -114,7 +115,7 @@ class SAM(PerturbedOptimizer):
             closure, model = model, None
         if closure is not None:
             if model is not None or loss_fn is not None:
-                raise ValueError("closure: give either a closure or (model, loss_fn, inputs, targets)")
+                raise validation.InputError("closure: give either a closure or (model, loss_fn, inputs, targets)")
             self.first_step(zero_grad=True)
             with torch.enable_grad():
                 loss = closure()
@@ -151,7 +152,7 @@ class USAM(SAM):
 
     rule_name: ClassVar[str] = "usam"
     handles: ClassVar[dict[str, tuple[Any, ...]]] = {
-        "ascent": ("part",), "micro": (False,), "normalized": (False,)}
+        "ascent": ("part",), "micro": (False,), "normalized": (False,), "scaled": (False, True)}
 
 
 class NSAM(PerturbedOptimizer):
@@ -165,7 +166,9 @@ class NSAM(PerturbedOptimizer):
     """
 
     rule_name: ClassVar[str] = "n-sam"
-    handles: ClassVar[dict[str, tuple[Any, ...]]] = {"ascent": ("full",), "normalized": (True,)}
+    handles: ClassVar[dict[str, tuple[Any, ...]]] = {"ascent": ("full",), "normalized": (True,),
+                                                      "scaled": (False, True)}
+    options: ClassVar[tuple[str, ...]] = ("ascent_data", "ascent_batch_size")
 
     def __init__(self, params: Iterable[Any], base: Any = torch.optim.SGD, *, rho: float = 0.05,
                  ascent_data: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -184,11 +187,11 @@ class NSAM(PerturbedOptimizer):
              ascent_targets: torch.Tensor | None = None) -> StepResult:
         """One step; ``ascent_inputs/targets`` replace ``ascent_data`` for this step."""
         if (ascent_inputs is None) != (ascent_targets is None):
-            raise ValueError("ascent_inputs and ascent_targets must be given together")
+            raise validation.InputError("ascent_inputs and ascent_targets must be given together")
         if ascent_inputs is not None:
             self._step_ascent = _check_pair("ascent_inputs", (ascent_inputs, ascent_targets))
         elif self.ascent_data is None:
-            raise ValueError(f"{self.rule.name} needs ascent_data=(inputs, targets) at construction or "
+            raise validation.InputError(f"{self.rule.name} needs ascent_data=(inputs, targets) at construction or "
                              "ascent_inputs/ascent_targets in step()")
         else:
             self._step_ascent = self.ascent_data
@@ -213,7 +216,8 @@ class NUSAM(NSAM):
     """n-USAM: unnormalised ascent ``x + rho g`` along the gradient of the ascent data."""
 
     rule_name: ClassVar[str] = "n-usam"
-    handles: ClassVar[dict[str, tuple[Any, ...]]] = {"ascent": ("full",), "normalized": (False,)}
+    handles: ClassVar[dict[str, tuple[Any, ...]]] = {"ascent": ("full",), "normalized": (False,),
+                                                      "scaled": (False, True)}
 
 
 def _check_pair(name: str, pair: object) -> tuple[torch.Tensor, torch.Tensor]:

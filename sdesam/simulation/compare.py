@@ -22,7 +22,8 @@ from sdesam.progress import progress_bar
 
 from . import ensemble, memory, sde
 from .. import validation
-from ..algorithms import get_rule
+from ..algorithms import Rule, get_rule
+from .inputs import check_eta
 from .chains import TEST_FUNCTIONS, ChainRun, Moments, check_test_functions, recorded_steps
 from ..problems.base import Problem
 
@@ -70,7 +71,8 @@ def weak_error(a: Moments, b: Moments) -> dict[str, Any]:
             "weak_error_T_stderr": stderr(last)}
 
 
-def comparison_parts(problem: Problem, algorithm: str, *, eta: float, rho: float, batch: int,
+def comparison_parts(problem: Problem, algorithm: "str | Rule", *, eta: float,
+                     rho: float | None = None, batch: int,
                      micro: int | None = None, lam: float | None = None, horizon: float,
                      chains: int, chunk: int = 50_000, test_fns: Sequence[str] = ("loss",),
                      sampling: str = "with-replacement", every: int | None = 1,
@@ -78,20 +80,23 @@ def comparison_parts(problem: Problem, algorithm: str, *, eta: float, rho: float
     """What :func:`compare_algorithm` holds at its peak: one block of ``min(chunk, chains)``
     chains, discrete or SDE (the larger), with running moments only (see
     :mod:`sdesam.simulation.memory`); its chain count shown as ``chains_argument``."""
+    rule = get_rule(algorithm)
     validation.positive_int("chains", chains)
     block = min(validation.positive_int("chunk", chunk), chains)
-    steps = round(horizon / ensemble.check_eta(eta))
+    steps = round(horizon / check_eta(eta))
     common = dict(chains=block, every=every, keep_states=False, statistics=len(test_fns),
                   chains_argument=chains_argument)
-    discrete = ensemble.run_parts(problem, batch=batch, sampling=sampling, steps=steps, **common)
-    model = sde.AlgorithmSDE(problem, algorithm, eta=eta, rho=rho, batch=batch, micro=micro,
+    discrete = ensemble.run_parts(problem, batch=batch, sampling=sampling, steps=steps, rule=rule,
+                                  **common)
+    model = sde.AlgorithmSDE(problem, rule, eta=eta, rho=rho, batch=batch, micro=micro,
                              lam=lam, sampling=sampling)
     continuous = sde.integration_parts(model, channels=problem.n, dim=problem.dim, steps=steps,
                                        **common)
     return max(discrete, continuous, key=lambda parts: sum(part.nbytes for part in parts))
 
 
-def compare_algorithm(problem: Problem, algorithm: str, *, eta: float, rho: float, batch: int,
+def compare_algorithm(problem: Problem, algorithm: "str | Rule", *, eta: float,
+                      rho: float | None = None, batch: int,
                       micro: int | None = None, lam: float | None = None, x0: Any,
                       horizon: float, chains: int, seed: int,
                       test_fns: Sequence[str] = ("loss", "sq_norm", "coord0", "trace_V"),
@@ -105,16 +110,18 @@ def compare_algorithm(problem: Problem, algorithm: str, *, eta: float, rho: floa
 
     Moments are recorded at steps ``0, every, ..., T/eta`` (``every=None``: start and end).
     A comparison whose blocks of ``chunk`` chains would not fit in memory is refused before
-    any work (:func:`comparison_parts`).
+    any work (:func:`comparison_parts`). A rule the hand-written SDE does not implement is
+    refused naming the fact it lacks (compare its compiled SDE with
+    :func:`sdesam.simulation.derived_sde.simulate_derivation` instead).
     """
     test_fns = check_test_functions(test_fns)
-    rule = get_rule(algorithm)
+    rule = sde.SUPPORT.require(get_rule(algorithm))
     for variant in variants:
         validation.one_of("variants", variant, VARIANTS)
     if not rule.noise_induced:
         variants = [v for v in variants if not VARIANTS[v]]
-    steps = round(horizon / ensemble.check_eta(eta))
-    memory.require(comparison_parts(problem, algorithm, eta=eta, rho=rho, batch=batch, micro=micro,
+    steps = round(horizon / check_eta(eta))
+    memory.require(comparison_parts(problem, rule, eta=eta, rho=rho, batch=batch, micro=micro,
                                     lam=lam, horizon=horizon, chains=chains, chunk=chunk,
                                     test_fns=test_fns, sampling=sampling, every=every),
                    validation.device("device", str(device)))
@@ -123,11 +130,11 @@ def compare_algorithm(problem: Problem, algorithm: str, *, eta: float, rho: floa
                   progress=progress)
 
     def discrete(chunk_seed: int, size: int) -> ChainRun:
-        return ensemble.run(problem, algorithm, steps=steps, chains=size, seed=chunk_seed, **common)
+        return ensemble.run(problem, rule, steps=steps, chains=size, seed=chunk_seed, **common)
 
     def continuous(drop: tuple[str, ...]) -> Callable[[int, int], ChainRun]:
         def sample(chunk_seed: int, size: int) -> ChainRun:
-            return sde.simulate(problem, algorithm, horizon=horizon, chains=size,
+            return sde.simulate(problem, rule, horizon=horizon, chains=size,
                                 seed=chunk_seed, dt=dt, drop_terms=drop, **common)
         return sample
 

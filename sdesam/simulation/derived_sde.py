@@ -1,9 +1,9 @@
 """The SDE of ANY derived rule, compiled from its sympy :class:`~sdesam.symbolic.Derivation`.
 
-``sdesam.simulation.sde`` holds hand-written first-order SDEs for the built-in rules; this module turns
-whatever :func:`sdesam.symbolic.derive` produced -- a user rule, the eta-corrected drift of
-``order >= 2``, the O(rho) diffusion of ``diffusion_order >= 1`` -- into a torchsde-style SDE
-on chains ``[chains, d]``:
+``sdesam.simulation.sde`` holds hand-written first-order SDEs for most rules; this module turns
+whatever :func:`sdesam.symbolic.derive` produced -- any rule it derives (:data:`SUPPORT`: the
+same facts), the eta-corrected drift of ``order >= 2``, the O(rho) diffusion of
+``diffusion_order >= 1`` -- into a torchsde-style SDE on chains ``[chains, d]``:
 
     dX = b(X) dt + sqrt(eta) S(X) dW,   S S^T = Sigma(X),   W in R^d,
 
@@ -11,7 +11,9 @@ time measured so that step k of the discrete rule sits at ``t = k eta`` (as in
 :mod:`sdesam.simulation.sde`). ``b`` and ``Sigma`` are the derivation's sympy matrices, lambdified to torch
 (float64, batched, with ``Abs``, ``sign`` and ``sqrt`` mapped to their torch functions) with
 ``rho``, ``eta`` (and a symbol named ``lam`` where a rule has one) as numeric arguments, so
-one compilation serves every (eta, rho).
+one compilation serves every (eta, rho). Numbers reach the compiled code as floats: an exact
+rational too large for a machine integer (a float's exact value, say) is rounded to a float
+first, so derivations on real data compile.
 
 The square root: ``Sigma`` is symmetric d x d, but its O(rho) correction makes it indefinite
 wherever ``c V`` is small, so a plain Cholesky fails there and jitter would change every
@@ -33,11 +35,23 @@ import torch
 
 from . import memory
 from .. import algorithms, validation
+from ..algorithms import Rule
 from .brownian import FixedGridBrownian, time_grid
 from .chains import ChainRun
-from .ensemble import start_dtype, start_points
+from .inputs import rule_rho, start_dtype, start_points
 from .sde import euler_maruyama, integration_parts
 from ..symbolic import Derivation, eta as ETA, rho as RHO
+from ..symbolic.derivation import SUPPORT as SYMBOLIC_SUPPORT
+
+SUPPORT = algorithms.Support("the compiled SDE (sdesam.simulation.derived_sde)",
+                             **SYMBOLIC_SUPPORT.handles)
+"""The compiled SDE runs whatever :func:`sdesam.symbolic.derive` derives: the same facts."""
+
+
+def supports(rule: Rule) -> str | None:
+    """None when the compiled SDE implements ``rule`` (the symbolic layer derives it), else the
+    fact it lacks."""
+    return SUPPORT.reason(rule)
 
 LAM_NAMES: tuple[str, ...] = ("lam", "lambda")
 """Names a derivation may give the inverse temperature of a Gibbs-weighted rule."""
@@ -60,7 +74,7 @@ class CompiledMatrix:
             raise validation.InputError(
                 f"the matrix uses symbols that are neither variables nor parameters: "
                 f"{sorted(map(str, extra))}")
-        entries = list(matrix)
+        entries = [machine_numbers(entry) for entry in matrix]
         self._nonzero = [k for k, entry in enumerate(entries) if entry != 0]
         self._function = sympy.lambdify(self.variables + self.parameters,
                                         [entries[k] for k in self._nonzero],
@@ -77,6 +91,20 @@ class CompiledMatrix:
             for k, value in zip(self._nonzero, computed):
                 out[..., k] = torch.as_tensor(value, dtype=x.dtype, device=x.device).broadcast_to(shape)
         return out.unflatten(-1, self.shape)
+
+
+MACHINE_INTEGER = 2**53
+"""Integers beyond this (in an exact rational) are rounded to a float before compilation."""
+
+
+def machine_numbers(expr: sympy.Expr) -> sympy.Expr:
+    """``expr`` with every rational whose numerator or denominator exceeds
+    :data:`MACHINE_INTEGER` replaced by the nearest float: compiled torch code would turn those
+    into Python integers it cannot convert (an OverflowError), and a float keeps its value to
+    the precision the simulation has anyway."""
+    big = {r: sympy.Float(r, 17) for r in sympy.sympify(expr).atoms(sympy.Rational)
+           if abs(r.p) > MACHINE_INTEGER or r.q > MACHINE_INTEGER}
+    return expr.xreplace(big) if big else expr
 
 
 def parameter_symbols(derivation: Derivation) -> list[sympy.Symbol]:
@@ -113,7 +141,7 @@ class DerivedSDE(torch.nn.Module):
     noise_type = "general"
     sde_type = "ito"
 
-    def __init__(self, derivation: Derivation, *, eta: float, rho: float,
+    def __init__(self, derivation: Derivation, *, eta: float, rho: float | None = None,
                  lam: float | None = None) -> None:
         super().__init__()
         if not isinstance(derivation, Derivation):
@@ -125,8 +153,9 @@ class DerivedSDE(torch.nn.Module):
                 "derivation is in terms of undefined functions and cannot be simulated")
         self.derivation = derivation
         self.eta = validation.positive_number("eta", eta)
-        self.rho = validation.non_negative_number("rho", rho)
-        algorithms.check_keywords(derivation.rule, lam=lam)
+        rule = SUPPORT.require(derivation.rule)
+        self.rho = rule_rho(rule, rho)
+        algorithms.check_keywords(rule, lam=lam)
         symbols = parameter_symbols(derivation)
         if len(symbols) > 2 and lam is None:
             raise validation.InputError(f"lam is required: the derivation of "
@@ -192,7 +221,7 @@ def integration_grid(eta: float, horizon: float, dt: float | None) -> tuple[torc
     return time_grid(round(horizon / eta) * substeps * dt, dt), substeps
 
 
-def simulate_derivation(derivation: Derivation, *, eta: float, rho: float, x0: Any,
+def simulate_derivation(derivation: Derivation, *, eta: float, rho: float | None = None, x0: Any,
                         horizon: float, chains: int, seed: int, dt: float | None = None,
                         lam: float | None = None, device: str | torch.device = "cpu",
                         progress: bool = False, **recording: Any) -> ChainRun:

@@ -21,54 +21,34 @@ from sdesam.progress import progress_bar
 
 from . import memory
 from .. import validation
-from ..algorithms import (check_keywords, check_rho, check_sampling, check_sizes, get_rule,
-                         reweighted_gradient, scaled)
+from ..algorithms import (ANY, DESCENT_WEIGHTS, Rule, Support, check_sampling, check_sizes, direction,
+                         get_rule, gibbs_weights)
 from .chains import (DIVERGE_AT, ChainRun, Recorder, bound_test_functions, chunk_size, chunks,
                      record_count)
+from .inputs import (batch_bytes, check_eta, draw_batches, draw_bytes, draw_uniforms,
+                     drawn_positions, rule_lam, rule_rho, start_dtype, start_points)
 from ..problems.base import Problem
 
-DEFAULT_LAM = 1.0
-"""RW-SAM's inverse temperature when a weighted rule is run without ``lam``."""
+SUPPORT = Support("the ensemble (sdesam.simulation.ensemble)", scaled=(False, True),
+                  descent_weights=DESCENT_WEIGHTS, ascent_draw=ANY)
+"""The rule facts the ensemble implements: every one (through :func:`sdesam.algorithms.direction`)."""
 
 
-def check_eta(eta: Any) -> float:
-    """The learning rate ``eta`` as a float if it is a positive number (see :mod:`sdesam.validation`)."""
-    return validation.positive_number("eta", eta)
+def supports(rule: Rule) -> str | None:
+    """None when the ensemble implements ``rule``, else the fact it lacks."""
+    return SUPPORT.reason(rule)
 
 
-def rule_lam(rule: Any, lam: float | None) -> float:
-    """``lam`` checked against ``rule``: refused unless the rule takes it; a weighted rule
-    without it gets :data:`DEFAULT_LAM`; 0.0 (unused) for the others."""
-    check_keywords(rule, lam=lam)
-    if not rule.weighted:
-        return 0.0
-    return validation.non_negative_number("lam", DEFAULT_LAM if lam is None else lam)
-
-
-def start_dtype(x0: Any) -> torch.dtype:
-    """The dtype of the start points made from ``x0``: a floating tensor's own, else float64."""
-    return x0.dtype if isinstance(x0, torch.Tensor) and x0.is_floating_point() else torch.float64
-
-
-def start_points(x0: Any, chains: int, dim: int, device: str | torch.device) -> torch.Tensor:
-    """The ``[chains, d]`` starting points from ``x0`` of shape ``[d]`` (shared) or
-    ``[chains, d]``, of :func:`start_dtype`. Non-finite start points are refused."""
-    x0 = torch.as_tensor(x0, dtype=start_dtype(x0), device=device)
-    if x0.shape not in ((dim,), (chains, dim)):
-        raise validation.InputError(f"x0 must have shape [{dim}] or [{chains}, {dim}]; "
-                                    f"got {tuple(x0.shape)}")
-    validation.finite_tensor("x0", x0)
-    return x0.expand(chains, dim).clone()
-
-
-def step(problem: Problem, algorithm: str, x: torch.Tensor, batch_idx: torch.Tensor, *,
-         eta: float, rho: float, micro: int | None = None, lam: float | None = None) -> torch.Tensor:
+def step(problem: Problem, algorithm: "str | Rule", x: torch.Tensor, batch_idx: torch.Tensor, *,
+         eta: float, rho: float | None = None, micro: int | None = None, lam: float | None = None,
+         generator: torch.Generator | None = None) -> torch.Tensor:
     """One update ``x - eta * G(x)`` of ``algorithm`` for every chain: ``x [..., d]`` with the
     batch indices ``batch_idx [..., B]`` of each chain. For the m-rules the micro-batches are
-    the consecutive blocks of ``micro`` indices of the batch."""
-    rule = get_rule(algorithm)
+    the consecutive blocks of ``micro`` indices of the batch; a rule that draws its
+    perturbation draws from ``generator`` (required for it; see :func:`~sdesam.simulation.inputs.draw_uniforms`)."""
+    rule = SUPPORT.require(get_rule(algorithm))
     check_eta(eta)
-    check_rho(rho)
+    rho = rule_rho(rule, rho)
     lam = rule_lam(rule, lam)
     batch_idx = torch.as_tensor(batch_idx, device=x.device)
     if batch_idx.dim() == 0 or batch_idx.shape[:-1] != x.shape[:-1]:
@@ -76,7 +56,13 @@ def step(problem: Problem, algorithm: str, x: torch.Tensor, batch_idx: torch.Ten
             f"batch_idx must have shape [{', '.join(map(str, x.shape[:-1]))}, B] "
             f"to match x of shape {tuple(x.shape)}; got {tuple(batch_idx.shape)}")
     micro = check_sizes(rule, int(batch_idx.shape[-1]), micro)
-    return x - eta * update_direction(problem, rule.name, x, batch_idx, rho=rho, micro=micro, lam=lam)
+    if rule.ascent_draw and generator is None:
+        raise validation.InputError(f"generator is required by {rule.name!r}: it draws its "
+                                    "perturbation from the batch (a seeded torch.Generator)")
+    uniforms = None if generator is None else draw_uniforms(rule, generator, tuple(x.shape[:-1]),
+                                                             x.dtype)
+    return x - eta * update_direction(problem, rule, x, batch_idx, rho=rho, micro=micro, lam=lam,
+                                      uniforms=uniforms)
 
 
 def has_closed_form_grads(problem: Problem) -> bool:
@@ -96,44 +82,38 @@ def part_grads(problem: Problem, points: torch.Tensor, parts: torch.Tensor) -> t
     return problem.subset_grads(points, parts).mean(dim=-2)
 
 
-def update_direction(problem: Problem, algorithm: str, x: torch.Tensor, batch_idx: torch.Tensor,
-                     *, rho: float, micro: int, lam: float) -> torch.Tensor:
-    """The direction G of ``algorithm`` at ``x [..., d]`` for batches ``batch_idx [..., B]``,
-    vectorised over chains and micro-batches (arguments assumed valid: see :func:`step`)."""
-    rule = get_rule(algorithm)
+def update_direction(problem: Problem, rule: Rule, x: torch.Tensor, batch_idx: torch.Tensor,
+                     *, rho: float, micro: int, lam: float,
+                     uniforms: torch.Tensor | None = None) -> torch.Tensor:
+    """The direction G of ``rule`` at ``x [..., d]`` for batches ``batch_idx [..., B]``:
+    :func:`sdesam.algorithms.direction` evaluated on tensors batched over chains and
+    micro-batches (arguments assumed valid: see :func:`step`). The Gibbs weights of a weighted
+    rule are those of the exact per-sample gradient norms at x; a rule that draws its
+    perturbation takes its samples at ``uniforms [..., k]`` (:func:`~sdesam.simulation.inputs.drawn_positions`)."""
     parts = batch_idx.unflatten(-1, (-1, micro)) if rule.micro else batch_idx.unsqueeze(-2)
-    points = x.unsqueeze(-2).expand(*parts.shape[:-1], x.shape[-1])  # [..., J, d]
-    if rule.ascent != "none" and rho != 0:
-        if rule.ascent == "full":
-            ascent = problem.grad(x).unsqueeze(-2)
-        elif rule.ascent == "part":
-            ascent = part_grads(problem, points, parts)
-        else:
-            batch_grads = problem.subset_grads(x, batch_idx)
-            ascent = reweighted_gradient(batch_grads, lam).unsqueeze(-2)
-        if rule.scale is not None:
-            ascent = scaled(rule.scale, points, ascent)
-        if rule.normalized:
-            ascent = ascent / ascent.norm(dim=-1, keepdim=True)
-        points = points + rho * ascent
-    return part_grads(problem, points, parts).mean(dim=-2)
+    points = x.unsqueeze(-2).expand(*parts.shape[:-1], x.shape[-1])   # [..., J, d]
+    weights = batch_grads = None
+    if rule.weighted and (rho != 0 or rule.descent_weights != "none"):
+        batch_grads = problem.subset_grads(x, batch_idx)                  # [..., B, d]
+        weights = gibbs_weights(batch_grads.norm(dim=-1), lam)           # [..., B]
+
+    def grad(point: torch.Tensor, part: torch.Tensor | None) -> torch.Tensor:
+        return problem.grad(point) if part is None else part_grads(problem, point, part)
+
+    def weighted_grad(point: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+        grads = batch_grads if point is points else problem.subset_grads(point[..., 0, :], batch_idx)
+        return (weights.unsqueeze(-1) * grads).sum(dim=-2).unsqueeze(-2)
+
+    def draw(part: torch.Tensor) -> torch.Tensor:
+        return batch_idx.gather(-1, drawn_positions(weights, uniforms)).unsqueeze(-2)
+
+    return direction(rule, points, [parts], rho, grad, _norm, reweighted_grad=weighted_grad,
+                     weighted_grad=weighted_grad, draw=draw).mean(dim=-2)
 
 
-def batch_bytes(n: int, batch: int, sampling: str) -> int:
-    """Bytes per chain :func:`draw_batches` allocates for one step: the indices (int64), and
-    without replacement the float32 sort keys of every sample and the top-``batch`` values."""
-    return batch * 8 if sampling == "with-replacement" else n * 4 + batch * 12
-
-
-def draw_batches(generator: torch.Generator, chains: int, n: int, batch: int,
-                 sampling: str) -> torch.Tensor:
-    """``[chains, batch]`` uniform sample indices, independent across chains: i.i.d. draws
-    (with replacement) or a uniformly random ``batch``-subset in random order (without)."""
-    device = generator.device
-    if sampling == "with-replacement":
-        return torch.randint(0, n, (chains, batch), generator=generator, device=device)
-    keys = torch.rand(chains, n, generator=generator, device=device)
-    return keys.topk(batch, dim=-1, sorted=True).indices
+def _norm(v: torch.Tensor) -> torch.Tensor:
+    """The Euclidean norm of each direction ``[..., d]``, kept as ``[..., 1]``."""
+    return v.norm(dim=-1, keepdim=True)
 
 
 def update_footprint(problem: Problem, batch: int) -> int:
@@ -151,20 +131,23 @@ def run_chunk(problem: Problem, batch: int, chains: int, chunk: int | None) -> i
 
 
 def run_parts(problem: Problem, *, batch: int, sampling: str, steps: int, chains: int,
-              every: int | None = 1, keep_states: bool = True, statistics: int = 0,
+              rule: "Rule | str | None" = None, every: int | None = 1, keep_states: bool = True, statistics: int = 0,
               chunk: int | None = None, dtype: torch.dtype = torch.float64,
               chains_argument: str = "chains") -> list[memory.Part]:
     """What :func:`run` with these settings holds in memory (see :mod:`sdesam.simulation.memory`;
-    ``statistics``: the number of test functions), its chain count shown as ``chains_argument``."""
+    ``statistics``: the number of test functions), its chain count shown as ``chains_argument``;
+    ``rule`` adds the draws of a rule that draws its perturbation."""
+    rule = None if rule is None else get_rule(rule)
     return memory.chain_run_parts(
         chains, problem.dim, element_size=dtype.itemsize, records=record_count(steps, every),
         every=every, keep_states=keep_states, statistics=statistics,
-        step_random_bytes=batch_bytes(problem.n, batch, sampling),
+        step_random_bytes=batch_bytes(problem.n, batch, sampling)
+        + (0 if rule is None else draw_bytes(rule, dtype.itemsize)),
         chunk=run_chunk(problem, batch, chains, chunk), chunk_elements=update_footprint(problem, batch),
         chains_argument=chains_argument)
 
 
-def run(problem: Problem, algorithm: str, *, eta: float, rho: float, batch: int,
+def run(problem: Problem, algorithm: "str | Rule", *, eta: float, rho: float | None = None, batch: int,
         micro: int | None = None, x0: Any, steps: int, chains: int, seed: int,
         sampling: str = "with-replacement", device: str | torch.device = "cpu",
         lam: float | None = None, every: int | None = 1, keep_states: bool = True,
@@ -178,15 +161,17 @@ def run(problem: Problem, algorithm: str, *, eta: float, rho: float, batch: int,
     ``[records, chains, d]`` if ``keep_states`` and the mean / variance over live chains of
     each of ``test_fns`` (names of :data:`sdesam.simulation.chains.TEST_FUNCTIONS`). A chain whose state
     turns non-finite or exceeds ``diverge_at`` in norm is frozen and left out of statistics.
-    ``lam`` is RW-SAM's inverse temperature (refused by rules that do not take it);
+    ``rho`` is required by a rule with a perturbation (refused, unless 0, by one without);
+    ``lam`` is RW-SAM's inverse temperature (refused by rules that do not take it); a rule
+    that draws its perturbation draws from the same seeded generator as the batches;
     ``chunk`` chains are updated at a time (default: temporaries of about
     :data:`sdesam.simulation.chains.CHUNK_BYTES`). The same seed, device and dtype of ``x0`` give the
     same iterates, whatever the chunk. A run that would not fit in the device's available
     memory is refused before anything is allocated (:mod:`sdesam.simulation.memory`).
     """
-    rule = get_rule(algorithm)
+    rule = SUPPORT.require(get_rule(algorithm))
     eta = check_eta(eta)
-    check_rho(rho)
+    rho = rule_rho(rule, rho)
     lam = rule_lam(rule, lam)
     check_sampling(sampling)
     micro = check_sizes(rule, batch, micro, problem.n, sampling)
@@ -196,7 +181,7 @@ def run(problem: Problem, algorithm: str, *, eta: float, rho: float, batch: int,
     statistics = bound_test_functions(problem, test_fns)
     chunk = run_chunk(problem, batch, chains, chunk)
     memory.require(run_parts(problem, batch=batch, sampling=sampling, steps=steps, chains=chains,
-                             every=every, keep_states=keep_states, statistics=len(statistics),
+                             rule=rule, every=every, keep_states=keep_states, statistics=len(statistics),
                              chunk=chunk, dtype=start_dtype(x0)), device)
     x = start_points(x0, chains, problem.dim, device)
     recorder = Recorder(x, steps=steps, every=every, keep_states=keep_states,
@@ -206,10 +191,12 @@ def run(problem: Problem, algorithm: str, *, eta: float, rho: float, batch: int,
         for k in progress_bar(range(steps), desc=f"{rule.name} ensemble", show=progress,
                       leave=False):
             idx = draw_batches(generator, chains, problem.n, batch, sampling)
+            uniforms = draw_uniforms(rule, generator, (chains,), x.dtype)
             for part in chunks(chains, recorder.chunk):
                 old = x[part]
-                new = old - eta * update_direction(problem, rule.name, old, idx[part], rho=rho,
-                                                   micro=micro, lam=lam)
+                new = old - eta * update_direction(
+                    problem, rule, old, idx[part], rho=rho, micro=micro, lam=lam,
+                    uniforms=None if uniforms is None else uniforms[part])
                 x[part] = recorder.freeze(k, part, old, new)
             recorder.record(k + 1, x)
     return recorder.result(x, eta)

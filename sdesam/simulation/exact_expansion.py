@@ -26,7 +26,7 @@ from .. import validation
 from ..algorithms import Rule, get_rule
 from ..problems.base import Problem
 from .compare import VARIANTS
-from .ensemble import check_eta
+from .inputs import check_eta, rule_rho
 from .exact_moments import (DEFAULT_TESTS, discrete_moments, initial_state, linear_sde,
                             sde_moments, steps_to, test_functionals)
 
@@ -42,7 +42,7 @@ def weak_errors(problem: Problem, algorithm: "str | Rule", *, eta: float, rho: f
     ``weak_error_<g>`` the max over the recorded steps (``every``; None: start and end), and
     ``mean_error`` = |E x_K - E X_T|, ``second_error`` = |E x x^T - E X X^T|_F at T."""
     rule = get_rule(algorithm)
-    eta = check_eta(eta)
+    eta, rho = check_eta(eta), rule_rho(rule, rho)
     for variant in variants:
         validation.one_of("variants", variant, VARIANTS)
     common = dict(eta=eta, rho=rho, batch=batch, x0=x0, micro=micro, sampling=sampling,
@@ -134,6 +134,7 @@ def expansion_sweep(problem: Problem, algorithm: "str | Rule", *, kappa: float,
     orders between neighbours and the predicted a. ``records``: moments also at ``records``
     equal steps of the horizon (each eta's step count must be a multiple) for the max over
     steps; None: at T only. Returns ``(errors, expansions)``, two tables of flat records."""
+    rule = get_rule(algorithm)
     etas = sorted((check_eta(eta) for eta in etas), reverse=True)
     fit_eta_max = etas[0] if fit_eta_max is None else validation.positive_number("fit_eta_max",
                                                                                  fit_eta_max)
@@ -146,10 +147,11 @@ def expansion_sweep(problem: Problem, algorithm: "str | Rule", *, kappa: float,
                 raise validation.InputError(f"records={records} must divide the {steps} steps "
                                             f"of eta={eta}")
             every = steps // records
-        errors += weak_errors(problem, algorithm, eta=eta, rho=kappa * math.sqrt(eta),
+        rho = kappa * math.sqrt(eta) if rule.perturbed else None   # SGD: no perturbation
+        errors += weak_errors(problem, rule, eta=eta, rho=rho,
                               batch=batch, x0=x0, horizon=horizon, micro=micro, sampling=sampling,
                               variants=variants, every=every, test_fns=test_fns)
-    predicted = predicted_sqrt_coefficient(problem, algorithm, kappa=kappa, batch=batch, x0=x0,
+    predicted = predicted_sqrt_coefficient(problem, rule, kappa=kappa, batch=batch, x0=x0,
                                            horizon=horizon, micro=micro, sampling=sampling,
                                            test_fns=test_fns)
     expansions = []

@@ -39,12 +39,12 @@ import scipy.linalg
 import torch
 
 from .. import validation
-from ..algorithms import Rule, check_rho, check_sizes, direction, get_rule, reweighted_gradient
+from ..algorithms import Rule, check_sizes, direction, get_rule, reweighted_gradient
 from ..implicit import MAX_ENUMERATED, enumerate_batches
 from ..problems.base import Problem
 from .chains import TEST_FUNCTIONS, check_test_functions, recorded_steps
 from .compare import VARIANTS
-from .ensemble import check_eta, rule_lam, start_points
+from .inputs import check_eta, rule_lam, rule_rho, start_points
 from .sde import AlgorithmSDE
 
 AFFINE_TOL = 1e-9
@@ -175,7 +175,7 @@ def step_maps(problem: Problem, algorithm: "str | Rule", *, eta: float, rho: flo
     :func:`sdesam.algorithms.direction` (micro-batches: consecutive blocks of ``micro``, as
     the ensemble); a :class:`NotAffineError` naming the rule when they are not affine."""
     rule = get_rule(algorithm)
-    eta, rho = check_eta(eta), float(check_rho(rho))
+    eta, rho = check_eta(eta), rule_rho(rule, rho)
     lam = rule_lam(rule, lam)
     micro = check_sizes(rule, batch, micro, problem.n, sampling)
     if rule.ascent_draw and rho != 0:
@@ -222,7 +222,7 @@ def linear_sde(problem: Problem, algorithm: "str | Rule", *, eta: float, rho: fl
     affine noise columns, with its moment generator; a :class:`NotAffineError` otherwise."""
     validation.one_of("variant", variant, VARIANTS)
     rule = get_rule(algorithm)
-    sde = AlgorithmSDE(problem, rule.name, eta=eta, rho=rho, batch=batch, micro=micro,
+    sde = AlgorithmSDE(problem, rule, eta=eta, rho=rho, batch=batch, micro=micro,
                        sampling=sampling, drop_terms=(*VARIANTS[variant], *drop_terms))
     d = problem.dim
     with torch.no_grad():

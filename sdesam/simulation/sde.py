@@ -17,7 +17,14 @@ no matrix square root. The drifts, first order in rho, are
   ``u_S = g~_S / |g~_S|`` and ``g~_S = sum_{i in S} p_i grad f_i`` for the Gibbs weights
   ``p = softmax(lam |grad f_i|)`` over the batch S (a multiset's repeated samples count with
   their multiplicity). It is not a potential gradient (the weights' own dependence on x does
-  not enter at first order), and at lam = 0 it is SAM's drift.
+  not enter at first order), and at lam = 0 it is SAM's drift. With the weights on the response
+  to the perturbation (``descent_weights="response"``) ``H_S`` becomes ``sum_{i in S} p_i H_i``.
+
+A rule with an elementwise ``scale`` s(x) perturbs along ``s(x) * a`` (before normalisation),
+so ``u`` above is built from the scaled direction (``H_S s(x) g_S`` for USAM). A rule whose
+descent gradient is Gibbs-weighted (``descent_weights="all"``: its noise is not SGD's) or that
+draws its perturbation is refused (:data:`SUPPORT`): its SDE is the compiled one of
+:mod:`sdesam.simulation.derived_sde`.
 
 Every drift needs one curvature product: with ``g_i = grad f_i`` the regulariser's gradient
 is ``sum_i H_i u_i`` for per-sample vectors ``u_i``, which
@@ -44,12 +51,24 @@ from sdesam.progress import progress_bar
 
 from . import memory
 from .. import validation
-from ..algorithms import check_rho, check_sampling, check_sizes, get_rule, rule_names, sampling_factor
+from ..algorithms import Rule, Support, check_sampling, check_sizes, get_rule, sampling_factor
 from .brownian import FixedGridBrownian, time_grid
 from .chains import (DIVERGE_AT, ChainRun, Recorder, bound_test_functions, chunk_size, chunks,
                      is_diverged, record_count)
-from .ensemble import check_eta, draw_batches, rule_lam, start_dtype, start_points
+from .inputs import check_eta, draw_batches, rule_lam, rule_rho, start_dtype, start_points
 from ..problems.base import Problem
+
+SUPPORT = Support("the hand-written SDE (sdesam.simulation.sde)", scaled=(False, True),
+                  descent_weights=("none", "response"), ascent_draw=(0,))
+"""The rule facts the hand-written SDE implements: every ascent, normalisation and micro-batch
+rule, elementwise scales and weights on the response to the perturbation; not a Gibbs-weighted
+descent gradient (whose noise is not SGD's) nor a drawn perturbation -- use
+:func:`sdesam.simulation.derived_sde.simulate_derivation` for those."""
+
+
+def supports(rule: Rule) -> str | None:
+    """None when the hand-written SDE implements ``rule``, else the fact it lacks."""
+    return SUPPORT.reason(rule)
 
 DROPPABLE_TERMS: dict[str, str] = {
     "trace_V": "the noise-induced drift term (c rho/2 tr V for the USAM rules; "
@@ -111,17 +130,13 @@ class AlgorithmSDE(torch.nn.Module):
     noise_type = "general"
     sde_type = "ito"
 
-    def __init__(self, problem: Problem, algorithm: str, *, eta: float, rho: float, batch: int,
-                 micro: int | None = None, lam: float | None = None,
-                 sampling: str = "with-replacement", drop_terms: Iterable[str] = (),
-                 sam_samples: int = 4096, seed: int = 0) -> None:
+    def __init__(self, problem: Problem, algorithm: "str | Rule", *, eta: float,
+                 rho: float | None = None, batch: int, micro: int | None = None,
+                 lam: float | None = None, sampling: str = "with-replacement",
+                 drop_terms: Iterable[str] = (), sam_samples: int = 4096, seed: int = 0) -> None:
         super().__init__()
-        rule = get_rule(algorithm)
-        if not rule.sde:
-            raise validation.InputError(
-                f"algorithm {rule.name!r} has no SDE in sdesam.simulation.sde (none hand-written); "
-                "choose one of " + ", ".join(rule_names(lambda r: r.sde)))
-        self.eta, self.rho = check_eta(eta), float(check_rho(rho))
+        rule = SUPPORT.require(get_rule(algorithm))
+        self.eta, self.rho = check_eta(eta), rule_rho(rule, rho)
         self.lam = rule_lam(rule, lam)
         self.micro = check_sizes(rule, batch, micro, problem.n, sampling)
         self.drop_terms = frozenset(drop_terms)
@@ -131,7 +146,7 @@ class AlgorithmSDE(torch.nn.Module):
                                         f"got {sorted(unknown)}")
         if rule.normalized and "gradient_norm" in self.drop_terms:
             raise validation.InputError(
-                f"drop_terms 'gradient_norm' applies to the USAM rules, not {rule.name!r}")
+                f"drop_terms 'gradient_norm' applies to the unnormalised rules, not {rule.name!r}")
         self.problem, self.rule, self.batch, self.sampling = problem, rule, batch, sampling
         self.noise_scale = math.sqrt(self.eta * float(sampling_factor(batch, problem.n, sampling))
                                      / problem.n)
@@ -192,36 +207,47 @@ class AlgorithmSDE(torch.nn.Module):
             return -mean, grads - mean.unsqueeze(-2)
         grads, hessian_sum = self.problem.sample_grads_with_hvp(y)
         mean = grads.mean(dim=-2)
-        regulariser = hessian_sum(self._cotangent(grads, mean))
+        regulariser = hessian_sum(self._cotangent(y, grads, mean))
         return -(mean + regulariser), grads - mean.unsqueeze(-2)
 
-    def _cotangent(self, grads: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        """Per-sample vectors ``u_i`` with ``drift = -grad f - sum_i H_i u_i``: ``[chains, N, d]``."""
+    def _cotangent(self, y: torch.Tensor, grads: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """Per-sample vectors ``u_i`` with ``drift = -grad f - sum_i H_i u_i``: ``[chains, N, d]``.
+        A rule's elementwise scale ``s(y)`` multiplies its perturbation direction (``D = diag s``)."""
         n, rho = self.problem.n, self.rho
+        scale = None if self.rule.scale is None else self.rule.scale(y).unsqueeze(-2)  # [chains, 1, d]
         noise_induced = self.rule.noise_induced and "trace_V" not in self.drop_terms
         if not self.rule.normalized:
-            # grad(rho/2 a|g|^2 + rho/2 c tr V) = rho/N sum_i H_i ((a - c) g + c g_i)
+            # rho E[H_B D g_B] = rho/N sum_i H_i D ((a - c) g + c g_i); D = I: the gradient of
+            # rho/2 a|g|^2 + rho/2 c tr V
             a = 0.0 if "gradient_norm" in self.drop_terms else 1.0
             c = self.variance_factor if noise_induced else 0.0
-            return rho / n * ((a - c) * mean.unsqueeze(-2) + c * grads)
-        if not noise_induced:  # grad(rho |g|) = rho/N sum_i H_i g/|g|
-            unit = mean / mean.norm(dim=-1, keepdim=True)
-            return (rho / n * unit).unsqueeze(-2).expand_as(grads)
+            cotangent = rho / n * ((a - c) * mean.unsqueeze(-2) + c * grads)
+            return cotangent if scale is None else cotangent * scale
+        if not noise_induced:  # grad(rho |g|) = rho/N sum_i H_i g/|g| (D g / |D g| with a scale)
+            ascent = mean.unsqueeze(-2) if scale is None else mean.unsqueeze(-2) * scale
+            unit = ascent / ascent.norm(dim=-1, keepdim=True)
+            return (rho / n * unit).expand_as(grads)
         # rho E_S[H_S u_S] = rho sum_S p_S sum_i W_Si H_i u_S
         weights = self.set_weights.to(grads)
+        descent = weights
         if self.rule.weighted:
-            set_grads = self._reweighted_set_grads(grads, weights)
+            gibbs = self._set_gibbs_weights(grads, weights)            # [chains, S, N]
+            set_grads = gibbs @ grads
+            if self.rule.descent_weights == "response":
+                descent = gibbs                                         # H_S = sum_i p_i H_i
         else:
             set_grads = weights @ grads  # [chains, S, d]
+        if scale is not None:
+            set_grads = set_grads * scale
         units = set_grads / set_grads.norm(dim=-1, keepdim=True)
-        return rho * weights.T @ (self.set_probs.to(grads).unsqueeze(-1) * units)
+        return rho * descent.transpose(-1, -2) @ (self.set_probs.to(grads).unsqueeze(-1) * units)
 
-    def _reweighted_set_grads(self, grads: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """``g~_S = sum_i q_Si g_i`` with ``q_S = softmax(lam |g_i|)`` over the batch S, each
-        sample counted with its multiplicity ``B W_Si``: ``[chains, S, d]``."""
+    def _set_gibbs_weights(self, grads: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``q_S = softmax(lam |g_i|)`` over each batch S, each sample counted with its
+        multiplicity ``B W_Si`` (``g~_S = q_S @ g``): ``[chains, S, N]``."""
         scores = self.lam * grads.norm(dim=-1)                        # [chains, N]
         logits = scores.unsqueeze(-2) + weights.log()                 # -inf off the batch
-        return torch.softmax(logits, dim=-1) @ grads
+        return torch.softmax(logits, dim=-1)
 
 
 # ---------------------------------------------------------------------- simulation
@@ -325,7 +351,8 @@ def _torchsde_run(sde: AlgorithmSDE, y0: torch.Tensor, bm: FixedGridBrownian, ti
     return recorder.result(path[-1], 0.0, times[torch.tensor(recorder.steps)])
 
 
-def simulate(problem: Problem, algorithm: str, *, eta: float, rho: float, batch: int,
+def simulate(problem: Problem, algorithm: "str | Rule", *, eta: float, rho: float | None = None,
+             batch: int,
              micro: int | None = None, lam: float | None = None, x0: Any, horizon: float,
              chains: int, seed: int, dt: float | None = None, method: str = "euler",
              drop_terms: Iterable[str] = (), sampling: str = "with-replacement",
@@ -341,9 +368,10 @@ def simulate(problem: Problem, algorithm: str, *, eta: float, rho: float, batch:
     (``diverge_at``) and ``chunk`` are as in :func:`sdesam.simulation.ensemble.run`. ``dt`` (default
     ``eta / SUBSTEPS``) is the integration step and must divide ``eta``. ``solver="fast"``
     uses :func:`euler_maruyama`, ``"torchsde"`` calls ``torchsde.sdeint`` with the same
-    :class:`FixedGridBrownian` (same seed, same paths).
+    :class:`FixedGridBrownian` (same seed, same paths). A rule this SDE does not implement
+    (:data:`SUPPORT`) is refused naming the fact it lacks.
     """
-    rule = get_rule(algorithm)
+    rule = SUPPORT.require(get_rule(algorithm))
     eta = check_eta(eta)
     validation.one_of("method", method, ("euler",))
     validation.one_of("solver", solver, ("fast", "torchsde"))
@@ -357,7 +385,7 @@ def simulate(problem: Problem, algorithm: str, *, eta: float, rho: float, batch:
     if abs(round(horizon / eta) * eta - horizon) > 1e-9 * horizon or round(horizon / eta) < 1:
         raise validation.InputError(f"horizon must be a positive multiple of eta={eta}; got {horizon!r}")
     statistics = bound_test_functions(problem, test_fns)
-    sde = AlgorithmSDE(problem, rule.name, eta=eta, rho=rho, batch=batch, micro=micro, lam=lam,
+    sde = AlgorithmSDE(problem, rule, eta=eta, rho=rho, batch=batch, micro=micro, lam=lam,
                        sampling=sampling, drop_terms=drop_terms, seed=seed)
     steps = round(horizon / eta)
     validation.device("device", str(device))

@@ -13,14 +13,16 @@ which has no closed form; ``derive`` returns their drift for concrete losses and
 :meth:`Derivation.verify` checks it against that pattern. At rho = 0 every rule's diffusion is
 SGD's ``c(B) V``, for every m. RW-SAM (``lam=``) and user rules with an elementwise ``scale``
 derive on concrete losses (scaled unnormalised rules on generic losses too) and verify against
-``-grad f - rho E_S[H_S u_S]``.
+``-grad f - rho E_S[H_S u_S]``; so do RW-SAM's readings with weights on the descent gradient or
+on the response to the perturbation, and with a drawn perturbation (see
+:func:`sdesam.symbolic.references.first_order_form`).
 """
 
-from .derivation import EXPECTATIONS, GENERIC, Derivation, derive, matrices_equal, symbolic_support
+from .derivation import EXPECTATIONS, GENERIC, Derivation, derive, matrices_equal, supports
 from .examples import example_losses
 from .step import enumerated_moments, one_step_map
 from .symbols import eta, lam, rho
 
 __all__ = ["derive", "Derivation", "rho", "eta", "lam", "GENERIC", "EXPECTATIONS",
-           "symbolic_support", "example_losses", "one_step_map", "enumerated_moments",
+           "supports", "example_losses", "one_step_map", "enumerated_moments",
            "matrices_equal"]

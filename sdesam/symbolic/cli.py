@@ -24,12 +24,12 @@ from pathlib import Path
 
 import sympy
 
-from .. import algorithms, validation
+from .. import algorithms, layers, validation
 from ..algorithms import SAMPLING_SCHEMES
 from ..experiment.outputs import check_writable
 from ..experiment.records import atomic_write
 from ..validation import InputError
-from .derivation import GENERIC, derive, symbolic_support
+from .derivation import GENERIC, derive
 from .examples import example_losses
 from .listing import check_lines, result_lines
 
@@ -58,7 +58,7 @@ def _size(text: str) -> int | sympy.Symbol:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``sdesam derive`` (rule choices read from the registry as the parser is built)."""
-    rules = algorithms.rule_names(symbolic_support)
+    rules = layers.rules_for("symbolic")
     parser.add_argument("algorithm", metavar="RULE", choices=rules,
                         help="rule to derive, one of: " + ", ".join(rules))
     parser.add_argument("--losses", choices=LOSS_CHOICES, default="example",
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             f"    f_{i}= {l}" for i, l in enumerate(losses))
     out = check_writable(args.out) if args.out is not None else None
     start = time.perf_counter()
-    d = derive(rule.name, losses, variables, batch=args.batch, micro=micro if rule.micro else None,
+    d = derive(rule, losses, variables, batch=args.batch, micro=micro if rule.micro else None,
                sampling=args.sampling, order=args.order, n=args.n, lam=args.lam, progress=progress)
     seconds = time.perf_counter() - start
     header = [f"{rule.name}: {rule.description}", f"losses: {label}",

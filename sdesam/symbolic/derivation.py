@@ -2,7 +2,9 @@
 
 The update ``x' = x - eta G`` is built by :func:`sdesam.algorithms.direction` -- the same code
 the simulations and optimizers are tested against -- with sympy gradients expanded in rho
-(:mod:`sdesam.symbolic.taylor`). Then
+(:mod:`sdesam.symbolic.taylor`); every rule fact is derived (:data:`SUPPORT`), Gibbs weights on
+the descent gradient and drawn perturbations included (a drawn perturbation's expectations are
+taken over its draws, with their Gibbs probabilities, inside each batch). Then
 
 - drift ``b = -E[G]`` to order ``rho^order``; for ``order >= 2`` the first correction in eta,
   ``-(eta/2) J(E G) E G`` (J the Jacobian), which makes the SDE match the discrete map to
@@ -20,17 +22,19 @@ are in :mod:`sdesam.symbolic.references`.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
+from itertools import product
 from typing import Any, Sequence
 
 import sympy
 
 from .. import algorithms, validation
-from ..algorithms import Rule
+from ..algorithms import ANY, DESCENT_WEIGHTS, Rule, Support
 from ..validation import InputError
 from . import references
 from .families import ConcreteFamily, GenericFamily
-from .gibbs import gibbs_direction
+from .gibbs import gibbs_direction, gibbs_probabilities
 from .moments import UnsupportedMoment
 from .sampling import count_index_sets
 from .symbols import RESERVED_NAMES, eta, lam as lam_symbol, rho
@@ -52,10 +56,15 @@ N = 12, m = 2 without replacement, 3036 index sets: enumeration 1.5 s, moments 0
 Family = ConcreteFamily | GenericFamily
 
 
-def symbolic_support(rule: Rule) -> bool:
-    """Whether :func:`derive` can derive ``rule``: every registered rule (on concrete losses;
-    generic losses need a rule polynomial in the noise, see :func:`moments_apply`)."""
-    return isinstance(rule, Rule)
+SUPPORT = Support("the symbolic derivation (sdesam.symbolic.derive)", scaled=(False, True),
+                  descent_weights=DESCENT_WEIGHTS, ascent_draw=ANY)
+"""The rule facts :func:`derive` implements: every one (on concrete losses; generic losses need a
+rule polynomial in the noise, see :func:`moments_apply`)."""
+
+
+def supports(rule: Rule) -> str | None:
+    """None when :func:`derive` derives ``rule``, else the fact it lacks."""
+    return SUPPORT.reason(rule)
 
 
 def moments_apply(rule: Rule) -> bool:
@@ -67,7 +76,7 @@ def moments_apply(rule: Rule) -> bool:
 def __getattr__(name: str) -> Any:
     """``SYMBOLIC_ALGORITHMS``: the registered rules :func:`derive` supports, read at access time."""
     if name == "SYMBOLIC_ALGORITHMS":
-        return algorithms.rule_names(symbolic_support)
+        return algorithms.rule_names(lambda rule: supports(rule) is None)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -122,7 +131,7 @@ class Derivation:
         rho/2 |grad f|^2 + c rho/2 tr V), c = c(m) = 1/3``; None when there is no reference."""
         if self.closed_form is None:
             return (None if self._pattern is None
-                    else references.FIRST_ORDER_NAMES[references.norm_potential(self.rule)])
+                    else references.first_order_name(self.rule))
         if not self.rule.perturbed:
             return "-grad f" if self.order == 1 else "-grad(f + eta/4 |grad f|^2)"
         if self.noise_factor == 0:
@@ -157,8 +166,15 @@ class Derivation:
             return False
         return matrices_equal(self.drift, self.reference)
 
+    @property
+    def sgd_noise(self) -> bool:
+        """Whether the rule's noise at rho = 0 is SGD's ``c(B) V`` (every rule but one whose
+        whole descent gradient is Gibbs-weighted: its noise is that of the weighted gradient)."""
+        return self.rule.descent_weights != "all"
+
     def verify_diffusion(self) -> bool:
-        """True when the diffusion at rho = 0 is exactly SGD's ``c(B) V``."""
+        """True when the diffusion at rho = 0 is exactly SGD's ``c(B) V`` (expected only where
+        :attr:`sgd_noise`)."""
         return matrices_equal(self.diffusion.subs(rho, 0), self.sgd_diffusion)
 
     @property
@@ -222,6 +238,8 @@ def matrices_equal(a: sympy.Matrix, b: sympy.Matrix) -> bool:
     both sides are built from the same norms), else expand, and simplify only if needed."""
     if a.shape != b.shape:
         return False
+    if any(sympy.sympify(e).has(sympy.Float) for e in (*a, *b)):
+        return _numerically_equal(a, b)
     table: dict[sympy.Expr, sympy.Dummy] = {}
     for left, right in zip(a, b):
         # d|u|/dx gives sign(u) u'; u'/|u| * u is the same function wherever u != 0
@@ -232,6 +250,26 @@ def matrices_equal(a: sympy.Matrix, b: sympy.Matrix) -> bool:
         entry = sympy.expand(left - right)
         if entry != 0 and sympy.simplify(entry) != 0:
             return False
+    return True
+
+
+FLOAT_TOLERANCE = 1e-9
+"""Relative tolerance of :func:`matrices_equal` on matrices with float coefficients."""
+
+
+def _numerically_equal(a: sympy.Matrix, b: sympy.Matrix, points: int = 3) -> bool:
+    """Equality of two matrices with float coefficients (data entered as sympy Floats, whose
+    rounding exact simplification cannot see through): every entry agrees to
+    :data:`FLOAT_TOLERANCE`, relative, at ``points`` seeded points with every symbol in
+    [0.1, 1] (rho, eta and lam positive), evaluated to 30 digits."""
+    symbols = sorted(set().union(*(sympy.sympify(e).free_symbols for e in (*a, *b))), key=str)
+    generator = random.Random(0)
+    for _ in range(points):
+        at = {s: sympy.Float(generator.uniform(0.1, 1.0), 30) for s in symbols}
+        for left, right in zip(a, b):
+            x, y = (complex(sympy.sympify(e).xreplace(at).evalf(30)) for e in (left, right))
+            if abs(x - y) > FLOAT_TOLERANCE * max(1.0, abs(x), abs(y)):
+                return False
     return True
 
 
@@ -286,7 +324,7 @@ def derive(
     the package's (:data:`sdesam.symbolic.symbols.RESERVED_NAMES`). Bad input raises
     :class:`sdesam.validation.InputError` before any work.
     """
-    rule = algorithms.get_rule(algorithm)
+    rule = SUPPORT.require(algorithms.get_rule(algorithm))
     algorithms.check_keywords(rule, lam=lam)
     algorithms.check_sampling(sampling)
     validation.int_at_least("order", order, 1)
@@ -387,9 +425,38 @@ def _expand(rule: Rule, family: Family, batch: Any, micro: Any, order: int,
     def reweighted(point: sympy.Matrix, part: Any) -> sympy.Matrix:
         return gibbs_direction([grad(point, (i,)) for i in part], lam, references.norm)
 
+    def weighted(point: sympy.Matrix, part: Any) -> sympy.Matrix:
+        probs = gibbs_probabilities([grad(x, (i,)) for i in part], lam, references.norm)
+        return sum((p * grad(point, (i,)) for p, i in zip(probs, part)),
+                   sympy.zeros(len(family.variables), 1))
+
+    def one(part: Any, drawn: Any = None) -> sympy.Matrix:
+        return algorithms.direction(rule, x, [part], rho, grad, references.norm, reweighted,
+                                    weighted, draw=lambda _: drawn)
+
+    def draws(part: Any) -> list[tuple[Any, sympy.Expr]]:
+        """Each draw of the rule's samples from ``part`` and its probability (one empty draw
+        for a rule that draws nothing)."""
+        if not rule.ascent_draw:
+            return [(None, sympy.Integer(1))]
+        probs = gibbs_probabilities([grad(x, (i,)) for i in part], lam, references.norm)
+        return [(tuple(part[j] for j in positions), sympy.Mul(*(probs[j] for j in positions)))
+                for positions in product(range(len(part)), repeat=rule.ascent_draw)]
+
     def direction(part: Any, k: int) -> sympy.Matrix:
-        G = algorithms.direction(rule, x, [part], rho, grad, references.norm, reweighted)
-        return truncate_matrix(G, rho, k)
+        """E[G | part] to ``rho^k`` (the mean over the rule's draws)."""
+        if not rule.ascent_draw:
+            return truncate_matrix(one(part), rho, k)
+        return ConcreteFamily.weighted_sum((truncate_matrix(one(part, drawn), rho, k), p)
+                                           for drawn, p in draws(part))
+
+    def outer(part: Any, k: int) -> sympy.Matrix:
+        """E[G G^T | part] to ``rho^k`` over the rule's draws (not the outer product of their mean)."""
+        terms = []
+        for drawn, p in draws(part):
+            g = truncate_matrix(one(part, drawn), rho, k)
+            terms.append((truncate_matrix(g * g.T, rho, k), p))
+        return ConcreteFamily.weighted_sum(terms)
 
     mean = family.expect(lambda p: direction(p, order), size)
     drift = -mean
@@ -397,13 +464,16 @@ def _expand(rule: Rule, family: Family, batch: Any, micro: Any, order: int,
         lower = truncate_matrix(mean, rho, order - 1)
         drift = drift - eta / 2 * lower.jacobian(family.variables) * lower
         drift = truncate_matrix(drift, rho, order)
-    diffusion = _covariance(family, direction, size, parts, diffusion_order)
+    diffusion = _covariance(family, direction, outer if rule.ascent_draw else None, size, parts,
+                            diffusion_order)
     return mean, drift, diffusion
 
 
-def _covariance(family: ConcreteFamily | GenericFamily, direction: Any, size: Any, parts: Any,
-                order: int) -> sympy.Matrix:
-    """Cov(G) to ``rho^order``, from one micro-batch and (for J > 1 parts) one pair of them."""
+def _covariance(family: ConcreteFamily | GenericFamily, direction: Any, outer: Any, size: Any,
+                parts: Any, order: int) -> sympy.Matrix:
+    """Cov(G) to ``rho^order``, from one micro-batch and (for J > 1 parts) one pair of them;
+    ``direction(part, order)`` is E[G | part] and ``outer(part, order)`` E[G G^T | part] (None:
+    G is fixed by the part, so it is the outer product of ``direction``)."""
     memo: dict[Any, sympy.Matrix] = {}
 
     def g(part: Any) -> sympy.Matrix:
@@ -413,7 +483,11 @@ def _covariance(family: ConcreteFamily | GenericFamily, direction: Any, size: An
 
     mean = family.expect(g, size)
     outer_mean = mean * mean.T
-    covariance = family.expect(lambda p: truncate_matrix(g(p) * g(p).T, rho, order), size) - outer_mean
+    if outer is None:
+        def outer(p: Any, k: int) -> sympy.Matrix:
+            return truncate_matrix(g(p) * g(p).T, rho, k)
+
+    covariance = family.expect(lambda p: outer(p, order), size) - outer_mean
     if parts != 1:
         if family.sampling == "with-replacement":
             cross = sympy.zeros(*covariance.shape)  # independent micro-batches
@@ -421,4 +495,7 @@ def _covariance(family: ConcreteFamily | GenericFamily, direction: Any, size: An
             cross = family.expect_pair(lambda p, q: truncate_matrix(g(p) * g(q).T, rho, order),
                                        size) - outer_mean
         covariance = (covariance + (parts - 1) * cross) / parts
-    return truncate_matrix(covariance, rho, order).applyfunc(sympy.expand)
+    # expanded, except entries with Gibbs weights (exponentials of norms), whose expansion
+    # (the square of a weighted average) costs minutes and reads no better
+    return truncate_matrix(covariance, rho, order).applyfunc(
+        lambda e: e if e.has(sympy.exp) else sympy.expand(e))

@@ -13,6 +13,8 @@ from typing import Any, Callable, Sequence
 
 import sympy
 
+from sdesam.validation import int_at_least
+
 
 @dataclass
 class GibbsDerivation:
@@ -27,8 +29,7 @@ class GibbsDerivation:
 
 def derive_gibbs_weights(n: int) -> GibbsDerivation:
     """Solve the entropy-regularised weight problem for ``n`` samples with sympy."""
-    if not isinstance(n, int) or n < 2:
-        raise ValueError(f"n must be an integer >= 2; got {n!r}")
+    int_at_least("n", n, 2)
     lam = sympy.Symbol("lambda", positive=True)
     mu = sympy.Symbol("mu", real=True)
     a = sympy.symbols(f"a1:{n + 1}", real=True)
@@ -48,6 +49,15 @@ def derive_gibbs_weights(n: int) -> GibbsDerivation:
     latex = (r"\max_{P\in\Delta}\ \sum_i p_i a_i + \tfrac{1}{\lambda}H(P)\ \Rightarrow\ "
              + r",\ ".join(f"p_{{{i + 1}}} = {sympy.latex(w)}" for i, w in enumerate(weights)))
     return GibbsDerivation(weights, matches, concave, uniform, latex)
+
+
+def gibbs_probabilities(per_sample: Sequence[sympy.Matrix], lam: Any,
+                        norm: Callable[[sympy.Matrix], sympy.Expr]) -> list[sympy.Expr]:
+    """RW-SAM's weights ``p = softmax(lam |g_i|)`` over the batch's per-sample gradients
+    ``per_sample`` (a repeated index counts once per draw)."""
+    scores = [sympy.exp(lam * norm(g)) for g in per_sample]
+    total = sympy.Add(*scores)
+    return [score / total for score in scores]
 
 
 def gibbs_direction(per_sample: Sequence[sympy.Matrix], lam: Any,

@@ -67,6 +67,10 @@ def check_lines(d: Derivation) -> tuple[list[str], bool]:
         lines.append(f"no closed form to compare with at order {d.order}")
     if d.degenerate is not None:
         lines.append(f"degenerate derivation: {d.degenerate}")
+    if not d.sgd_noise:
+        lines.append("diffusion at rho=0: the covariance of the Gibbs-weighted gradient "
+                     "(descent_weights='all'), not SGD's c(B) V")
+        return lines, bool(ok)
     leading = d.verify_diffusion()
     ok &= leading
     V = d.family.covariance_V()

@@ -7,12 +7,16 @@
 - for every other rule at order 1 (RW-SAM, rules with an elementwise scale), the first-order
   form ``-grad f - rho E_S[H_S u_S]``: ``H_S`` the Hessian of the part's loss and ``u_S`` the
   rule's own perturbation direction at x (scaled, normalised, Gibbs-weighted, as the rule says),
-  taken from :func:`sdesam.algorithms.perturbed_point` with exact gradients -- no Taylor series;
+  taken from :func:`sdesam.algorithms.perturbed_point` with exact gradients -- no Taylor series.
+  Gibbs weights on the descent gradient put ``sum_i p_i H_i`` in place of ``H_S`` (and, on the
+  whole descent gradient, ``-E_S[sum_i p_i grad f_i]`` in place of ``-grad f``); a drawn
+  perturbation averages ``u_S`` over its draws with their probabilities;
 - RW-SAM's drift in the limit lam -> infinity, at a point.
 """
 
 from __future__ import annotations
 
+from itertools import product
 from typing import Any
 
 import sympy
@@ -20,7 +24,7 @@ import sympy
 from .. import algorithms
 from ..algorithms import Rule
 from .families import ConcreteFamily, GenericFamily
-from .gibbs import gibbs_direction
+from .gibbs import gibbs_direction, gibbs_probabilities
 from .symbols import eta, rho
 from .taylor import gradient
 
@@ -82,11 +86,37 @@ def first_order_form(rule: Rule, family: Family, size: Any, order: int,
         expected = grad_norm(None)[0] if rule.ascent == "full" else family.expect(grad_norm, size)[0]
         return -gradient(family.full_loss + rho * expected, variables)
 
+    def gibbs(part: Any) -> list[sympy.Expr]:
+        return gibbs_probabilities([gradient(family.part_loss((i,)), variables) for i in part],
+                                   lam, norm)
+
+    def curvature(part: Any) -> sympy.Matrix:
+        if rule.descent_weights == "none":
+            return sympy.hessian(family.part_loss(part), variables)
+        return sum((p * sympy.hessian(family.part_loss((i,)), variables)
+                    for p, i in zip(gibbs(part), part)), sympy.zeros(len(variables)))
+
+    def ascent(part: Any) -> sympy.Matrix:
+        if not rule.ascent_draw:
+            return unit_perturbation(rule, family, part, lam)
+        probs = gibbs(part)
+        total = sympy.zeros(len(variables), 1)
+        for positions in product(range(len(part)), repeat=rule.ascent_draw):
+            drawn = tuple(part[j] for j in positions)
+            weight = sympy.Mul(*(probs[j] for j in positions))
+            total += weight * unit_perturbation(rule, family, part, lam, drawn)
+        return total
+
     def curvature_times_ascent(part: Any) -> sympy.Matrix:
-        hessian = sympy.hessian(family.part_loss(part), variables)
-        return hessian * unit_perturbation(rule, family, part, lam)
+        return curvature(part) * ascent(part)
 
     pushed = family.expect(curvature_times_ascent, size)
+    if rule.descent_weights == "all":
+        def weighted_gradient(part: Any) -> sympy.Matrix:
+            return sum((p * gradient(family.part_loss((i,)), variables)
+                        for p, i in zip(gibbs(part), part)), sympy.zeros(len(variables), 1))
+
+        return -family.expect(weighted_gradient, size) - rho * pushed
     return -gradient(family.full_loss, variables) - rho * pushed
 
 
@@ -97,11 +127,24 @@ def norm_potential(rule: Rule) -> bool:
 
 
 FIRST_ORDER_NAMES = {True: "-grad(f + rho E|grad f_S|)", False: "-grad f - rho E[H_S u_S]"}
-"""How :func:`first_order_form` reads, by :func:`norm_potential`."""
+"""How :func:`first_order_form` reads, by :func:`norm_potential` (rules without descent weights)."""
 
 
-def unit_perturbation(rule: Rule, family: Family, part: Any, lam: Any) -> sympy.Matrix:
-    """The rule's perturbation at x for rho = 1 (``perturbed_point - x``), from exact gradients."""
+def first_order_name(rule: Rule) -> str:
+    """How :func:`first_order_form` reads for ``rule``."""
+    if rule.descent_weights == "all":
+        return "-E[sum_i p_i grad f_i] - rho E[sum_i p_i H_i u_S]"
+    if rule.descent_weights == "response":
+        return "-grad f - rho E[sum_i p_i H_i u_S]"
+    if rule.ascent_draw:
+        return "-grad f - rho E[H_S u_S], u_S averaged over the draws"
+    return FIRST_ORDER_NAMES[norm_potential(rule)]
+
+
+def unit_perturbation(rule: Rule, family: Family, part: Any, lam: Any,
+                      drawn: Any = None) -> sympy.Matrix:
+    """The rule's perturbation at x for rho = 1 (``perturbed_point - x``), from exact gradients;
+    ``drawn``: the samples a rule that draws its perturbation drew."""
     x = sympy.Matrix(family.variables)
 
     def exact_grad(point: sympy.Matrix, members: Any) -> sympy.Matrix:
@@ -110,7 +153,8 @@ def unit_perturbation(rule: Rule, family: Family, part: Any, lam: Any) -> sympy.
     def reweighted(point: sympy.Matrix, members: Any) -> sympy.Matrix:
         return gibbs_direction([exact_grad(point, (i,)) for i in members], lam, norm)
 
-    return algorithms.perturbed_point(rule, x, part, 1, exact_grad, norm, reweighted) - x
+    return algorithms.perturbed_point(rule, x, part, 1, exact_grad, norm, reweighted,
+                                      draw=lambda _: drawn) - x
 
 
 def large_lam_drift(rule: Rule, family: ConcreteFamily, size: int,

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from sdesam.experiment.records import atomic_write
-from sdesam.train.data import ImageDataset, channel_statistics
+from sdesam.train.datasets import ImageDataset, channel_statistics
 from sdesam.train.splits import stratified_split
 from sdesam.validation import InputError
 

@@ -12,13 +12,18 @@ A validation split and symmetric label noise are added by :mod:`sdesam.train.spl
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 
-from sdesam.validation import InputError
+from sdesam.train import cpu_data
+from sdesam.train.datasets import ImageDataset, channel_statistics
+from sdesam.validation import InputError, positive_int
+
+__all__ = ["DATASETS", "FILE_DATASETS", "ImageDataset", "batch_indices", "channel_statistics",
+           "epoch_generator", "eval_batches", "find_cifar_folder", "load_cifar", "load_dataset",
+           "shard", "synthetic_dataset", "write_cifar"]
 
 DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "synthetic", "mnist1d", "digits")
 FILE_DATASETS: tuple[str, ...] = ("cifar10", "cifar100")
@@ -34,49 +39,6 @@ _CIFAR_FILES: dict[str, dict[str, object]] = {
 }
 
 
-@dataclass
-class ImageDataset:
-    """Train and test inputs and labels (int64) on one device.
-
-    Inputs are uint8 images [N, 3, H, W] or float32 arrays [N, C, ...] (signals, digits).
-    ``mean``/``std`` are the per-channel statistics of the training inputs (uint8 scaled to
-    [0, 1]); :func:`sdesam.train.augment.normalize` uses them. ``val_images``/``val_labels``:
-    the validation split carved from the training data (None without one); ``flipped``: the
-    indices into the training split whose labels label noise replaced (None without noise);
-    ``info``: how the data were made (generator arguments, checksum, split), for config.json.
-    """
-
-    name: str
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    num_classes: int
-    class_names: list[str]
-    mean: torch.Tensor
-    std: torch.Tensor
-    val_images: torch.Tensor | None = None
-    val_labels: torch.Tensor | None = None
-    flipped: torch.Tensor | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def to(self, device: torch.device | str) -> "ImageDataset":
-        """The same data set with every tensor moved to ``device``."""
-        moved = {key: (value.to(device) if isinstance(value, torch.Tensor) else value)
-                 for key, value in self.__dict__.items()}
-        return ImageDataset(**moved)
-
-    @property
-    def image_shape(self) -> tuple[int, ...]:
-        """The shape of one input: (channels, height, width) of an image, (1, length) of a signal."""
-        return tuple(self.train_images.shape[1:])
-
-    @property
-    def is_image(self) -> bool:
-        """Whether the inputs are uint8 images (what crop-and-flip augmentation applies to)."""
-        return self.train_images.dtype == torch.uint8 and self.train_images.ndim == 4
-
-
 def load_dataset(name: str, data_dir: str | Path | None = None, device: str | torch.device = "cpu",
                  seed: int = 0, synthetic_size: tuple[int, int] = (5000, 1000)) -> ImageDataset:
     """Load ``name`` (one of :data:`DATASETS`) onto ``device``.
@@ -87,10 +49,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, device: str | to
     under ``data_dir`` (default :data:`sdesam.train.cpu_data.DEFAULT_DATA_DIR`); ``digits`` is
     scikit-learn's bundled set with a fixed stratified test split.
     """
-    from sdesam.train import cpu_data
-
     if name not in DATASETS:
-        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {name!r}")
+        raise InputError(f"dataset must be one of {', '.join(DATASETS)}; got {name!r}")
     if name == "synthetic":
         n_train, n_test = synthetic_size
         return synthetic_dataset(n_train, n_test, seed=seed).to(device)
@@ -99,7 +59,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, device: str | to
     if name == "digits":
         return cpu_data.load_digits().to(device)
     if data_dir is None:
-        raise ValueError(f"data_dir is required for {name}: the folder with the official "
+        raise InputError(f"data_dir is required for {name}: the folder with the official "
                          f"python-batch files (nothing is downloaded)")
     return load_cifar(name, data_dir).to(device)
 
@@ -126,7 +86,7 @@ def find_cifar_folder(name: str, data_dir: str | Path) -> Path:
 def load_cifar(name: str, data_dir: str | Path) -> ImageDataset:
     """Read CIFAR-10 or CIFAR-100 (fine labels) from the official python-batch files."""
     if name not in _CIFAR_FILES:
-        raise ValueError(f"name must be cifar10 or cifar100; got {name!r}")
+        raise InputError(f"name must be cifar10 or cifar100; got {name!r}")
     spec = _CIFAR_FILES[name]
     folder = find_cifar_folder(name, data_dir)
     train_x, train_y = _read_batches(folder, spec["train"], spec["labels"])  # type: ignore[arg-type]
@@ -182,7 +142,7 @@ def write_cifar(folder: str | Path, name: str, train: tuple[torch.Tensor, torch.
     files in ``folder`` (training images split over the five CIFAR-10 batches): for small test
     fixtures and for bringing other 32x32 data into the loader."""
     if name not in _CIFAR_FILES:
-        raise ValueError(f"name must be cifar10 or cifar100; got {name!r}")
+        raise InputError(f"name must be cifar10 or cifar100; got {name!r}")
     spec = _CIFAR_FILES[name]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -199,14 +159,6 @@ def write_cifar(folder: str | Path, name: str, train: tuple[torch.Tensor, torch.
     return folder
 
 
-def channel_statistics(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and standard deviation of inputs [N, C, ...]: uint8 images scaled to
-    [0, 1], float inputs as they are."""
-    values = images.to(torch.float64)
-    if images.dtype == torch.uint8:
-        values = values.div_(255)
-    values = values.transpose(0, 1).reshape(images.shape[1], -1)
-    return values.mean(dim=1).float(), values.std(dim=1).float()
 
 
 def synthetic_dataset(n_train: int = 5000, n_test: int = 1000, num_classes: int = 10,
@@ -219,8 +171,7 @@ def synthetic_dataset(n_train: int = 5000, n_test: int = 1000, num_classes: int 
     100% at once, so optimizers can be told apart.
     """
     for arg, value in (("n_train", n_train), ("n_test", n_test), ("num_classes", num_classes)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{arg} must be a positive integer; got {value!r}")
+        positive_int(arg, value)
     generator = torch.Generator().manual_seed(seed)
     coarse = torch.randn(num_classes, 3, 4, 4, generator=generator)
     templates = torch.nn.functional.interpolate(coarse, size=(40, 40), mode="bicubic",
@@ -260,10 +211,9 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator,
     The last incomplete batch is dropped by default, so every step sees the same batch size
     (m-SAM needs ``m | B`` at every step, and the step count per epoch is fixed).
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    positive_int("batch_size", batch_size)
     if drop_last and batch_size > n:
-        raise ValueError(f"batch_size must be at most the {n} training samples; got {batch_size}")
+        raise InputError(f"batch_size must be at most the {n} training samples; got {batch_size}")
     order = torch.randperm(n, generator=generator)
     batches = list(order.split(batch_size))
     if drop_last and len(batches[-1]) < batch_size:
@@ -275,7 +225,7 @@ def shard(batch: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     """The contiguous part of a global batch that ``rank`` of ``world_size`` processes
     (the data-parallel split: equal parts, so DDP's gradient average is the global mean)."""
     if len(batch) % world_size:
-        raise ValueError(f"batch size {len(batch)} must be divisible by the world size {world_size}")
+        raise InputError(f"batch size {len(batch)} must be divisible by the world size {world_size}")
     per_rank = len(batch) // world_size
     return batch[rank * per_rank:(rank + 1) * per_rank]
 
