@@ -135,8 +135,8 @@ def test_landscape_rules_share_batches_chain_by_chain(tmp_path, monkeypatch):
     monkeypatch.setattr(script.ensemble, "draw_batches", recording)
     problem = script.SharpFlatLandscape(n=32)
     for rule, micro in (("sgd", None), ("m-sam", 2)):
-        script.ensemble.run(problem, rule, eta=0.02, rho=0.05, batch=16, micro=micro,
-                            x0=problem.poor_minimum, steps=3, chains=5, seed=7)
+        script.ensemble.run(problem, rule, eta=0.02, rho=0.05 if micro else None, batch=16,
+                            micro=micro, x0=problem.poor_minimum, steps=3, chains=5, seed=7)
     assert len(seen) == 6 and all(torch.equal(a, b) for a, b in zip(seen[:3], seen[3:]))
 
 

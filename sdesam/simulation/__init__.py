@@ -3,5 +3,8 @@
 (:mod:`~sdesam.simulation.sde`), the SDE compiled from any symbolic derivation
 (:mod:`~sdesam.simulation.derived_sde`), the shared Brownian motion
 (:mod:`~sdesam.simulation.brownian`), what a run keeps and how divergence is counted
-(:mod:`~sdesam.simulation.chains`), and the weak-error comparison of the two
-(:mod:`~sdesam.simulation.compare`)."""
+(:mod:`~sdesam.simulation.chains`), the inputs every one of them checks and draws alike --
+learning rate, a rule's rho and lam, start points, batches, drawn samples
+(:mod:`~sdesam.simulation.inputs`) -- and the weak-error comparison of the two
+(:mod:`~sdesam.simulation.compare`). Each simulation layer declares the rule facts it
+implements (``supports``; see :mod:`sdesam.layers`)."""
