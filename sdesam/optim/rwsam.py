@@ -158,6 +158,8 @@ class RWSAM(PerturbedOptimizer):
             return weights
         probs = weights.detach().to(self.generator.device if self.generator is not None
                                     else weights.device)
+        if not bool(torch.isfinite(probs).all()):
+            return weights       # a non-finite loss: the step is refused once the loss is checked
         drawn = torch.multinomial(probs, k, replacement=True, generator=self.generator)
         counts = torch.bincount(drawn, minlength=weights.shape[0]).to(weights)
         return counts / k
