@@ -87,7 +87,8 @@ def test_every_rule_gets_the_same_start_and_batches_for_a_seed(monkeypatch):
         def step(self, model, loss_fn, inputs, targets):
             seen.setdefault(self.name, []).append(targets.clone())
 
-    monkeypatch.setattr("sdesam.optim.create", lambda name, *a, **k: Recorder(name))
+    # continue_training resolves the rule once and hands create the Rule
+    monkeypatch.setattr("sdesam.optim.create", lambda rule, *a, **k: Recorder(rule.name))
     for rule, micro in (("sgd", None), ("m-sam", 2), ("rw-sam", None)):
         start = digits.make_model(16, seed=1001)
         log = digits.continue_training(start, rule, data, lr=0.1, batch=20, steps=15, seed=3,

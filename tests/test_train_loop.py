@@ -141,7 +141,7 @@ def test_trace_v_is_recorded_and_matches_a_hand_computation(tmp_path):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"optimizer": "m-sam"}, "m-sam needs micro"),
+    ({"optimizer": "m-sam"}, "micro is required by 'm-sam'"),
     ({"optimizer": "m-sam", "micro": 5}, "micro must divide"),
     ({"optimizer": "sam", "micro": 4}, "micro is not accepted by 'sam' \\(it accepts: rho\\)"),
     ({"optimizer": "adam"}, "optimizer must be one of"),
@@ -155,7 +155,7 @@ def test_trace_v_is_recorded_and_matches_a_hand_computation(tmp_path):
     ({"model": "vit"}, "pretrained"),
     ({"pretrained": "weights.pt"}, "pretrained"),
     ({"local_perturbation": True}, "local_perturbation is an option of the reweighted"),
-    ({"optimizer": "m-usam"}, "m-usam needs micro"),
+    ({"optimizer": "m-usam"}, "micro is required by 'm-usam'"),
     ({"dataset": "mnist1d", "model": "small"}, "needs cnn1d or mlp1d"),
     ({"dataset": "digits", "augment": True}, "augment .* applies to 32x32 images"),
     ({"val_fraction": 1.0}, "val_fraction must be a number in"),
