@@ -159,7 +159,8 @@ def headline_rows(diagnosis: list[dict[str, Any]]) -> list[tuple[str, str]]:
     (in units of 1/mean per-sample gradient norm), at every point."""
     rows = []
     for r in diagnosis:
-        if r["rule"] == "sam" or (r["rule"] == "m-sam" and r["micro"] == 1) or r["rule"] == "rw-sam":
+        rule = get_rule(r["rule"])  # SAM, m-SAM at m = 1 and the poster's RW-SAM, by their facts
+        if rule.normalized and rule.noise_induced and not rule.extended and r["micro"] in (None, 1):
             name = r["rule"] + (f" m={r['micro']}" if r["micro"] is not None else "") + \
                 (f" lam={r['lam_scale']:g}/mean|g_i|" if r["lam_scale"] is not None else "")
             rows.append((f"{r['problem']}, {r['point']}: {name}",
