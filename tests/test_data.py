@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from sdesam.validation import InputError
 from sdesam.train.data import (batch_indices, channel_statistics, epoch_generator, eval_batches,
                                find_cifar_folder, load_cifar, load_dataset, shard,
                                synthetic_dataset, write_cifar)
@@ -174,6 +175,33 @@ def test_validation_split_and_label_noise_touch_only_the_training_split():
     assert not torch.equal(with_label_noise(split, 0.4, seed=6).train_labels, noisy.train_labels)
     # the wrong labels are spread over the other classes (symmetric noise)
     assert len(torch.unique(noisy.train_labels[wrong])) == 10
+
+
+def test_noisy_validation_flips_the_same_share_of_validation_labels_and_keeps_the_true_ones():
+    from sdesam.train.splits import with_label_noise, with_validation
+
+    split = with_validation(load_dataset("digits"), 0.25, seed=3)
+    noisy = with_label_noise(split, 0.2, seed=5, validation=True)
+    assert torch.equal(noisy.train_labels, with_label_noise(split, 0.2, seed=5).train_labels)
+    assert torch.equal(noisy.val_clean_labels, split.val_labels)
+    wrong = noisy.val_labels != split.val_labels
+    assert int(wrong.sum()) == round(0.2 * len(split.val_labels))
+    # its own draw, not the training draw's first indices
+    assert not torch.equal(torch.nonzero(wrong).flatten(), noisy.flipped[:int(wrong.sum())])
+    with pytest.raises(InputError, match="noisy_validation needs a validation split"):
+        with_label_noise(load_dataset("digits"), 0.2, seed=5, validation=True)
+
+
+def test_the_trainer_reports_noisy_and_clean_validation_accuracy(tmp_path):
+    from sdesam.train.loop import TrainConfig, train
+
+    config = TrainConfig(out=str(tmp_path / "run"), dataset="digits", epochs=1, batch_size=64,
+                         val_fraction=0.2, label_noise=0.3, noisy_validation=True, progress=False)
+    record = train(config).metrics[-1]
+    assert record["val_clean_acc"] != record["val_acc"]
+    with pytest.raises(InputError, match="noisy_validation .* needs val_fraction > 0 and label_noise > 0"):
+        TrainConfig(out=str(tmp_path / "other"), dataset="digits", noisy_validation=True,
+                    val_fraction=0.2).validate()
 
 
 def test_a_corrupt_or_truncated_cifar_batch_is_named(tmp_path):

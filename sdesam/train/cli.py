@@ -3,10 +3,10 @@
 Writes OUT/config.json (settings, where the data came from -- MNIST-1D's generator arguments
 and checksum, the flipped labels under --label-noise --, versions, machine), OUT/metrics.jsonl
 (one JSON object per epoch: epoch, train_loss, train_acc, val_loss/val_acc with
---val-fraction, test_loss, test_acc, lr, step_time_s, images_per_s and, with --trace-every,
-trace_V) and OUT/checkpoint.pt (each epoch, atomically). An OUT that already holds a run is
-refused unless --resume (continue it exactly) or --overwrite (start afresh) is given, and so is
-an OUT another sdesam train is using.
+--val-fraction (and val_clean_loss/val_clean_acc with --noisy-validation), test_loss, test_acc,
+lr, step_time_s, images_per_s and, with --trace-every, trace_V) and OUT/checkpoint.pt (each
+epoch, atomically). An OUT that already holds a run is refused unless --resume (continue it
+exactly) or --overwrite (start afresh) is given, and so is an OUT another sdesam train is using.
 
 Exit status: 0 done; 1 training diverged (a non-finite training loss or parameters: the run
 stops, config.json records where, the last checkpoint is kept); 2 bad input, or no room left
@@ -89,6 +89,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "(default %(default)s)")
     data.add_argument("--data-seed", type=int, default=d["data_seed"],
                       help="seed of the validation split and the label noise (default %(default)s)")
+    data.add_argument("--noisy-validation", action="store_true",
+                      help="put the label noise on the validation labels too (as a practitioner's "
+                           "are); metrics then hold val_acc on the noisy labels and val_clean_acc "
+                           "on the true ones")
     data.add_argument("--synthetic-train", type=int, default=d["synthetic_train"],
                       help="synthetic training images (default %(default)s)")
     data.add_argument("--synthetic-test", type=int, default=d["synthetic_test"],

@@ -36,6 +36,7 @@ class TrainConfig:
     val_fraction: float = 0.0
     label_noise: float = 0.0
     data_seed: int = 0
+    noisy_validation: bool = False
     model: str | None = None
     norm: str | None = None
     pretrained: str | None = None
@@ -134,6 +135,11 @@ class TrainConfig:
         validation.fraction("val_fraction", self.val_fraction)
         validation.fraction("label_noise", self.label_noise)
         validation.int_at_least("data_seed", self.data_seed, 0)
+        if self.noisy_validation and not (self.val_fraction > 0 and self.label_noise > 0):
+            raise validation.InputError(
+                f"noisy_validation puts the label noise on the validation split: it needs "
+                f"val_fraction > 0 and label_noise > 0; got val_fraction {self.val_fraction}, "
+                f"label_noise {self.label_noise}")
         if self.resume and self.overwrite:
             raise validation.InputError("resume and overwrite exclude each other: --resume "
                                         "continues the run in --out, --overwrite replaces it")

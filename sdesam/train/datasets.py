@@ -20,7 +20,8 @@ class ImageDataset:
     [0, 1]); :func:`sdesam.train.augment.normalize` uses them. ``val_images``/``val_labels``:
     the validation split carved from the training data (None without one); ``flipped``: the
     indices into the training split whose labels label noise replaced (None without noise);
-    ``info``: how the data were made (generator arguments, checksum, split), for config.json.
+    ``val_clean_labels``: the validation split's true labels when its ``val_labels`` carry
+    label noise too (None otherwise), so a run can report both accuracies; ``info``: how the data were made (generator arguments, checksum, split), for config.json.
     """
 
     name: str
@@ -35,6 +36,7 @@ class ImageDataset:
     val_images: torch.Tensor | None = None
     val_labels: torch.Tensor | None = None
     flipped: torch.Tensor | None = None
+    val_clean_labels: torch.Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> "ImageDataset":

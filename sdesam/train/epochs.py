@@ -118,6 +118,9 @@ def _record_epoch(run: Run, epoch: int, sums: torch.Tensor, seconds: float,
     }
     if data.val_images is not None:
         record["val_loss"], record["val_acc"] = evaluate(run, data.val_images, data.val_labels)
+    if data.val_clean_labels is not None:
+        record["val_clean_loss"], record["val_clean_acc"] = evaluate(run, data.val_images,
+                                                                     data.val_clean_labels)
     record["test_loss"], record["test_acc"] = evaluate(run, data.test_images, data.test_labels)
     record.update({"lr": run.groups[0]["lr"], "epoch_time_s": seconds,
                    "step_time_s": seconds / run.steps_per_epoch,

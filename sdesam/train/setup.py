@@ -98,11 +98,12 @@ def build_optimizer(config: TrainConfig, model: nn.Module, device: torch.device,
 
 def prepare_data(config: TrainConfig, device: torch.device) -> ImageDataset:
     """The run's data on ``device``: the data set, its validation split and its label noise
-    (both drawn from ``data_seed``)."""
+    (on the validation labels too with ``noisy_validation``; all drawn from ``data_seed``)."""
     data = load_dataset(config.dataset, config.data_dir, device, seed=config.seed,
                         synthetic_size=(config.synthetic_train, config.synthetic_test))
     data = splits.with_validation(data, config.val_fraction, config.data_seed)
-    data = splits.with_label_noise(data, config.label_noise, 2 * config.data_seed + 1)
+    data = splits.with_label_noise(data, config.label_noise, 2 * config.data_seed + 1,
+                                   validation=config.noisy_validation)
     if len(data.train_labels) < config.batch_size:
         raise validation.InputError(f"batch_size {config.batch_size} exceeds the "
                                     f"{len(data.train_labels)} training samples")

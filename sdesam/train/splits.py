@@ -59,11 +59,21 @@ def symmetric_noise(labels: torch.Tensor, rate: float, num_classes: int,
     return noisy.to(labels.device), flipped
 
 
-def with_label_noise(data, rate: float, seed: int):
-    """``data`` with symmetric noise of ``rate`` on its training labels only (validation and test
-    labels stay clean); the flipped indices are kept in ``data.flipped``."""
+def with_label_noise(data, rate: float, seed: int, *, validation: bool = False):
+    """``data`` with symmetric noise of ``rate`` on its training labels (the flipped indices
+    kept in ``data.flipped``) and, with ``validation``, on its validation labels too, drawn
+    from ``seed + 1`` (the true ones kept in ``data.val_clean_labels``): a practitioner's
+    validation split is as noisy as the training data. Test labels stay clean."""
     if rate == 0:
         return data
     noisy, flipped = symmetric_noise(data.train_labels, rate, data.num_classes, seed)
     info = {**data.info, "label_noise": rate, "flipped_count": len(flipped)}
-    return dataclasses.replace(data, train_labels=noisy, flipped=flipped.to(noisy.device), info=info)
+    changes = {}
+    if validation:
+        if data.val_labels is None:
+            raise InputError("noisy_validation needs a validation split (val_fraction > 0)")
+        val_noisy, val_flipped = symmetric_noise(data.val_labels, rate, data.num_classes, seed + 1)
+        changes = {"val_labels": val_noisy, "val_clean_labels": data.val_labels}
+        info["val_flipped_count"] = len(val_flipped)
+    return dataclasses.replace(data, train_labels=noisy, flipped=flipped.to(noisy.device),
+                               info=info, **changes)
