@@ -32,6 +32,15 @@ def trainable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
+def sample_loss(model: nn.Module, loss_fn: LossFn, params: dict[str, torch.Tensor],
+                constants: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The 0-dim loss of one sample ``(x, y)`` (no batch dimension) under ``params`` and
+    ``constants`` (frozen parameters and buffers), evaluated as a batch of one: the function
+    whose ``vmap(grad)`` over samples gives per-sample gradients at a cost linear in the batch."""
+    outputs = functional_call(model, (params, constants), (x.unsqueeze(0),))
+    return loss_fn(outputs, y.unsqueeze(0)).reshape(())
+
+
 def per_sample_grads(
     model: nn.Module,
     loss_fn: LossFn,
@@ -102,11 +111,10 @@ def _grad_chunks(
     constants = {name: p.detach() for name, p in model.named_parameters() if not p.requires_grad}
     constants.update(dict(model.named_buffers()))
 
-    def sample_loss(theta: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        outputs = functional_call(model, (theta, constants), (x.unsqueeze(0),))
-        return loss_fn(outputs, y.unsqueeze(0)).reshape(())
+    def loss(theta: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return sample_loss(model, loss_fn, theta, constants, x, y)
 
-    batched = vmap(grad(sample_loss), in_dims=(None, 0, 0))
+    batched = vmap(grad(loss), in_dims=(None, 0, 0))
     with _eval_mode(model):
         for start in range(0, inputs.shape[0], chunk_size):
             stop = start + chunk_size

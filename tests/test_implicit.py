@@ -161,6 +161,47 @@ def test_module_problem_matches_per_sample_gradients():
         assert math.isclose(a["push"], b["push"], rel_tol=1e-8, abs_tol=1e-12)
 
 
+def test_module_problem_sample_grads_are_each_samples_own_and_equal_the_jacobian(monkeypatch):
+    """ModuleProblem's per-sample gradients (each sample's loss differentiated alone, linear in
+    n) equal the Jacobian of all n losses, for a leading batch of points on the shared data and
+    for rows on their own batches, and so does the Hessian-vector map built on them; the
+    network is evaluated in eval mode (BatchNorm's running statistics, no dropout) and its
+    flags are restored."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Dropout(0.5),
+                          nn.Linear(4, 2)).double()
+    model[0].bias.requires_grad_(False)                          # a frozen parameter
+    inputs = torch.randn(6, 3, dtype=torch.float64)
+    targets = torch.tensor([0, 1, 1, 0, 1, 0])
+    model(inputs)                                                 # running statistics move
+
+    def loss_fn(out, y):
+        return nn.functional.cross_entropy(out, y, reduction="none")
+
+    problem = implicit.ModuleProblem(model, loss_fn, inputs, targets)
+    x = problem.point() + 0.1 * torch.randn(2, 3, problem.dim, dtype=torch.float64)
+    jacobian = torch.func.jacrev(problem.sample_losses)
+    expected = torch.stack([torch.stack([jacobian(point) for point in row]) for row in x])
+    view = problem.restrict(torch.tensor([[0, 2, 4], [1, 3, 5], [5, 5, 0]]))
+    points = x.reshape(-1, problem.dim)[:3]
+    rows_jacobian = torch.func.jacrev(view.sample_losses)(points)            # [K, B, K, P]
+    rows_expected = torch.stack([rows_jacobian[k, :, k] for k in range(3)])
+    u = torch.randn(6, problem.dim, dtype=torch.float64)
+    expected_hvp = torch.func.vjp(jacobian, x[0, 0])[1](u)[0]
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the n^2 Jacobian of all losses was taken")
+
+    monkeypatch.setattr("sdesam.problems.base.jacrev", forbidden)
+    assert torch.allclose(problem.sample_grads(x), expected)
+    assert torch.allclose(view.sample_grads(points), rows_expected)
+    grads, hvp = problem.sample_grads_with_hvp(x[0, 0])
+    assert torch.allclose(grads, expected[0, 0]) and torch.allclose(hvp(u), expected_hvp)
+    assert model.training and all(module.training for module in model)
+    with pytest.raises(ValueError, match=r"x must have shape \[3, \d+\], one point per row"):
+        view.sample_grads(points[0])
+
+
 def test_equivalent_m_interpolation_and_bounds():
     curve = [(1, 4.0, 0.1), (2, 2.0, 0.1), (4, 1.0, 0.1)]
     m, se, bound = implicit.equivalent_m(3.0, 0.1, curve)

@@ -1,6 +1,7 @@
 """Costs of the simulation layer, old way against new way, measured as ratios in one run.
 
-Three measurements (m-USAM, B = 4, m = 2, on least squares; float64; ``--threads`` CPU threads):
+Four measurements (``--parts``, all by default; parts 1-3: m-USAM, B = 4, m = 2, on least
+squares, float64; ``--threads`` CPU threads):
 
 1. **Ensemble against SDE, per step**, on a grid of sizes (d x chains, 100 to 1e4 chains, N =
    16): the discrete ensemble's step (old: every micro-batch gradient by a VJP through all N
@@ -17,19 +18,26 @@ Three measurements (m-USAM, B = 4, m = 2, on least squares; float64; ``--threads
    with ``every=None``: running moments only), at a size the old way survives; with
    ``--memory-full`` also the new way at 1e5 chains, d = 20, 1000 steps (``--full-steps``;
    about 570 s of CPU on the 2-core machine: the new way's peak does not depend on the steps).
+4. **Per-sample gradients of a network** for :func:`sdesam.implicit.diagnose`, at N = 250, 500,
+   1000 (``--module-n``) on the digits MLP 64 -> 128 -> 10 (float32, random data): the old
+   :class:`sdesam.implicit.ModuleProblem` path (the Jacobian of all N losses, ``vmap(jacrev)``:
+   cost ~ N^2) and the new one (each sample's loss differentiated alone) against
+   :func:`sdesam.per_sample.per_sample_grads`. Done when new / per_sample_grads <= 1.2.
 
 The old code paths are kept, faithfully copied, in this file only, as the baselines
-(:func:`old_ensemble_run`, :func:`old_euler_maruyama`, :func:`old_comparison`).
-Usage: ``python experiments/benchmarks/bench_sde.py [--quick] [--steps 10] [--repeats 5]
-[--memory-full] [--out experiments/benchmarks]`` (default output: a fresh ``runs/bench_sde-*``
-folder).
+(:func:`old_ensemble_run`, :func:`old_euler_maruyama`, :func:`old_comparison`,
+:func:`old_module_sample_grads`).
+Usage: ``python experiments/benchmarks/bench_sde.py [--quick] [--parts 1,2,3,4] [--steps 10]
+[--repeats 5] [--memory-full] [--out experiments/benchmarks]`` (default output: a fresh
+``runs/bench_sde-*`` folder; a table of only some parts belongs there, not in the committed one).
 
 Time: the run prints its expected duration first (a cost model of each measurement, fitted to
 the committed table's 2-core machine) and shows a progress bar weighted by it. On that machine
-the default run takes about 3 minutes (161 s wall, sharing the CPU) and peaks near 7 GiB (the
-old comparison at 1e4 chains x 100 steps); ``--quick`` about 20 s; ``--memory-full`` adds
-about 10 minutes. The old comparison is refused up front, naming ``--memory-size``, when its
-estimated memory exceeds what the machine has available.
+the default run takes about 3 minutes (161 s wall, sharing the CPU, before part 4, which adds
+about 15 s) and peaks near 7 GiB (the old comparison at 1e4 chains x 100 steps); ``--quick``
+about 20 s; ``--parts 4`` alone about 15 s; ``--memory-full`` adds about 10 minutes. The old
+comparison is refused up front, naming ``--memory-size``, when its estimated memory exceeds
+what the machine has available.
 """
 
 from __future__ import annotations
@@ -44,12 +52,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch.func import jacrev, vmap
 from sdesam.progress import progress_bar
 
 from sdesam.simulation import compare, ensemble, memory, sde
-from sdesam import validation
+from sdesam import implicit, per_sample, validation
 from sdesam.cli import OneLineParser, guarded
 from sdesam.experiment.arguments import QUICK_ENV
+from sdesam.experiment.digits import make_model, per_sample_loss
 from sdesam.simulation.brownian import FixedGridBrownian, time_grid
 from sdesam.experiment.outputs import check_writable, resolve_out
 from sdesam.problems import LinearRegression
@@ -58,20 +68,25 @@ from sdesam.experiment.records import atomic_write, run_metadata
 BATCH, MICRO, ETA, RHO = 4, 2, 0.01, 0.05
 TEST_FNS = ("loss", "trace_V")
 MEMORY_N, MEMORY_DIM, FULL_CHAINS = 16, 20, 100_000
+MODULE_HIDDEN = 128
+PARTS = (1, 2, 3, 4)
 
 DEFAULTS: dict[str, Any] = {"steps": 10, "repeats": 5, "chunk_chains": 10_000,
                             "sizes": "2x100,2x1000,2x10000,100x100,100x1000,100x10000",
-                            "memory_size": "10000x100"}
+                            "memory_size": "10000x100", "module_n": "250,500,1000"}
 QUICK: dict[str, Any] = {"steps": 2, "repeats": 1, "chunk_chains": 1000,
-                         "sizes": "2x100,2x1000,100x100", "memory_size": "1000x20"}
+                         "sizes": "2x100,2x1000,100x100", "memory_size": "1000x20",
+                         "module_n": "250,500"}
 
 COST = {"step": 1.5e-3, "chain_step": 4.4e-6, "chain_step_per_dim": 2.2e-7,
         "sde_chain_step": {(8, 2): 1.8e-6, (64, 20): 6.5e-5},
-        "comparison_chain_step": {"old": 3.9e-5, "new": 6.0e-6}, "process": 5.0, "start": 5.0}
+        "comparison_chain_step": {"old": 3.9e-5, "new": 6.0e-6}, "process": 5.0, "start": 5.0,
+        "module_sample": 8.0e-5, "module_sample_pair": 1.0e-6}
 """Seconds of each unit of work on the 2-core machine of the committed table (fitted to its
 rows): per step of part 1's three contenders, plus per chain-step (growing with d); per
 chain-step of part 2's two SDE paths; per chain-step of a comparison, plus its fresh process
-(importing torch); and the start of the run (imports, first-call warm-ups)."""
+(importing torch); per sample of part 4's two linear paths and per sample pair (N^2) of its
+old path; and the start of the run (imports, first-call warm-ups)."""
 
 
 # ---------------------------------------------------------------------- the old code paths
@@ -120,6 +135,14 @@ def old_comparison(problem, chains: int, steps: int) -> dict[str, float]:
     means = [{name: compare.TEST_FUNCTIONS[name](problem, path).mean(dim=1) for name in TEST_FNS}
              for path in paths]
     return {name: float((means[0][name][-1] - means[1][name][-1]).abs()) for name in TEST_FNS}
+
+
+def old_module_sample_grads(problem: implicit.ModuleProblem, x: torch.Tensor) -> torch.Tensor:
+    """The old :meth:`ModuleProblem.sample_grads` (the base class's): the Jacobian of all N
+    per-sample losses at each point, so each sample's loss is differentiated against all N."""
+    flat = x.reshape(-1, problem.dim)
+    jac = vmap(jacrev(problem.sample_losses))(flat)
+    return jac.reshape(*x.shape[:-1], problem.n, problem.dim)
 
 
 def new_comparison(problem, chains: int, steps: int, progress: bool = False) -> dict[str, float]:
@@ -200,6 +223,27 @@ def peak_rss_of(way: str, chains: int, steps: int, threads: int) -> dict[str, An
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def module_sample_grads(n: int, repeats: int) -> dict[str, float]:
+    """Seconds per call of the old and new :meth:`ModuleProblem.sample_grads` and of
+    :func:`per_sample.per_sample_grads` on the digits MLP with ``n`` random samples (seed 0)."""
+    gen = torch.Generator().manual_seed(0)
+    inputs = torch.randn(n, 64, generator=gen)
+    targets = torch.randint(0, 10, (n,), generator=gen)
+    model = make_model(hidden=MODULE_HIDDEN, seed=0)
+    problem = implicit.ModuleProblem(model, per_sample_loss, inputs, targets)
+    x = problem.point()
+    with torch.no_grad():
+        return {"per_sample": best_time(lambda: per_sample.per_sample_grads(
+                    model, per_sample_loss, inputs, targets), repeats),
+                "old": best_time(lambda: old_module_sample_grads(problem, x), repeats),
+                "new": best_time(lambda: problem.sample_grads(x), repeats)}
+
+
+def module_seconds(n: int, repeats: int) -> float:
+    """Expected seconds of one size of part 4 (three contenders, ``repeats`` + 1 calls)."""
+    return (repeats + 1) * (n * COST["module_sample"] + n * n * COST["module_sample_pair"])
+
+
 def ensemble_seconds(dim: int, chains: int, steps: int, repeats: int) -> float:
     """Expected seconds of one size of part 1 (three contenders, ``repeats`` + 1 calls)."""
     per_step = COST["step"] + chains * (COST["chain_step"] + dim * COST["chain_step_per_dim"])
@@ -227,12 +271,23 @@ def size_pair(argument: str, text: str) -> tuple[int, int]:
     return validation.positive_int(argument, first), validation.positive_int(argument, second)
 
 
+def int_list(argument: str, text: str) -> list[int]:
+    """Comma-separated positive integers (an InputError naming ``argument`` otherwise)."""
+    try:
+        return [validation.positive_int(argument, int(v)) for v in text.split(",")]
+    except ValueError as error:
+        raise validation.InputError(f"{argument} must be comma-separated positive integers; "
+                                    f"got {text!r}") from error
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line, with the --quick or default sizes filled in and checked."""
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", default=os.environ.get(QUICK_ENV) == "1",
                         help="small sizes: every part in about 20 s (default run: about 3 min; "
                              "also set by SDESAM_QUICK=1)")
+    parser.add_argument("--parts", default=",".join(map(str, PARTS)),
+                        help="comma-separated parts to measure (default: all of 1,2,3,4)")
     parser.add_argument("--steps", type=int, default=None,
                         help=f"steps per timing (default {DEFAULTS['steps']}; --quick {QUICK['steps']})")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
@@ -249,6 +304,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory-full", action="store_true",
                         help="also run the new comparison at 1e5 chains, d = 20, --full-steps "
                              "steps (about 10 minutes more)")
+    parser.add_argument("--module-n", default=None,
+                        help=f"comma-separated sample counts N of part 4 (default "
+                             f"{DEFAULTS['module_n']}; --quick {QUICK['module_n']})")
     parser.add_argument("--full-steps", default="1000",
                         help="comma-separated step counts of the --memory-full runs (the new "
                              "way keeps no per-step state, so its peak does not grow with them)")
@@ -265,37 +323,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     validation.positive_int("--repeats", args.repeats)
     args.sizes = [size_pair("--sizes", size) for size in args.sizes.split(",")]
     args.memory_size = size_pair("--memory-size", args.memory_size)
-    try:
-        args.full_steps = [validation.positive_int("--full-steps", int(v))
-                           for v in args.full_steps.split(",")]
-    except ValueError as error:
-        raise validation.InputError(f"--full-steps must be comma-separated positive integers; "
-                                    f"got {args.full_steps!r}") from error
+    args.full_steps = int_list("--full-steps", args.full_steps)
+    args.module_n = int_list("--module-n", args.module_n)
+    args.parts = int_list("--parts", args.parts)
+    if not set(args.parts) <= set(PARTS):
+        raise validation.InputError(f"--parts must be comma-separated numbers from "
+                                    f"{', '.join(map(str, PARTS))}; got {args.parts}")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the three measurements, print the table and write it to ``--out``/bench_sde.txt."""
+    """Run the chosen measurements, print the table and write it to ``--out``/bench_sde.txt."""
     args = parse_args(argv)
+    parts = set(args.parts)
     memory_chains, memory_steps = args.memory_size
     memory.require([memory.Part("the old comparison's two paths and per-sample gradients",
                                 "--memory-size", f"{memory_chains}x{memory_steps}",
                                 old_comparison_bytes(memory_chains, memory_steps),
-                                "lower --memory-size")])
+                                "lower --memory-size")] if 3 in parts else [])
     out = check_writable(resolve_out(args.out, "bench_sde"))
     torch.set_num_threads(args.threads)
     meta = run_metadata("cpu")
     chunk_chains = args.chunk_chains
     runs = [("old", memory_chains, memory_steps), ("new", memory_chains, memory_steps)]
     runs += [("new", FULL_CHAINS, steps) for steps in args.full_steps] if args.memory_full else []
-    plan = ([ensemble_seconds(dim, chains, args.steps, args.repeats) for dim, chains in args.sizes]
-            + [(args.repeats + 1) * args.steps * chunk_chains * COST["sde_chain_step"][size]
-               for size in ((8, 2), (64, 20))]
-            + [comparison_seconds(way, chains, steps) for way, chains, steps in runs])
-    lines = [f"bench_sde: m-USAM (B={BATCH}, m={MICRO}) on least squares, float64, "
-             f"torch {meta['versions']['torch']}, threads={args.threads}, "
-             f"{meta['machine']['cpu_count']} CPUs (shared), {args.steps} steps per timing, best "
-             f"wall time of {args.repeats} calls", ""]
+    costs = {1: [ensemble_seconds(dim, chains, args.steps, args.repeats) for dim, chains in args.sizes],
+             2: [(args.repeats + 1) * args.steps * chunk_chains * COST["sde_chain_step"][size]
+                 for size in ((8, 2), (64, 20))],
+             3: [comparison_seconds(way, chains, steps) for way, chains, steps in runs],
+             4: [module_seconds(n, args.repeats) for n in args.module_n]}
+    plan = [seconds for part in sorted(parts) for seconds in costs[part]]
+    simulation = (f"m-USAM (B={BATCH}, m={MICRO}) on least squares, float64 (parts 1-3), "
+                  if parts & {1, 2, 3} else "")
+    lines = [f"bench_sde, parts {','.join(map(str, sorted(parts)))}: {simulation}torch "
+             f"{meta['versions']['torch']}, threads={args.threads}, {meta['machine']['cpu_count']} "
+             f"CPUs (shared), {args.steps} steps per timing, best wall time of {args.repeats} calls", ""]
     print("\n".join(lines), flush=True)
     print(f"expected: about {COST['start'] + sum(plan):.0f} s on the 2-core machine of the "
           f"committed table ({len(plan)} measurements)", flush=True)
@@ -310,42 +372,60 @@ def main(argv: list[str] | None = None) -> int:
     def done() -> None:
         bar.update(round(next(expected), 1))
 
-    emit("1. ensemble vs SDE fast path, seconds per step (N = 16); ratio = ensemble / SDE "
-         "(target: new <= 1.2)")
-    emit(f"{'d':>4} {'chains':>7} {'SDE':>10} {'old ens.':>10} {'new ens.':>10} "
-         f"{'old/SDE':>8} {'new/SDE':>8} {'old/new':>8}")
-    for dim, chains in args.sizes:
-        t = ensemble_against_sde(dim, chains, args.steps, args.repeats)
-        emit(f"{dim:>4} {chains:>7} {t['SDE']:>10.3g} {t['old ensemble']:>10.3g} "
-             f"{t['new ensemble']:>10.3g} {t['old ensemble'] / t['SDE']:>8.2f} "
-             f"{t['new ensemble'] / t['SDE']:>8.2f} {t['old ensemble'] / t['new ensemble']:>8.2f}")
-        done()
-    emit("")
-    emit(f"2. SDE fast path, microseconds per chain-step, {chunk_chains} chains (target at N=64, "
-         "d=20: old/new >= 3)")
-    emit(f"{'N':>4} {'d':>4} {'old':>10} {'new':>10} {'old/new':>8}")
-    for n, dim in ((8, 2), (64, 20)):
-        t = sde_chunking(n, dim, chunk_chains, args.steps, args.repeats)
-        emit(f"{n:>4} {dim:>4} {t['old']:>10.3g} {t['new']:>10.3g} {t['old'] / t['new']:>8.2f}")
-        done()
-    emit("")
-    emit(f"3. SDE-vs-discrete comparison of end-time moments (loss, tr V), N = {MEMORY_N}, "
-         f"d = {MEMORY_DIM}, dt = eta: peak RSS of a fresh process (target at 1e5 chains x 1000 "
-         "steps: <= 4096 MiB)")
-    emit(f"{'way':>4} {'chains':>7} {'steps':>6} {'peak MiB':>9} {'wall s':>8} {'CPU s':>8}")
-    peaks = {}
-    for way, chains, steps in runs:
-        r = peak_rss_of(way, chains, steps, args.threads)
-        peaks[(way, chains, steps)] = r["peak_rss_mib"]
-        emit(f"{way:>4} {chains:>7} {steps:>6} {r['peak_rss_mib']:>9.0f} {r['wall_s']:>8.1f} "
-             f"{r['cpu_s']:>8.1f}" + (f"  failed: {r['failed']}" if "failed" in r else ""))
-        done()
+    if 1 in parts:
+        emit("1. ensemble vs SDE fast path, seconds per step (N = 16); ratio = ensemble / SDE "
+             "(target: new <= 1.2)")
+        emit(f"{'d':>4} {'chains':>7} {'SDE':>10} {'old ens.':>10} {'new ens.':>10} "
+             f"{'old/SDE':>8} {'new/SDE':>8} {'old/new':>8}")
+        for dim, chains in args.sizes:
+            t = ensemble_against_sde(dim, chains, args.steps, args.repeats)
+            emit(f"{dim:>4} {chains:>7} {t['SDE']:>10.3g} {t['old ensemble']:>10.3g} "
+                 f"{t['new ensemble']:>10.3g} {t['old ensemble'] / t['SDE']:>8.2f} "
+                 f"{t['new ensemble'] / t['SDE']:>8.2f} {t['old ensemble'] / t['new ensemble']:>8.2f}")
+            done()
+        emit("")
+    if 2 in parts:
+        emit(f"2. SDE fast path, microseconds per chain-step, {chunk_chains} chains (target at "
+             "N=64, d=20: old/new >= 3)")
+        emit(f"{'N':>4} {'d':>4} {'old':>10} {'new':>10} {'old/new':>8}")
+        for n, dim in ((8, 2), (64, 20)):
+            t = sde_chunking(n, dim, chunk_chains, args.steps, args.repeats)
+            emit(f"{n:>4} {dim:>4} {t['old']:>10.3g} {t['new']:>10.3g} {t['old'] / t['new']:>8.2f}")
+            done()
+        emit("")
+    if 3 in parts:
+        emit(f"3. SDE-vs-discrete comparison of end-time moments (loss, tr V), N = {MEMORY_N}, "
+             f"d = {MEMORY_DIM}, dt = eta: peak RSS of a fresh process (target at 1e5 chains x "
+             "1000 steps: <= 4096 MiB)")
+        emit(f"{'way':>4} {'chains':>7} {'steps':>6} {'peak MiB':>9} {'wall s':>8} {'CPU s':>8}")
+        peaks = {}
+        for way, chains, steps in runs:
+            r = peak_rss_of(way, chains, steps, args.threads)
+            peaks[(way, chains, steps)] = r["peak_rss_mib"]
+            emit(f"{way:>4} {chains:>7} {steps:>6} {r['peak_rss_mib']:>9.0f} {r['wall_s']:>8.1f} "
+                 f"{r['cpu_s']:>8.1f}" + (f"  failed: {r['failed']}" if "failed" in r else ""))
+            done()
+        emit(f"     old/new peak RSS at {memory_chains} x {memory_steps}: "
+             f"{peaks[('old', memory_chains, memory_steps)] / peaks[('new', memory_chains, memory_steps)]:.1f}x; "
+             f"the old way at 1e5 x 1000 would hold two paths of "
+             f"{2 * 1001 * FULL_CHAINS * MEMORY_DIM * 8 / 2**30:.0f} GiB (plus the SDE list while stacking)")
+        emit("")
+    if 4 in parts:
+        dim = sum(p.numel() for p in make_model(hidden=MODULE_HIDDEN).parameters())
+        emit(f"4. implicit ModuleProblem.sample_grads / per_sample_grads, seconds per call, digits "
+             f"MLP 64-{MODULE_HIDDEN}-10 (P = {dim}), float32, random data (target: "
+             "new/per-sample <= 1.2)")
+        emit(f"{'N':>5} {'per-sample':>10} {'old':>10} {'new':>10} {'old/p-s':>8} "
+             f"{'new/p-s':>8} {'old/new':>8}")
+        for n in args.module_n:
+            t = module_sample_grads(n, args.repeats)
+            emit(f"{n:>5} {t['per_sample']:>10.3g} {t['old']:>10.3g} {t['new']:>10.3g} "
+                 f"{t['old'] / t['per_sample']:>8.2f} {t['new'] / t['per_sample']:>8.2f} "
+                 f"{t['old'] / t['new']:>8.2f}")
+            done()
     bar.close()
-    emit(f"     old/new peak RSS at {memory_chains} x {memory_steps}: "
-         f"{peaks[('old', memory_chains, memory_steps)] / peaks[('new', memory_chains, memory_steps)]:.1f}x; "
-         f"the old way at 1e5 x 1000 would hold two paths of "
-         f"{2 * 1001 * FULL_CHAINS * MEMORY_DIM * 8 / 2**30:.0f} GiB (plus the SDE list while stacking)")
-    path = atomic_write(Path(out) / "bench_sde.txt", lambda f: f.write("\n".join(lines) + "\n"))
+    text = "\n".join(lines).rstrip("\n") + "\n"
+    path = atomic_write(Path(out) / "bench_sde.txt", lambda f: f.write(text))
     print(f"wrote {path}")
     return 0
 

@@ -5,6 +5,8 @@ problem whose row k holds one batch (:func:`batch_view`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
@@ -17,7 +19,9 @@ class ModuleProblem(Problem):
     """Per-sample losses of an ``nn.Module`` as functions of its flat trainable parameters
     ``x [..., P]`` (``named_parameters`` order, as :mod:`sdesam.per_sample`), evaluated in
     eval mode. With ``rows=True`` the data carry a leading row dimension matching ``x``'s
-    (``inputs [K, n, ...]`` for ``x [K, P]``): row k is the network on its own batch."""
+    (``inputs [K, n, ...]`` for ``x [K, P]``): row k is the network on its own batch.
+    Per-sample gradients differentiate each sample's loss alone, as a batch of one (as
+    :mod:`sdesam.per_sample`; eval mode makes it the sample's loss in the batch)."""
 
     def __init__(self, model: nn.Module, loss_fn: per_sample.LossFn, inputs: torch.Tensor,
                  targets: torch.Tensor, *, rows: bool = False,
@@ -42,21 +46,55 @@ class ModuleProblem(Problem):
         """The model's current parameters as one flat vector ``[P]``."""
         return torch.cat([p.detach().reshape(-1) for p in per_sample.trainable_parameters(self.model).values()])
 
-    def _losses_one(self, theta: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per-sample losses ``[n]`` of the network with flat parameters ``theta [P]``."""
+    def _params(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The flat parameters ``theta [P]`` as the model's trainable tensors, by name."""
         pieces = theta.split(self.sizes)
-        params = {n: piece.reshape(s) for n, piece, s in zip(self.names, pieces, self.shapes)}
-        return self.loss_fn(functional_call(self.model, (params, self.constants), (inputs,)), targets)
+        return {n: piece.reshape(s) for n, piece, s in zip(self.names, pieces, self.shapes)}
 
-    def sample_losses(self, x: torch.Tensor) -> torch.Tensor:
-        """``f_i(x)``: ``[..., P] -> [..., n]`` (rows: ``[K, P] -> [K, n]``)."""
+    def _losses_one(self, theta: torch.Tensor, inputs: torch.Tensor,
+                    targets: torch.Tensor) -> torch.Tensor:
+        """Per-sample losses ``[n]`` of the network with flat parameters ``theta [P]``."""
+        outputs = functional_call(self.model, (self._params(theta), self.constants), (inputs,))
+        return self.loss_fn(outputs, targets)
+
+    def _sample_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The 0-dim loss of one sample ``(x, y)`` at flat parameters ``theta [P]``."""
+        return per_sample.sample_loss(self.model, self.loss_fn, self._params(theta),
+                                      self.constants, x, y)
+
+    def _grads_one(self, theta: torch.Tensor, inputs: torch.Tensor,
+                   targets: torch.Tensor) -> torch.Tensor:
+        """Per-sample gradients ``[n, P]`` at flat parameters ``theta [P]``: each sample's loss
+        differentiated alone (``vmap`` over samples of ``grad``, as :mod:`sdesam.per_sample`)."""
+        per_sample_grad = vmap(torch.func.grad(self._sample_loss), in_dims=(None, 0, 0))
+        return per_sample_grad(theta, inputs, targets)
+
+    def _per_point(self, fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                   x: torch.Tensor) -> torch.Tensor:
+        """``fn(theta, inputs, targets)`` at every point of ``x`` in eval mode: ``x [..., P]``
+        on the shared data, or (rows) ``x [K, P]`` with row k on its own batch."""
         self._check_point(x)
         with per_sample._eval_mode(self.model):
             if self.rows:
-                return vmap(self._losses_one)(x, self.inputs, self.targets)
+                if x.dim() != 2 or x.shape[0] != self.inputs.shape[0]:
+                    raise validation.InputError(
+                        f"x must have shape [{self.inputs.shape[0]}, {self.dim}], one point per "
+                        f"row of the data; got {tuple(x.shape)}")
+                return vmap(fn)(x, self.inputs, self.targets)
             flat = x.reshape(-1, self.dim)
-            out = vmap(self._losses_one, in_dims=(0, None, None))(flat, self.inputs, self.targets)
-            return out.reshape(*x.shape[:-1], self.n)
+            out = vmap(fn, in_dims=(0, None, None))(flat, self.inputs, self.targets)
+            return out.reshape(*x.shape[:-1], *out.shape[1:])
+
+    def sample_losses(self, x: torch.Tensor) -> torch.Tensor:
+        """``f_i(x)``: ``[..., P] -> [..., n]`` (rows: ``[K, P] -> [K, n]``)."""
+        return self._per_point(self._losses_one, x)
+
+    def sample_grads(self, x: torch.Tensor) -> torch.Tensor:
+        """``grad f_i(x)``: ``[..., P] -> [..., n, P]`` (rows: ``[K, P] -> [K, n, P]``). Each
+        sample's gradient comes from its own loss, so the cost is linear in n (the base class's
+        Jacobian of all n losses costs n^2); the Hessian-vector map of
+        :meth:`sample_grads_with_hvp` is one VJP through this."""
+        return self._per_point(self._grads_one, x)
 
     def grad(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         """Mean gradient over ``idx``; ``None`` is the full data (the parent's, for a batch view)."""
