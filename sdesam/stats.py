@@ -285,3 +285,24 @@ def minimal_detectable_difference(std_of_differences: float, n: int, alpha: floa
         raise InputError(f"std_of_differences must be >= 0; got {std_of_differences!r}")
     quantiles = _scipy_stats.t.ppf(1 - alpha / 2, n - 1) + _scipy_stats.t.ppf(power, n - 1)
     return float(quantiles * std_of_differences / np.sqrt(n))
+
+
+VERDICTS: tuple[str, ...] = ("supported", "not supported", "not resolvable")
+"""The readings of a claimed gain from its paired interval (:func:`gain_verdict`)."""
+
+
+def gain_verdict(ci_low: float | None, ci_high: float | None, relevant: float) -> str:
+    """The reading of the claim "the method gains over its reference" from the 95% interval
+    of the paired difference: "supported" when the interval lies above 0; "not supported" when
+    it excludes every gain of ``relevant`` or more (it lies below ``relevant``: a loss, no
+    change, or a gain too small to matter); "not resolvable" when it holds both 0 and
+    ``relevant`` (or there is no interval) -- the design cannot tell."""
+    if not relevant > 0:
+        raise InputError(f"relevant must be a positive difference; got {relevant!r}")
+    if ci_low is None or ci_high is None:
+        return "not resolvable"
+    if ci_low > 0:
+        return "supported"
+    if ci_high < relevant:
+        return "not supported"
+    return "not resolvable"

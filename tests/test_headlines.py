@@ -78,7 +78,8 @@ def test_generalization_prints_the_accuracies(tmp_path, monkeypatch, capsys):
     from test_generalization import TINY
     script = load_script("experiments/generalization.py", "generalization_headline")
     monkeypatch.setattr(script, "SETTINGS", {**script.SETTINGS, **TINY, "rho_grid": [0.05],
-                                             "lam_multiples": [1.0]})
+                                             "weight_decay_grid": [5e-4], "lam_multiples": [],
+                                             "max_extensions": 0})
     monkeypatch.setattr(script, "publish", write_json_only)
     assert script.main(["--out", str(tmp_path), "--no-progress"]) == 0
     rows = headline_numbers(capsys.readouterr().out, "generalization")

@@ -167,3 +167,19 @@ def test_median_interval_refuses_too_few_values():
     assert stats.median_interval([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])[1:] == (1.0, 6.0)
     with pytest.raises(ValueError, match="finite"):
         stats.median_interval([1.0, float("nan")])
+
+
+@pytest.mark.parametrize("low, high, reading", [
+    (0.2, 1.5, "supported"),             # above zero
+    (-2.0, -0.5, "not supported"),       # a loss
+    (-0.4, 0.8, "not supported"),        # a gain of 1 point or more is excluded
+    (-0.4, 1.3, "not resolvable"),       # holds both 0 and 1
+    (None, None, "not resolvable"),      # no interval
+])
+def test_gain_verdict_reads_the_interval_against_zero_and_the_relevant_size(low, high, reading):
+    assert stats.gain_verdict(low, high, relevant=1.0) == reading
+
+
+def test_gain_verdict_needs_a_positive_relevant_size():
+    with pytest.raises(stats.InputError, match="relevant must be a positive difference"):
+        stats.gain_verdict(0.1, 0.2, relevant=0.0)

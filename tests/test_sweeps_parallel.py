@@ -93,7 +93,7 @@ def tiny_generalization(script, monkeypatch) -> list[str]:
     from test_generalization import TINY
 
     monkeypatch.setattr(script, "SETTINGS", {
-        **script.SETTINGS, **TINY, "rho_grid": [0.05, 0.5], "lam_multiples": [1.0], "micros": [],
+        **script.SETTINGS, **TINY, "rho_grid": [0.05, 0.1], "lam_multiples": [], "micros": [],
         "dataset_setup": {"digits": {"model": "mlp1d", "lr": 0.05, "epochs": 1}}})
     return []
 
