@@ -1,4 +1,4 @@
-"""experiments/benchmarks/bench_sde.py measures all three parts in one run and writes its table."""
+"""experiments/benchmarks/bench_sde.py measures all its parts in one run and writes its table."""
 
 from __future__ import annotations
 
