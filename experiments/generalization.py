@@ -591,7 +591,7 @@ def check_settings(settings: dict[str, Any]) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
-    parser = bare_parser(__doc__, "one digits cell at 20% noise, 4 epochs, small grids, 3 seeds "
+    parser = bare_parser(__doc__, "one digits cell at 20%% noise, 4 epochs, small grids, 3 seeds "
                                   "(about 2 minutes on two cores)")
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=None,
                         help="run only the cells of these data sets (default: every cell)")
