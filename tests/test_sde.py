@@ -123,13 +123,23 @@ def test_rho_zero_reduces_every_rule_to_the_sgd_sde():
         assert torch.allclose(sde.simulate(problem, "m-usam", micro=micro, **kwargs).states, reference)
 
 
-def test_sam_expectation_switches_to_seeded_samples_when_enumeration_is_too_large():
-    weights, probs, exact = sde.sample_sets(40, 8, "without-replacement", samples=64, seed=3)
-    assert not exact and weights.shape == (64, 40) and torch.allclose(probs.sum(), torch.tensor(1.0, dtype=torch.float64))
-    assert torch.equal(weights, sde.sample_sets(40, 8, "without-replacement", samples=64, seed=3)[0])
-    w, p, exact = sde.sample_sets(3, 2, "with-replacement")
-    assert exact and w.shape == (6, 3)
+def test_sam_expectation_enumerates_few_batches_and_draws_fresh_ones_beyond():
+    """Few distinct batches: every one with its probability; many: DRIFT_BATCHES drawn per
+    chain, fixed by (seed, t) and fresh at every other time (tests/test_sde_drift_estimator.py
+    checks the estimate itself)."""
+    members, p = sde.enumerate_batches(3, 2, "with-replacement")
+    assert members.tolist() == [[0, 0], [0, 1], [0, 2], [1, 1], [1, 2], [2, 2]]
     assert torch.allclose(p, torch.tensor([1, 2, 2, 1, 2, 1], dtype=torch.float64) / 9)
+    few = sde.AlgorithmSDE(TeacherStudent(n=4, inputs=1, hidden=2), "sam", eta=0.1, rho=0.1, batch=3)
+    assert few.sets_exact and few.set_count == 20 and few.batch_draws(0.1, 5) is None
+    many = sde.AlgorithmSDE(TeacherStudent(n=40, inputs=1, hidden=2), "sam", eta=0.1, rho=0.1,
+                            batch=8, sampling="without-replacement", seed=3)
+    assert not many.sets_exact and many.set_count == sde.DRIFT_BATCHES
+    draws = many.batch_draws(0.1, 5)
+    assert draws.shape == (5, sde.DRIFT_BATCHES, 8)
+    assert all(len(set(batch.tolist())) == 8 for batch in draws.view(-1, 8))
+    assert torch.equal(draws, many.batch_draws(0.1, 5))
+    assert not torch.equal(draws, many.batch_draws(0.2, 5))
 
 
 @pytest.mark.parametrize("kwargs, match", [

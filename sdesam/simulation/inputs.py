@@ -17,14 +17,31 @@ import torch
 from .. import validation
 from ..algorithms import DEFAULT_LAM, Rule, check_keywords, check_rho
 
-__all__ = ["DEFAULT_LAM", "batch_bytes", "check_eta", "draw_batches", "draw_bytes",
-           "draw_uniforms", "drawn_positions", "rule_lam", "rule_rho", "start_dtype",
-           "start_points"]
+__all__ = ["DEFAULT_LAM", "DRIFT_BATCH_MODES", "batch_bytes", "check_drift_batches", "check_eta",
+           "draw_batches", "draw_bytes", "draw_uniforms", "drawn_positions", "rule_lam", "rule_rho",
+           "start_dtype", "start_points"]
+
+DRIFT_BATCH_MODES = ("auto", "exact")
+"""The named ways of the hand-written SDE to take its drift's expectation over batches (besides a
+number of batches drawn per chain and step): see :class:`sdesam.simulation.sde.AlgorithmSDE`."""
 
 
 def check_eta(eta: Any) -> float:
     """The learning rate ``eta`` as a float if it is a positive number (see :mod:`sdesam.validation`)."""
     return validation.positive_number("eta", eta)
+
+
+def check_drift_batches(drift_batches: Any) -> str | int:
+    """``drift_batches`` if it is one of :data:`DRIFT_BATCH_MODES` or a positive integer (the
+    batches drawn per chain and step)."""
+    if isinstance(drift_batches, str) and drift_batches in DRIFT_BATCH_MODES:
+        return drift_batches
+    if isinstance(drift_batches, int) and not isinstance(drift_batches, bool) \
+            and drift_batches >= 1:
+        return drift_batches
+    raise validation.InputError(
+        f"drift_batches must be one of {', '.join(map(repr, DRIFT_BATCH_MODES))} or a positive "
+        f"integer (the batches drawn per chain and step); got {drift_batches!r}")
 
 
 def rule_rho(rule: Rule, rho: Any) -> float:

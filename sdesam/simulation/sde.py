@@ -30,8 +30,10 @@ Every drift needs one curvature product: with ``g_i = grad f_i`` the regulariser
 is ``sum_i H_i u_i`` for per-sample vectors ``u_i``, which
 :meth:`AlgorithmSDE.f_and_g_prod` builds from the same ``g_i`` that give the noise and hands
 to :meth:`Problem.sample_grads_with_hvp` (one VJP, or a closed form where the problem has one).
-The expectations over batches S enumerate the distinct batches when there are few and use
-seeded samples of them otherwise (:func:`sample_sets`).
+The expectations over batches S are enumerated when there are few distinct batches and
+otherwise estimated by a mean over a few batches drawn afresh for every chain and step: no bias,
+and a variance that enters the scheme like an extra diffusion of size O(dt), so the weak order is
+unchanged (:class:`AlgorithmSDE`).
 
 :func:`euler_maruyama` integrates any torchsde-style SDE (an object with
 ``f_and_g_prod(t, y, v)``) a cache-sized chunk of chains at a time, freezing chains that
@@ -41,6 +43,7 @@ builds the SDE of a rule and integrates it.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from typing import Any, Callable, Iterable, Mapping
@@ -55,7 +58,8 @@ from ..algorithms import Rule, Support, check_sampling, check_sizes, get_rule, s
 from .brownian import FixedGridBrownian, time_grid
 from .chains import (DIVERGE_AT, ChainRun, Recorder, bound_test_functions, chunk_size, chunks,
                      is_diverged, record_count)
-from .inputs import check_eta, draw_batches, rule_lam, rule_rho, start_dtype, start_points
+from .inputs import (batch_bytes, check_drift_batches, check_eta, draw_batches, rule_lam, rule_rho,
+                     start_dtype, start_points)
 from ..problems.base import Problem
 
 SUPPORT = Support("the hand-written SDE (sdesam.simulation.sde)", scaled=(False, True),
@@ -82,49 +86,114 @@ SUBSTEPS = 4
 """Default integration steps per learning-rate step (dt = eta/4): Euler with dt = eta adds
 an O(eta) error of the size of the weak error one wants to measure."""
 
+ENUMERATE_LIMIT = 64
+"""``drift_batches="auto"`` enumerates the distinct batches when there are at most this many, and
+otherwise draws :data:`DRIFT_BATCHES` per chain and step. Up to here the enumeration costs about
+what the drawn batches cost, and has no Monte Carlo error; beyond, its cost grows with the
+batches. Measured per chain-step against the m-USAM SDE (least squares, 100 chains, 1 thread):
+36 batches (N = 8, B = 2) 1.6x for SAM and 2.7x for RW-SAM, against 1.7x and 2.3x drawn; 64
+(N = 64, B = 1) 2.0x against 1.4x; but 120 (N = 8, B = 3) 2.3x and 5.8x, and 330 (N = 8,
+B = 4) 4.7x and 14x."""
 
-def sample_sets(n: int, size: int, sampling: str, *, limit: int = 20000, samples: int = 4096,
-                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """The uniform samples S of ``size`` out of ``n``: weights ``W [S, n]`` (``grad f_S =
-    W @ g``), probabilities ``p [S]`` and whether the list is exact.
+DRIFT_BATCHES = 8
+"""Batches drawn per chain and step by ``drift_batches="auto"`` beyond :data:`ENUMERATE_LIMIT`:
+their drift variance is one batch's / 8, at 1.3-1.6x the m-USAM SDE's cost per chain-step at
+N = 64, d = 20, B = 16 and 1.8-2.3x at N = 8, d = 2, B = 4 for SAM, m-SAM and RW-SAM
+(``experiments/benchmarks/bench_sam_sde.py``)."""
 
-    All distinct samples are enumerated (multisets with multinomial probabilities with
-    replacement, subsets without) when there are at most ``limit`` of them; otherwise
-    ``samples`` index sets drawn from ``seed`` stand in for them with equal probabilities.
-    """
+EXACT_LIMIT = 20_000
+"""The most distinct batches ``drift_batches="exact"`` enumerates: every drift evaluation
+works on all of them for every chain."""
+
+
+def batch_count(n: int, size: int, sampling: str) -> int:
+    """The number of distinct uniform samples of ``size`` out of ``n``: multisets with
+    replacement, subsets without."""
     check_sampling(sampling)
     if sampling == "with-replacement":
-        count = math.comb(n + size - 1, size)
+        return math.comb(n + size - 1, size)
+    return math.comb(n, size)
+
+
+def enumerate_batches(n: int, size: int, sampling: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every distinct uniform sample S of ``size`` out of ``n``: its members ``[S, size]`` (a
+    multiset repeats a sample) and probabilities ``p [S]`` (multinomial with replacement, uniform
+    over the subsets without)."""
+    count = batch_count(n, size, sampling)
+    if sampling == "with-replacement":
         combos: Iterable = itertools.combinations_with_replacement(range(n), size)
     else:
-        count = math.comb(n, size)
         combos = itertools.combinations(range(n), size)
-    if count <= limit:
-        index = torch.tensor(list(combos), dtype=torch.long)
-        weights = torch.zeros(count, n, dtype=torch.float64).scatter_add_(
-            1, index, torch.full(index.shape, 1.0 / size, dtype=torch.float64))
-        if sampling == "with-replacement":
-            counts = weights * size
-            log_p = (math.lgamma(size + 1) - torch.lgamma(counts + 1).sum(dim=1)
-                     - size * math.log(n))
-            probs = log_p.exp()
-        else:
-            probs = torch.full((count,), 1.0 / count, dtype=torch.float64)
-        return weights, probs, True
-    generator = torch.Generator().manual_seed(seed)
-    index = draw_batches(generator, samples, n, size, sampling)
-    weights = torch.zeros(samples, n, dtype=torch.float64).scatter_add_(
-        1, index, torch.full(index.shape, 1.0 / size, dtype=torch.float64))
-    return weights, torch.full((samples,), 1.0 / samples, dtype=torch.float64), False
+    members = torch.tensor(list(combos), dtype=torch.long).view(count, size)
+    if sampling == "without-replacement":
+        return members, torch.full((count,), 1.0 / count, dtype=torch.float64)
+    counts = batch_weights(members, n, torch.ones((), dtype=torch.float64)) * size
+    log_p = math.lgamma(size + 1) - torch.lgamma(counts + 1).sum(dim=1) - size * math.log(n)
+    return members, log_p.exp()
+
+
+def batch_weights(members: torch.Tensor, n: int, like: torch.Tensor) -> torch.Tensor:
+    """The weights ``W [..., S, n]`` of batches with members ``[..., S, size]``: ``grad f_S = W @
+    g``, a repeated sample counted with its multiplicity; dtype and device of ``like``."""
+    weights = torch.zeros(*members.shape[:-1], n, dtype=like.dtype, device=like.device)
+    ones = torch.full(members.shape, 1.0 / members.shape[-1], dtype=like.dtype, device=like.device)
+    return weights.scatter_add_(-1, members, ones)
+
+
+def batch_plan(n: int, size: int, sampling: str, drift_batches: str | int) -> int:
+    """The batches drawn per chain and step for ``drift_batches`` (see :class:`AlgorithmSDE`),
+    or 0 when the distinct batches of ``size`` out of ``n`` are enumerated."""
+    drift_batches = check_drift_batches(drift_batches)
+    count = batch_count(n, size, sampling)
+    if drift_batches == "auto":
+        return 0 if count <= ENUMERATE_LIMIT else DRIFT_BATCHES
+    if drift_batches == "exact":
+        if count > EXACT_LIMIT:
+            raise validation.InputError(
+                f"drift_batches='exact' would enumerate {count} distinct batches of {size} out "
+                f"of {n}; at most {EXACT_LIMIT} are allowed: pass 'auto' or a number of batches "
+                "to draw per chain and step")
+        return 0
+    return drift_batches
+
+
+def draw_key(seed: int, t: Any) -> int:
+    """The generator seed of the batches drawn at time ``t`` by a run of ``seed``: a hash of the
+    pair (``t`` to the last bit), so every grid time of a run gets its own draws. ``t = None``
+    (a caller without a clock, such as :func:`sdesam.simulation.exact_moments.linear_sde`)
+    reads as 0."""
+    text = f"{int(seed)}:{float(0.0 if t is None else t).hex()}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
 
 
 class AlgorithmSDE(torch.nn.Module):
     """The first-order SDE of ``algorithm`` on ``problem`` (an Ito SDE with general noise and
     N Brownian channels), usable with ``torchsde.sdeint`` and :func:`euler_maruyama`.
 
-    ``drop_terms`` removes terms for ablations (see :data:`DROPPABLE_TERMS`). The SAM rules'
-    and RW-SAM's expectation over batches is exact or sampled as in :func:`sample_sets`;
-    ``lam`` is RW-SAM's inverse temperature (refused by rules that do not take it).
+    ``drop_terms`` removes terms for ablations (see :data:`DROPPABLE_TERMS`); ``lam`` is
+    RW-SAM's inverse temperature (refused by rules that do not take it).
+
+    **The expectation over batches.** The drifts of the SAM rules and RW-SAM contain
+    ``rho E_S[r_S(x)]`` with ``r_S = H_S u_S`` (module docstring), S a uniform batch of the
+    rule's ``size`` (m for m-sam, B otherwise). ``drift_batches`` says how it is taken:
+
+    * ``"exact"``: over every distinct batch (at most :data:`EXACT_LIMIT`) with its probability,
+      one ``[S, N]`` weight matrix shared by every chain: no Monte Carlo error, at a cost that
+      grows with the number of batches;
+    * an integer K: the mean of ``r_S`` over K batches drawn afresh, independently, for every
+      chain and every step (from ``seed`` and the time, :meth:`batch_draws`). The expectation is
+      linear in the law of S, so this estimate is **unbiased** for the drift; its covariance is
+      ``rho^2 Cov_S[r_S] / K``, independent across chains, steps and of the Brownian increments.
+      An Euler step of size dt then adds ``dt (b^ - b)`` to the state: mean zero, covariance
+      ``dt^2 rho^2 Cov_S[r_S] / K`` -- an extra diffusion of size O(dt) per unit time, which
+      moves ``E phi(X_T)`` by O(dt) (the order of Euler's own error) and vanishes as dt -> 0:
+      the weak order is unchanged. Costs K batches per chain and step, whatever N and B;
+    * ``"auto"`` (default): ``"exact"`` when there are at most :data:`ENUMERATE_LIMIT` distinct
+      batches, else :data:`DRIFT_BATCHES` drawn batches.
+
+    ``sets_exact`` says which was chosen and ``set_count`` how many batches one evaluation uses.
+    The drawn batches make :meth:`f` a random estimate too, fixed by ``seed``, the time and the
+    chain's row.
     """
 
     noise_type = "general"
@@ -133,9 +202,11 @@ class AlgorithmSDE(torch.nn.Module):
     def __init__(self, problem: Problem, algorithm: "str | Rule", *, eta: float,
                  rho: float | None = None, batch: int, micro: int | None = None,
                  lam: float | None = None, sampling: str = "with-replacement",
-                 drop_terms: Iterable[str] = (), sam_samples: int = 4096, seed: int = 0) -> None:
+                 drop_terms: Iterable[str] = (), drift_batches: str | int = "auto",
+                 seed: int = 0) -> None:
         super().__init__()
         rule = SUPPORT.require(get_rule(algorithm))
+        drift_batches = check_drift_batches(drift_batches)
         self.eta, self.rho = check_eta(eta), rule_rho(rule, rho)
         self.lam = rule_lam(rule, lam)
         self.micro = check_sizes(rule, batch, micro, problem.n, sampling)
@@ -152,34 +223,64 @@ class AlgorithmSDE(torch.nn.Module):
                                      / problem.n)
         size = self.micro if rule.micro else batch
         self.variance_factor = float(sampling_factor(size, problem.n, sampling))
-        self.sets_exact = True
-        self.set_count = 0
+        self.seed, self.set_size, self.set_draws, self.set_count = seed, size, 0, 0
         if rule.normalized and rule.noise_induced and "trace_V" not in self.drop_terms:
-            weights, probs, self.sets_exact = sample_sets(problem.n, size, sampling,
-                                                          samples=sam_samples, seed=seed)
-            self.register_buffer("set_weights", weights)
+            self.set_draws = batch_plan(problem.n, size, sampling, drift_batches)
+            if self.set_draws:
+                probs = torch.full((self.set_draws,), 1.0 / self.set_draws, dtype=torch.float64)
+            else:
+                members, probs = enumerate_batches(problem.n, size, sampling)
+                self.register_buffer("set_members", members)
+                self.register_buffer("set_weights", batch_weights(members, problem.n, probs))
             self.register_buffer("set_probs", probs)
-            self.set_count = int(weights.shape[0])
+            self.set_count = int(probs.shape[0])
+        self.sets_exact = not self.set_draws
 
     def footprint(self) -> int:
         """Elements per chain of the largest temporaries of one drift evaluation (sizes the
         integrator's chunks of chains)."""
         n, d = self.problem.n, self.problem.dim
-        sets = self.set_count * (d + (n if self.rule.weighted else 0))
-        return 3 * n * d + sets
+        per_set = d + n * (int(self.rule.weighted) + int(self.set_draws > 0))
+        return 3 * n * d + self.set_count * per_set
+
+    def draw_bytes(self) -> int:
+        """Bytes per chain of one step's :meth:`batch_draws` (0 when none are drawn)."""
+        return self.set_draws * batch_bytes(self.problem.n, self.set_size, self.sampling)
+
+    def batch_draws(self, t: Any, chains: int) -> torch.Tensor | None:
+        """The batches of the drift's estimate at time ``t`` for ``chains`` chains: indices
+        ``[chains, K, size]``, fresh for every chain, drawn from ``(seed, t)``
+        (:func:`draw_key`); None when the batches are enumerated or the drift has none.
+
+        Drawn for every chain at once, as the Brownian increments are, so :func:`euler_maruyama`
+        hands each chunk of chains its rows and the draws do not depend on the chunking (nor on
+        the solver: torchsde evaluates all chains at once)."""
+        if not self.set_draws:
+            return None
+        generator = torch.Generator(device=self.set_probs.device)
+        generator.manual_seed(draw_key(self.seed, t))
+        index = draw_batches(generator, chains * self.set_draws, self.problem.n, self.set_size,
+                             self.sampling)
+        return index.view(chains, self.set_draws, self.set_size)
 
     # ------------------------------------------------------------------ torchsde interface
     def f(self, t: Any, y: torch.Tensor) -> torch.Tensor:
-        """Drift ``b(y)``: ``[chains, d]``."""
-        return self._drift_and_centred(y)[0]
+        """Drift ``b(y)``: ``[chains, d]`` (with drawn batches: its estimate from
+        :meth:`batch_draws` at ``t``)."""
+        return self._drift_and_centred(y, self.batch_draws(t, y.shape[0]))[0]
 
     def g_prod(self, t: Any, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Diffusion times Brownian increment, ``sqrt(eta) G(y) v``, for ``v [chains, N]``."""
         return self._noise(self._centred(self.problem.sample_grads(y)), v)
 
-    def f_and_g_prod(self, t: Any, y: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Drift and diffusion-increment product from one evaluation of the per-sample gradients."""
-        drift, centred = self._drift_and_centred(y)
+    def f_and_g_prod(self, t: Any, y: torch.Tensor, v: torch.Tensor,
+                     draws: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Drift and diffusion-increment product from one evaluation of the per-sample gradients.
+        ``draws``: these chains' rows of :meth:`batch_draws` at ``t`` (drawn here for all of
+        ``y`` when None)."""
+        if draws is None:
+            draws = self.batch_draws(t, y.shape[0])
+        drift, centred = self._drift_and_centred(y, draws)
         return drift, self._noise(centred, v)
 
     def diffusion(self, y: torch.Tensor) -> torch.Tensor:
@@ -199,20 +300,24 @@ class AlgorithmSDE(torch.nn.Module):
             return torch.zeros_like(centred[..., 0, :])
         return self.noise_scale * (v.unsqueeze(-2) @ centred).squeeze(-2)
 
-    def _drift_and_centred(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The drift and the centred per-sample gradients ``g_i - g`` at ``y``."""
+    def _drift_and_centred(self, y: torch.Tensor, draws: torch.Tensor | None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The drift and the centred per-sample gradients ``g_i - g`` at ``y``, the expectation
+        over batches taken over ``draws`` (:meth:`batch_draws`) or, when None, every batch."""
         if not self.rule.perturbed or self.rho == 0:
             grads = self.problem.sample_grads(y)
             mean = grads.mean(dim=-2)
             return -mean, grads - mean.unsqueeze(-2)
         grads, hessian_sum = self.problem.sample_grads_with_hvp(y)
         mean = grads.mean(dim=-2)
-        regulariser = hessian_sum(self._cotangent(y, grads, mean))
+        regulariser = hessian_sum(self._cotangent(y, grads, mean, draws))
         return -(mean + regulariser), grads - mean.unsqueeze(-2)
 
-    def _cotangent(self, y: torch.Tensor, grads: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    def _cotangent(self, y: torch.Tensor, grads: torch.Tensor, mean: torch.Tensor,
+                   draws: torch.Tensor | None) -> torch.Tensor:
         """Per-sample vectors ``u_i`` with ``drift = -grad f - sum_i H_i u_i``: ``[chains, N, d]``.
-        A rule's elementwise scale ``s(y)`` multiplies its perturbation direction (``D = diag s``)."""
+        A rule's elementwise scale ``s(y)`` multiplies its perturbation direction (``D = diag s``);
+        the expectation over batches is over ``draws`` or, when None, every batch."""
         n, rho = self.problem.n, self.rho
         scale = None if self.rule.scale is None else self.rule.scale(y).unsqueeze(-2)  # [chains, 1, d]
         noise_induced = self.rule.noise_induced and "trace_V" not in self.drop_terms
@@ -227,11 +332,15 @@ class AlgorithmSDE(torch.nn.Module):
             ascent = mean.unsqueeze(-2) if scale is None else mean.unsqueeze(-2) * scale
             unit = ascent / ascent.norm(dim=-1, keepdim=True)
             return (rho / n * unit).expand_as(grads)
-        # rho E_S[H_S u_S] = rho sum_S p_S sum_i W_Si H_i u_S
-        weights = self.set_weights.to(grads)
+        # rho E_S[H_S u_S] = rho sum_S p_S sum_i W_Si H_i u_S: every batch (W [S, N], shared by
+        # the chains) or the drawn ones (W [chains, K, N])
+        if draws is None:
+            members, weights = self.set_members, self.set_weights.to(grads)
+        else:
+            members, weights = draws, batch_weights(draws, self.problem.n, grads)
         descent = weights
         if self.rule.weighted:
-            gibbs = self._set_gibbs_weights(grads, weights)            # [chains, S, N]
+            gibbs = self._set_gibbs_weights(grads, members)            # [chains, S, N]
             set_grads = gibbs @ grads
             if self.rule.descent_weights == "response":
                 descent = gibbs                                         # H_S = sum_i p_i H_i
@@ -242,12 +351,19 @@ class AlgorithmSDE(torch.nn.Module):
         units = set_grads / set_grads.norm(dim=-1, keepdim=True)
         return rho * descent.transpose(-1, -2) @ (self.set_probs.to(grads).unsqueeze(-1) * units)
 
-    def _set_gibbs_weights(self, grads: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """``q_S = softmax(lam |g_i|)`` over each batch S, each sample counted with its
-        multiplicity ``B W_Si`` (``g~_S = q_S @ g``): ``[chains, S, N]``."""
-        scores = self.lam * grads.norm(dim=-1)                        # [chains, N]
-        logits = scores.unsqueeze(-2) + weights.log()                 # -inf off the batch
-        return torch.softmax(logits, dim=-1)
+    def _set_gibbs_weights(self, grads: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+        """``q_S = softmax(lam |g_i|)`` over the members ``[S, size]`` or ``[chains, S, size]``
+        of each batch S, a repeated sample counted with its multiplicity (``g~_S = q_S @ g``):
+        ``[chains, S, N]``. The softmax over each batch's own members is stable for any spread
+        of the scores (and much faster than one over all N with -inf off the batch)."""
+        chains, n = grads.shape[0], self.problem.n
+        shape = (chains, *members.shape[-2:])
+        scores = self.lam * grads.norm(dim=-1)                            # [chains, N]
+        member = scores.gather(-1, members.flatten(-2).expand(chains, -1)).view(shape)
+        member = (member - member.amax(dim=-1, keepdim=True)).exp()
+        member = member / member.sum(dim=-1, keepdim=True)
+        gibbs = torch.zeros(*shape[:-1], n, dtype=grads.dtype, device=grads.device)
+        return gibbs.scatter_add_(-1, members.expand(shape), member)
 
 
 # ---------------------------------------------------------------------- simulation
@@ -256,6 +372,13 @@ def footprint(sde: Any, channels: int, dim: int) -> int:
     (its own ``footprint()`` where it has one) with ``channels`` Brownian channels in ``dim``
     dimensions."""
     return sde.footprint() if hasattr(sde, "footprint") else 3 * channels * dim
+
+
+def step_random_bytes(sde: Any, channels: int, element_size: int) -> int:
+    """Bytes per chain of one step's random numbers: a Brownian increment of ``channels`` and
+    its scaled copy, plus the batches ``sde`` draws (its own ``draw_bytes()`` where it has one)."""
+    draws = sde.draw_bytes() if hasattr(sde, "draw_bytes") else 0
+    return 2 * channels * element_size + draws
 
 
 def integration_chunk(sde: Any, chains: int, channels: int, dim: int, element_size: int,
@@ -278,7 +401,7 @@ def integration_parts(sde: Any, *, chains: int, channels: int, dim: int, steps: 
     parts = memory.chain_run_parts(
         chains, dim, element_size=itemsize, records=record_count(steps, every), every=every,
         keep_states=keep_states, statistics=statistics,
-        step_random_bytes=2 * channels * itemsize,       # an increment and its scaled copy
+        step_random_bytes=step_random_bytes(sde, channels, itemsize),
         chunk=integration_chunk(sde, chains, channels, dim, itemsize, chunk),
         chunk_elements=footprint(sde, channels, dim), chains_argument=chains_argument)
     if path_points:
@@ -297,10 +420,13 @@ def euler_maruyama(sde: Any, y0: torch.Tensor, bm: FixedGridBrownian, *,
     the update of torchsde's Euler solver, without its per-step machinery.
 
     ``sde`` is any object with ``f_and_g_prod(t, y, v) -> (drift, diffusion @ v)`` acting on
-    a batch of chains (torchsde's interface). A *step* is ``record_every`` grid cells (the
-    substeps of one learning-rate step); the run records at steps ``0, every, 2 every, ...``
-    and the last (``every=None``: start and end), keeping the states if ``keep_states`` and
-    the mean / variance over live chains of each ``statistics`` function ``x -> [chains]``.
+    a batch of chains (torchsde's interface); one whose drift averages over drawn batches
+    (:meth:`AlgorithmSDE.batch_draws`) gets them drawn for every chain at once each cell and
+    handed to ``f_and_g_prod`` chunk by chunk, as the Brownian increments are. A *step* is
+    ``record_every`` grid cells (the substeps of one learning-rate step); the run records at
+    steps ``0, every, 2 every, ...`` and the last (``every=None``: start and end), keeping the
+    states if ``keep_states`` and the mean / variance over live chains of each ``statistics``
+    function ``x -> [chains]``.
     Chains are integrated ``chunk`` at a time (default: temporaries of about
     :data:`sdesam.simulation.chains.CHUNK_BYTES`, from ``sde.footprint()`` when it exists); a chain that
     turns non-finite or exceeds ``diverge_at`` in norm is frozen and counted in the result's
@@ -317,14 +443,17 @@ def euler_maruyama(sde: Any, y0: torch.Tensor, bm: FixedGridBrownian, *,
     recorder = Recorder(y, steps=cells // record_every, every=every, keep_states=keep_states,
                         statistics=statistics or {}, diverge_at=diverge_at, chunk=chunk)
     times = bm.times
+    batch_draws = getattr(sde, "batch_draws", None)
     with torch.no_grad():
         for cell in progress_bar(range(cells), desc="SDE", show=progress, leave=False):
             dt = float(times[cell + 1] - times[cell])
             increment = bm.increment(cell)
+            draws = None if batch_draws is None else batch_draws(times[cell], chains)
             k = cell // record_every
             for part in chunks(chains, recorder.chunk):
                 old = y[part]
-                drift, noise = sde.f_and_g_prod(times[cell], old, increment[part])
+                extra = () if draws is None else (draws[part],)
+                drift, noise = sde.f_and_g_prod(times[cell], old, increment[part], *extra)
                 y[part] = recorder.freeze(k, part, old, old + drift * dt + noise)
             if (cell + 1) % record_every == 0:
                 recorder.record(k + 1, y)
@@ -356,6 +485,7 @@ def simulate(problem: Problem, algorithm: "str | Rule", *, eta: float, rho: floa
              micro: int | None = None, lam: float | None = None, x0: Any, horizon: float,
              chains: int, seed: int, dt: float | None = None, method: str = "euler",
              drop_terms: Iterable[str] = (), sampling: str = "with-replacement",
+             drift_batches: str | int = "auto",
              device: str | torch.device = "cpu", solver: str = "fast", every: int | None = 1,
              keep_states: bool = True, test_fns: Iterable[str] = (),
              diverge_at: float = DIVERGE_AT, chunk: int | None = None,
@@ -368,8 +498,9 @@ def simulate(problem: Problem, algorithm: "str | Rule", *, eta: float, rho: floa
     (``diverge_at``) and ``chunk`` are as in :func:`sdesam.simulation.ensemble.run`. ``dt`` (default
     ``eta / SUBSTEPS``) is the integration step and must divide ``eta``. ``solver="fast"``
     uses :func:`euler_maruyama`, ``"torchsde"`` calls ``torchsde.sdeint`` with the same
-    :class:`FixedGridBrownian` (same seed, same paths). A rule this SDE does not implement
-    (:data:`SUPPORT`) is refused naming the fact it lacks.
+    :class:`FixedGridBrownian` (same seed, same paths). ``drift_batches`` is how the drift's
+    expectation over batches is taken (:class:`AlgorithmSDE`). A rule this SDE does not
+    implement (:data:`SUPPORT`) is refused naming the fact it lacks.
     """
     rule = SUPPORT.require(get_rule(algorithm))
     eta = check_eta(eta)
@@ -386,7 +517,8 @@ def simulate(problem: Problem, algorithm: "str | Rule", *, eta: float, rho: floa
         raise validation.InputError(f"horizon must be a positive multiple of eta={eta}; got {horizon!r}")
     statistics = bound_test_functions(problem, test_fns)
     sde = AlgorithmSDE(problem, rule, eta=eta, rho=rho, batch=batch, micro=micro, lam=lam,
-                       sampling=sampling, drop_terms=drop_terms, seed=seed)
+                       sampling=sampling, drop_terms=drop_terms, drift_batches=drift_batches,
+                       seed=seed)
     steps = round(horizon / eta)
     validation.device("device", str(device))
     chunk = integration_chunk(sde, chains, problem.n, problem.dim, start_dtype(x0).itemsize, chunk)
