@@ -445,11 +445,12 @@ def paired_rows(runs: list[dict[str, Any]], cell: Cell, settings: dict[str, Any]
     return rows
 
 
-def summary_rows(runs: list[dict[str, Any]], cell: Cell,
-                 choices: dict[Method, dict[str, Any]]) -> list[dict[str, Any]]:
+def summary_rows(runs: list[dict[str, Any]], cell: Cell, choices: dict[Method, dict[str, Any]],
+                 chance: float) -> list[dict[str, Any]]:
     """Mean and std over seeds of test, validation and train accuracy, tr V and the top Hessian
     eigenvalue per method, with its chosen setting (runs that diverged are counted, not
-    averaged)."""
+    averaged; runs that ended at chance, test accuracy below ``chance``, are averaged -- the
+    method did that at its chosen setting -- and counted, with the median beside the mean)."""
     groups: dict[Method, list[dict[str, Any]]] = {}
     for row in runs:
         groups.setdefault(Method(row["rule"], row["micro"]), []).append(row)
@@ -459,6 +460,7 @@ def summary_rows(runs: list[dict[str, Any]], cell: Cell,
         choice = choices[method]
         row: dict[str, Any] = {**cell.where(), "rule": method.algorithm, "micro": method.micro,
                                "seeds": len(finished), "diverged": len(members) - len(finished),
+                               "at_chance": sum(m["test_acc"] < chance for m in finished),
                                "tuned": method.tuned, "value": choice["value"],
                                "rho": members[0]["rho"], "weight_decay": members[0]["weight_decay"],
                                "lam_multiple": choice["lam_multiple"]}
@@ -466,6 +468,8 @@ def summary_rows(runs: list[dict[str, Any]], cell: Cell,
             values = np.array([m[key] for m in finished], dtype=float)
             row[f"{key}_mean"] = float(values.mean()) if len(values) else None
             row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        row["test_acc_median"] = (float(np.median([m["test_acc"] for m in finished]))
+                                  if finished else None)
         rows.append(row)
     return rows
 
@@ -495,7 +499,7 @@ def measure(settings: dict[str, Any], runs_dir: Path, run: RunBatch,
         results["choices"] += list(choices.values())
         results["tuning"] += [row for method in methods(settings) for row in tuned.curve(cell, method)]
         results["runs"] += cell_runs
-        results["summary"] += summary_rows(cell_runs, cell, choices)
+        results["summary"] += summary_rows(cell_runs, cell, choices, settings["prune_below"])
         results["paired"] += paired_rows(cell_runs, cell, settings)
         if on_cell_done is not None:
             on_cell_done(results)
@@ -536,8 +540,7 @@ def readme_table(results: dict[str, list[dict[str, Any]]], settings: dict[str, A
     for cell, rows in by_cell.items():
         where, paper = PAPER.get(rows[0]["label_noise"], ("not in the paper", ()))
         lines.append(f"| {cell} | " + " | ".join(
-            f"{r['test_acc_mean']:.2f} ± {r['test_acc_std']:.2f}" if r["test_acc_mean"] is not None
-            else "diverged" for r in rows) + f" | {' / '.join(map(str, paper))} ({where}) |")
+            _accuracy(r) for r in rows) + f" | {' / '.join(map(str, paper))} ({where}) |")
     lines += ["", "| data, noise | " + " | ".join(header) + " |", "| --- |" + " --- |" * len(header)]
     for cell, rows in by_cell.items():
         lines.append(f"| {cell} (chosen) | " + " | ".join(
@@ -559,6 +562,19 @@ def readme_table(results: dict[str, list[dict[str, Any]]], settings: dict[str, A
                      f"{row['difference_mean']:+.2f} | [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}] "
                      f"| {_number(row['p_value'], 3)} | {_number(row['minimal_detectable_difference'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _accuracy(row: dict[str, Any]) -> str:
+    """Mean ± std of a summary row's test accuracy, with the median and the count of seeds
+    that ended at chance when there are any, and of seeds that diverged."""
+    if row["test_acc_mean"] is None:
+        return "diverged"
+    text = f"{row['test_acc_mean']:.2f} ± {row['test_acc_std']:.2f}"
+    if row["at_chance"]:
+        text += f" ({row['at_chance']} of {row['seeds']} at chance; median {row['test_acc_median']:.2f})"
+    if row["diverged"]:
+        text += f" ({row['diverged']} diverged)"
+    return text
 
 
 def _number(value: float | None, digits: int = 2) -> str:
