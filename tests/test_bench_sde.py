@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 import pytest
+import torch
 
 from sdesam.validation import InputError
 from script_module import load_script
@@ -66,3 +67,18 @@ def test_quick_sizes_are_smaller_and_the_help_says_how_long_a_run_takes(capsys, 
         bench.parse_args(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "the default run takes about 3 minutes" in help_text and "``--quick`` about 20 s" in help_text
+
+
+@pytest.mark.parametrize("n, dim, batch, micro", [(8, 3, 4, 2), (64, 20, 16, 4)])
+def test_the_closed_form_reference_follows_the_fast_path(n, dim, batch, micro):
+    """Part 5 times the same SDE both ways: same Brownian increments, same path to 1e-10."""
+    bench = load_bench()
+    problem = bench.least_squares(n, dim)
+    model = bench.sde.AlgorithmSDE(problem, "m-usam", eta=bench.ETA, rho=bench.RHO, batch=batch,
+                                   micro=micro)
+    x0 = torch.randn(50, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    bm = bench.FixedGridBrownian(bench.time_grid(20 * bench.ETA, bench.ETA), (50, n), 3)
+    closed = bench.closed_form_run(problem, x0, bm, rho=bench.RHO, batch=batch, micro=micro)
+    fast = bench.sde.euler_maruyama(model, x0, bm, every=None, keep_states=False).final
+    assert (closed - x0).abs().max() > 1e-3          # the chains moved
+    torch.testing.assert_close(fast, closed, rtol=0, atol=1e-10)

@@ -23,11 +23,16 @@ squares, float64; ``--threads`` CPU threads):
    :class:`sdesam.implicit.ModuleProblem` path (the Jacobian of all N losses, ``vmap(jacrev)``:
    cost ~ N^2) and the new one (each sample's loss differentiated alone) against
    :func:`sdesam.per_sample.per_sample_grads`. Done when new / per_sample_grads <= 1.2.
+5. **SDE fast path against a closed-form loop**, microseconds per chain-step of m-USAM on least
+   squares (float64, dt = eta, 1e4 chains, ``--quick`` 1e3) at N = 64, d = 20,
+   B = 16, m = 4 and N = 8, d = 2, B = 4, m = 2: the loop one would write by hand for this
+   problem (:func:`closed_form_run`, the same path to 1e-10) against
+   :func:`sdesam.simulation.sde.euler_maruyama`. Done when fast / closed-form <= 1.5.
 
 The old code paths are kept, faithfully copied, in this file only, as the baselines
 (:func:`old_ensemble_run`, :func:`old_euler_maruyama`, :func:`old_comparison`,
 :func:`old_module_sample_grads`).
-Usage: ``python experiments/benchmarks/bench_sde.py [--quick] [--parts 1,2,3,4] [--steps 10]
+Usage: ``python experiments/benchmarks/bench_sde.py [--quick] [--parts 1,2,3,4,5] [--steps 10]
 [--repeats 5] [--memory-full] [--out experiments/benchmarks]`` (default output: a fresh
 ``runs/bench_sde-*`` folder; a table of only some parts belongs there, not in the committed one).
 
@@ -69,7 +74,9 @@ BATCH, MICRO, ETA, RHO = 4, 2, 0.01, 0.05
 TEST_FNS = ("loss", "trace_V")
 MEMORY_N, MEMORY_DIM, FULL_CHAINS = 16, 20, 100_000
 MODULE_HIDDEN = 128
-PARTS = (1, 2, 3, 4)
+PARTS = (1, 2, 3, 4, 5)
+CLOSED_FORM_SIZES = ((64, 20, 16, 4), (8, 2, 4, 2))
+"""Part 5's sizes: N, d, batch B and micro-batch m."""
 
 DEFAULTS: dict[str, Any] = {"steps": 10, "repeats": 5, "chunk_chains": 10_000,
                             "sizes": "2x100,2x1000,2x10000,100x100,100x1000,100x10000",
@@ -81,12 +88,13 @@ QUICK: dict[str, Any] = {"steps": 2, "repeats": 1, "chunk_chains": 1000,
 COST = {"step": 1.5e-3, "chain_step": 4.4e-6, "chain_step_per_dim": 2.2e-7,
         "sde_chain_step": {(8, 2): 1.8e-6, (64, 20): 6.5e-5},
         "comparison_chain_step": {"old": 3.9e-5, "new": 6.0e-6}, "process": 5.0, "start": 5.0,
-        "module_sample": 8.0e-5, "module_sample_pair": 1.0e-6}
+        "module_sample": 8.0e-5, "module_sample_pair": 1.0e-6,
+        "closed_chain_step": {(64, 20): 6.0e-6, (8, 2): 6.0e-7}}
 """Seconds of each unit of work on the 2-core machine of the committed table (fitted to its
 rows): per step of part 1's three contenders, plus per chain-step (growing with d); per
 chain-step of part 2's two SDE paths; per chain-step of a comparison, plus its fresh process
 (importing torch); per sample of part 4's two linear paths and per sample pair (N^2) of its
-old path; and the start of the run (imports, first-call warm-ups)."""
+old path; per chain-step of part 5's two contenders together; and the start of the run (imports, first-call warm-ups)."""
 
 
 # ---------------------------------------------------------------------- the old code paths
@@ -143,6 +151,46 @@ def old_module_sample_grads(problem: implicit.ModuleProblem, x: torch.Tensor) ->
     flat = x.reshape(-1, problem.dim)
     jac = vmap(jacrev(problem.sample_losses))(flat)
     return jac.reshape(*x.shape[:-1], problem.n, problem.dim)
+
+
+def closed_form_run(problem: LinearRegression, x0: torch.Tensor, bm: FixedGridBrownian, *,
+                    rho: float, batch: int, micro: int) -> torch.Tensor:
+    """The m-USAM SDE on least squares as one would write it by hand (the reference of part 5):
+    per-sample gradients ``g_i = r_i a_i`` with residuals ``r = A x - y``, drift ``-(g + rho/N
+    sum_i H_i u_i)`` with ``H_i = a_i a_i^T`` and the USAM cotangent ``u_i = (1 - c) g + c g_i``
+    (``c = 1/m``): ``sum_i H_i u_i = (1 - c) A^T A g + c A^T (r |a_i|^2)``; noise ``sqrt(eta
+    c(B) / N) sum_i v_i (g_i - g) = sqrt(eta c(B) / N) A^T ((v - mean v) r)``. Same grid and
+    Brownian increments as :func:`sdesam.simulation.sde.euler_maruyama`; returns the end state."""
+    n = problem.n
+    features, targets = problem.features.to(x0), problem.targets.to(x0)
+    gram, squares = features.T @ features, features.square().sum(dim=-1)
+    c, noise_scale = 1.0 / micro, (ETA / batch / n) ** 0.5
+    x, times = x0.clone(), bm.times
+    for cell in range(times.numel() - 1):
+        dt = float(times[cell + 1] - times[cell])
+        v = bm.increment(cell)
+        r = x @ features.T - targets
+        mean = r @ features / n
+        curvature = (1 - c) * mean @ gram + c * (r * squares) @ features
+        noise = ((v - v.mean(dim=-1, keepdim=True)) * r) @ features
+        x = x - dt * (mean + rho / n * curvature) + noise_scale * noise
+    return x
+
+
+def fast_against_closed_form(n: int, dim: int, batch: int, micro: int, chains: int, steps: int,
+                             repeats: int) -> dict[str, float]:
+    """Microseconds per chain-step of :func:`closed_form_run` and the SDE fast path
+    (:func:`sdesam.simulation.sde.euler_maruyama`, end state only) on m-USAM, dt = eta."""
+    problem = least_squares(n, dim)
+    model = sde.AlgorithmSDE(problem, "m-usam", eta=ETA, rho=RHO, batch=batch, micro=micro)
+    x0 = torch.zeros(chains, dim, dtype=torch.float64)
+    bm = FixedGridBrownian(time_grid(steps * ETA, ETA), (chains, n), 0)
+    with torch.no_grad():
+        closed = best_time(lambda: closed_form_run(problem, x0, bm, rho=RHO, batch=batch,
+                                                   micro=micro), repeats)
+        fast = best_time(lambda: sde.euler_maruyama(model, x0, bm, every=None, keep_states=False),
+                         repeats)
+    return {"closed": closed / (chains * steps) * 1e6, "fast": fast / (chains * steps) * 1e6}
 
 
 def new_comparison(problem, chains: int, steps: int, progress: bool = False) -> dict[str, float]:
@@ -287,7 +335,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="small sizes: every part in about 20 s (default run: about 3 min; "
                              "also set by SDESAM_QUICK=1)")
     parser.add_argument("--parts", default=",".join(map(str, PARTS)),
-                        help="comma-separated parts to measure (default: all of 1,2,3,4)")
+                        help="comma-separated parts to measure (default: all of 1,2,3,4,5)")
     parser.add_argument("--steps", type=int, default=None,
                         help=f"steps per timing (default {DEFAULTS['steps']}; --quick {QUICK['steps']})")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
@@ -351,7 +399,9 @@ def main(argv: list[str] | None = None) -> int:
              2: [(args.repeats + 1) * args.steps * chunk_chains * COST["sde_chain_step"][size]
                  for size in ((8, 2), (64, 20))],
              3: [comparison_seconds(way, chains, steps) for way, chains, steps in runs],
-             4: [module_seconds(n, args.repeats) for n in args.module_n]}
+             4: [module_seconds(n, args.repeats) for n in args.module_n],
+             5: [(args.repeats + 1) * args.steps * chunk_chains * COST["closed_chain_step"][(n, dim)]
+                 for n, dim, _, _ in CLOSED_FORM_SIZES]}
     plan = [seconds for part in sorted(parts) for seconds in costs[part]]
     simulation = (f"m-USAM (B={BATCH}, m={MICRO}) on least squares, float64 (parts 1-3), "
                   if parts & {1, 2, 3} else "")
@@ -422,6 +472,17 @@ def main(argv: list[str] | None = None) -> int:
             emit(f"{n:>5} {t['per_sample']:>10.3g} {t['old']:>10.3g} {t['new']:>10.3g} "
                  f"{t['old'] / t['per_sample']:>8.2f} {t['new'] / t['per_sample']:>8.2f} "
                  f"{t['old'] / t['new']:>8.2f}")
+            done()
+        emit("")
+    if 5 in parts:
+        emit(f"5. SDE fast path vs closed-form loop, microseconds per chain-step, m-USAM on least "
+             f"squares, {chunk_chains} chains, dt = eta (target: fast/closed <= 1.5)")
+        emit(f"{'N':>4} {'d':>4} {'B':>4} {'m':>4} {'closed':>10} {'fast':>10} {'ratio':>8} "
+             f"{'target':>7}")
+        for n, dim, batch, micro in CLOSED_FORM_SIZES:
+            t = fast_against_closed_form(n, dim, batch, micro, chunk_chains, args.steps, args.repeats)
+            emit(f"{n:>4} {dim:>4} {batch:>4} {micro:>4} {t['closed']:>10.3g} {t['fast']:>10.3g} "
+                 f"{t['fast'] / t['closed']:>8.2f} {1.5:>7.1f}")
             done()
     bar.close()
     text = "\n".join(lines).rstrip("\n") + "\n"
