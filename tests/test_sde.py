@@ -264,3 +264,54 @@ def test_rw_sam_drift_is_the_first_order_mean_of_the_discrete_update():
     g = problem.grad(x)[0]
     assert torch.allclose(((x - new).mean(0) - g) / rho, (-model.f(0.0, x)[0] - g) / rho,
                           atol=1e-3, rtol=1e-3)
+
+
+class _Hidden:
+    """A problem with its feature form hidden: the SDE takes the generic per-sample route."""
+
+    def __init__(self, problem):
+        self._problem = problem
+
+    def __getattr__(self, name):
+        return getattr(self._problem, name)
+
+    def feature_form(self):
+        return None
+
+
+def _feature_problems():
+    gen = torch.Generator().manual_seed(5)
+    features = torch.randn(7, 3, generator=gen, dtype=torch.float64)
+    from sdesam.problems import LinearRegression
+    return [LinearRegression(features, torch.randn(7, generator=gen, dtype=torch.float64)),
+            LogisticRegression(features, (torch.rand(7, generator=gen) < 0.5).double(), l2=0.3)]
+
+
+@pytest.mark.parametrize("problem", _feature_problems(), ids=["least-squares", "logistic"])
+@pytest.mark.parametrize("name, drop", [
+    ("sgd", ()), ("n-usam", ()), ("usam", ()), ("m-usam", ()), ("m-usam", ("trace_V",)),
+    ("m-usam", ("gradient_norm",)), ("m-usam", ("noise",)), ("n-sam", ()), ("sam", ("trace_V",)),
+    ("rw-sam", ("trace_V",)), ("scaled-usam", ()), ("scaled-sam", ("trace_V",)), ("sam", ())])
+def test_the_route_for_problems_linear_in_features_gives_the_generic_drift_and_noise(
+        problem, name, drop):
+    """The [chains, N] route of a problem with a feature form is the same SDE as the per-sample
+    [chains, N, d] route, for every rule it takes (the others keep the generic route)."""
+    from sdesam.algorithms import Rule, get_rule
+    scaled = {"scaled-usam": Rule("scaled-usam", "part", False, False, "scaled USAM",
+                                  scale=lambda xk: xk**2 + 1),
+              "scaled-sam": Rule("scaled-sam", "part", True, False, "scaled SAM",
+                                 scale=lambda xk: xk**2 + 1)}
+    rule = scaled.get(name) or get_rule(name)
+    options = dict(eta=0.1, batch=4, micro=2 if rule.micro else None, drop_terms=drop,
+                   rho=0.0 if name == "sgd" else 0.3, lam=1.5 if rule.weighted else None)
+    fast = sde.AlgorithmSDE(problem, rule, **options)
+    generic = sde.AlgorithmSDE(_Hidden(problem), rule, **options)
+    assert generic.form is None and (fast.form is None) == (name == "sam" and not drop)
+    gen = torch.Generator().manual_seed(2)
+    y = torch.randn(6, 3, generator=gen, dtype=torch.float64)
+    v = torch.randn(6, 7, generator=gen, dtype=torch.float64)
+    for got, want in zip(fast.f_and_g_prod(0.0, y, v), generic.f_and_g_prod(0.0, y, v)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast.f(0.0, y), generic.f(0.0, y), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast.g_prod(0.0, y, v), generic.g_prod(0.0, y, v), rtol=1e-12,
+                               atol=1e-12)

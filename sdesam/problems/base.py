@@ -13,6 +13,7 @@ written in terms of vector-Jacobian products of those two methods. Dtype and dev
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -40,6 +41,21 @@ def sympy_number(value: float) -> "sympy.Expr":
     if exact.q <= EXACT_DENOMINATOR:
         return exact
     return sympy.Float(float(value))
+
+
+@dataclass(frozen=True)
+class FeatureForm:
+    """A problem linear in its features: ``f_i(x) = phi_i(a_i . x) + ridge/2 |x|^2``, so
+    ``grad f_i = phi_i'(z_i) a_i + ridge x`` and ``H_i = phi_i''(z_i) a_i a_i^T + ridge I`` with
+    ``z = A x``. Per-sample quantities then live in ``[..., N]`` rather than ``[..., N, d]``,
+    which the SDE's fast path exploits (:meth:`Problem.feature_form`).
+
+    ``features`` is ``A [N, d]``; ``derivatives(z)`` maps ``z [..., N]`` to ``(phi'(z),
+    phi''(z))``, the second None where it is 1 for every sample (least squares)."""
+
+    features: torch.Tensor
+    derivatives: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+    ridge: float = 0.0
 
 
 class Problem(abc.ABC):
@@ -128,6 +144,11 @@ class Problem(abc.ABC):
 
     def sympy_form(self) -> tuple[list["sympy.Expr"], list["sympy.Symbol"]] | None:
         """The same loss family as sympy expressions ``(losses, variables)``, or None."""
+        return None
+
+    def feature_form(self) -> FeatureForm | None:
+        """The problem as ``phi_i(a_i . x) + ridge/2 |x|^2`` when it has that form, else None
+        (the default: nothing is assumed, every layer uses the per-sample gradients)."""
         return None
 
     # ------------------------------------------------------------------ validation helpers

@@ -6,7 +6,7 @@ import sympy
 import torch
 
 from .. import validation
-from .base import Problem, sympy_number
+from .base import FeatureForm, Problem, sympy_number
 
 
 def _check_data(features: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,6 +55,11 @@ class LinearRegression(Problem):
         self._check_point(x)
         features = self.features.to(x)
         return self.sample_grads(x), lambda u: (u * features).sum(dim=-1) @ features
+
+    def feature_form(self) -> FeatureForm:
+        """``phi_i(z) = 1/2 (z - y_i)^2``: slope ``z - y_i``, curvature 1."""
+        targets = self.targets
+        return FeatureForm(self.features, lambda z: (z - targets.to(z), None))
 
     def sympy_form(self) -> tuple[list[sympy.Expr], list[sympy.Symbol]]:
         """The losses as sympy polynomials in ``x0..x{d-1}``."""
@@ -108,6 +113,17 @@ class LogisticRegression(Problem):
         curvature = probs * (1 - probs)
         return self.sample_grads(x), lambda u: (
             (curvature * (u * features).sum(dim=-1)) @ features + self.l2 * u.sum(dim=-2))
+
+    def feature_form(self) -> FeatureForm:
+        """``phi_i(z) = log(1 + e^z) - y_i z`` plus the ridge: slope ``sigmoid(z) - y_i``,
+        curvature ``sigmoid(z) (1 - sigmoid(z))``."""
+        targets = self.targets
+
+        def derivatives(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            probs = torch.sigmoid(z)
+            return probs - targets.to(z), probs * (1 - probs)
+
+        return FeatureForm(self.features, derivatives, self.l2)
 
     def sympy_form(self) -> tuple[list[sympy.Expr], list[sympy.Symbol]]:
         """The losses as sympy expressions in ``x0..x{d-1}``."""

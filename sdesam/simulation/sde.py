@@ -235,11 +235,18 @@ class AlgorithmSDE(torch.nn.Module):
             self.register_buffer("set_probs", probs)
             self.set_count = int(probs.shape[0])
         self.sets_exact = not self.set_draws
+        form = problem.feature_form()
+        self.form = None if form is None or self.set_count else form
+        if self.form is not None:
+            self.register_buffer("form_features", form.features)
+            self.register_buffer("form_squares", form.features.square())
 
     def footprint(self) -> int:
         """Elements per chain of the largest temporaries of one drift evaluation (sizes the
         integrator's chunks of chains)."""
         n, d = self.problem.n, self.problem.dim
+        if self.form is not None:
+            return 6 * n + 4 * d
         per_set = d + n * (int(self.rule.weighted) + int(self.set_draws > 0))
         return 3 * n * d + self.set_count * per_set
 
@@ -267,10 +274,14 @@ class AlgorithmSDE(torch.nn.Module):
     def f(self, t: Any, y: torch.Tensor) -> torch.Tensor:
         """Drift ``b(y)``: ``[chains, d]`` (with drawn batches: its estimate from
         :meth:`batch_draws` at ``t``)."""
+        if self.form is not None:
+            return self._linear_drift(y, *self._linear_terms(y))
         return self._drift_and_centred(y, self.batch_draws(t, y.shape[0]))[0]
 
     def g_prod(self, t: Any, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Diffusion times Brownian increment, ``sqrt(eta) G(y) v``, for ``v [chains, N]``."""
+        if self.form is not None:
+            return self._linear_noise(self._linear_terms(y)[0], v)
         return self._noise(self._centred(self.problem.sample_grads(y)), v)
 
     def f_and_g_prod(self, t: Any, y: torch.Tensor, v: torch.Tensor,
@@ -278,6 +289,9 @@ class AlgorithmSDE(torch.nn.Module):
         """Drift and diffusion-increment product from one evaluation of the per-sample gradients.
         ``draws``: these chains' rows of :meth:`batch_draws` at ``t`` (drawn here for all of
         ``y`` when None)."""
+        if self.form is not None:
+            slopes, curvatures, mean = self._linear_terms(y)
+            return self._linear_drift(y, slopes, curvatures, mean), self._linear_noise(slopes, v)
         if draws is None:
             draws = self.batch_draws(t, y.shape[0])
         drift, centred = self._drift_and_centred(y, draws)
@@ -350,6 +364,64 @@ class AlgorithmSDE(torch.nn.Module):
             set_grads = set_grads * scale
         units = set_grads / set_grads.norm(dim=-1, keepdim=True)
         return rho * descent.transpose(-1, -2) @ (self.set_probs.to(grads).unsqueeze(-1) * units)
+
+    # ------------------------------------------------------------------ problems linear in features
+    # With ``f_i = phi_i(a_i . x) + ridge/2 |x|^2`` (:class:`sdesam.problems.base.FeatureForm`)
+    # every per-sample gradient is ``w_i a_i + ridge x``: the terms above reduce to products of
+    # ``[chains, N]`` slopes with the ``[N, d]`` features, never building ``[chains, N, d]``.
+    # Used for every rule whose cotangent is ``u_i = rho/N (q + c g_i) s`` (the USAM rules,
+    # SGD and the SAM rules without the expectation over batches); the same drift and noise.
+
+    def _linear_terms(self, y: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Slopes ``w = phi'(A y) [chains, N]``, curvatures ``phi''(A y)`` (None: all 1) and the
+        mean gradient ``w A / N + ridge y [chains, d]``."""
+        features = self.form_features.to(y)
+        slopes, curvatures = self.form.derivatives(y @ features.T)
+        mean = slopes @ features / self.problem.n
+        return slopes, curvatures, mean + self.form.ridge * y if self.form.ridge else mean
+
+    def _linear_drift(self, y: torch.Tensor, slopes: torch.Tensor, curvatures: torch.Tensor | None,
+                      mean: torch.Tensor) -> torch.Tensor:
+        """The drift ``-(g + sum_i H_i u_i)`` of :meth:`_drift_and_centred` from the slopes: with
+        ``u_i = rho/N (q + c w_i a_i) * s``, ``sum_i H_i u_i = rho/N (A^T (k (A (q s) + c w
+        (A^2 s))) + ridge (N q + c w A) s)``."""
+        if not self.rule.perturbed or self.rho == 0:
+            return -mean
+        common, c, scale = self._linear_cotangent(y, mean)
+        features, n = self.form_features.to(y), self.problem.n
+        along = (common if scale is None else common * scale) @ features.T      # [chains, N]
+        if c:
+            diagonal = (self.form_squares.to(y).sum(dim=-1) if scale is None
+                        else scale @ self.form_squares.to(y).T)                 # a_i . (s a_i)
+            along = along + c * slopes * diagonal
+        regulariser = (along if curvatures is None else along * curvatures) @ features
+        if self.form.ridge:
+            total = n * common + c * (slopes @ features)                        # N sum_i u_i / rho
+            regulariser = regulariser + self.form.ridge * (total if scale is None else total * scale)
+        return -(mean + self.rho / n * regulariser)
+
+    def _linear_cotangent(self, y: torch.Tensor, mean: torch.Tensor
+                          ) -> tuple[torch.Tensor, float, torch.Tensor | None]:
+        """``(q, c, s)`` with the cotangent of :meth:`_cotangent` written ``u_i = rho/N (q + c w_i
+        a_i) * s`` (``s`` None: no scale) for the rules without an expectation over batches."""
+        scale = None if self.rule.scale is None else self.rule.scale(y)
+        noise_induced = self.rule.noise_induced and "trace_V" not in self.drop_terms
+        if self.rule.normalized:       # grad(rho |g|) = rho/N sum_i H_i D g / |D g|
+            ascent = mean if scale is None else mean * scale
+            return ascent / ascent.norm(dim=-1, keepdim=True), 0.0, None
+        a = 0.0 if "gradient_norm" in self.drop_terms else 1.0
+        c = self.variance_factor if noise_induced else 0.0
+        common = (a - c) * mean + (c * self.form.ridge) * y      # g_i = w_i a_i + ridge y
+        return common, c, scale
+
+    def _linear_noise(self, slopes: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``sqrt(eta c(B) / N) sum_i v_i (g_i - g) = ... ((v - mean v) w) A`` (the ridge term
+        is the same for every sample and cancels)."""
+        if "noise" in self.drop_terms:
+            return slopes.new_zeros(*slopes.shape[:-1], self.problem.dim)
+        centred = v - v.mean(dim=-1, keepdim=True)
+        return self.noise_scale * (centred * slopes) @ self.form_features.to(slopes)
 
     def _set_gibbs_weights(self, grads: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
         """``q_S = softmax(lam |g_i|)`` over the members ``[S, size]`` or ``[chains, S, size]``
