@@ -79,6 +79,12 @@ def is_diverged(x: torch.Tensor, diverge_at: float) -> torch.Tensor:
     return ~(x.norm(dim=-1) <= diverge_at)     # a NaN norm fails the comparison too
 
 
+def any_diverged(x: torch.Tensor, diverge_at: float) -> bool:
+    """Whether any state of ``x [chains, d]`` is diverged (:func:`is_diverged`): one reduction
+    and no mask, the cheap check of a step where every chain is expected to stay alive."""
+    return x.shape[0] > 0 and not bool(x.norm(dim=-1).amax() <= diverge_at)  # NaN fails too
+
+
 def recorded_steps(steps: int, every: int | None) -> list[int]:
     """The steps a run of ``steps`` steps records: 0, every, 2 every, ... and the last one
     (``every=None``: the start and the end only)."""
@@ -201,6 +207,8 @@ class Recorder:
     def freeze(self, k: int, part: slice, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """The states of chains ``part`` after step ``k`` (0-based): ``new`` where the chain is
         alive and did not just diverge, ``old`` otherwise (diverged chains stay frozen)."""
+        if self.all_alive and not any_diverged(new, self.diverge_at):
+            return new
         alive = self.alive[part]
         failed = alive & is_diverged(new, self.diverge_at)
         if bool(failed.any()):

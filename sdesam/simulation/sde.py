@@ -240,6 +240,8 @@ class AlgorithmSDE(torch.nn.Module):
         if self.form is not None:
             self.register_buffer("form_features", form.features)
             self.register_buffer("form_squares", form.features.square())
+            self.register_buffer("form_row_squares", form.features.square().sum(dim=-1))
+            self.register_buffer("form_mean_features", form.features / problem.n)
 
     def footprint(self) -> int:
         """Elements per chain of the largest temporaries of one drift evaluation (sizes the
@@ -378,7 +380,7 @@ class AlgorithmSDE(torch.nn.Module):
         mean gradient ``w A / N + ridge y [chains, d]``."""
         features = self.form_features.to(y)
         slopes, curvatures = self.form.derivatives(y @ features.T)
-        mean = slopes @ features / self.problem.n
+        mean = slopes @ self.form_mean_features.to(y)
         return slopes, curvatures, mean + self.form.ridge * y if self.form.ridge else mean
 
     def _linear_drift(self, y: torch.Tensor, slopes: torch.Tensor, curvatures: torch.Tensor | None,
@@ -392,14 +394,14 @@ class AlgorithmSDE(torch.nn.Module):
         features, n = self.form_features.to(y), self.problem.n
         along = (common if scale is None else common * scale) @ features.T      # [chains, N]
         if c:
-            diagonal = (self.form_squares.to(y).sum(dim=-1) if scale is None
+            diagonal = (self.form_row_squares.to(y) if scale is None
                         else scale @ self.form_squares.to(y).T)                 # a_i . (s a_i)
-            along = along + c * slopes * diagonal
+            along = torch.addcmul(along, slopes, diagonal, value=c)
         regulariser = (along if curvatures is None else along * curvatures) @ features
         if self.form.ridge:
             total = n * common + c * (slopes @ features)                        # N sum_i u_i / rho
             regulariser = regulariser + self.form.ridge * (total if scale is None else total * scale)
-        return -(mean + self.rho / n * regulariser)
+        return torch.add(mean, regulariser, alpha=self.rho / n).neg_()
 
     def _linear_cotangent(self, y: torch.Tensor, mean: torch.Tensor
                           ) -> tuple[torch.Tensor, float, torch.Tensor | None]:
@@ -412,7 +414,9 @@ class AlgorithmSDE(torch.nn.Module):
             return ascent / ascent.norm(dim=-1, keepdim=True), 0.0, None
         a = 0.0 if "gradient_norm" in self.drop_terms else 1.0
         c = self.variance_factor if noise_induced else 0.0
-        common = (a - c) * mean + (c * self.form.ridge) * y      # g_i = w_i a_i + ridge y
+        common = (a - c) * mean
+        if c and self.form.ridge:
+            common = common + (c * self.form.ridge) * y          # g_i = w_i a_i + ridge y
         return common, c, scale
 
     def _linear_noise(self, slopes: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
