@@ -30,6 +30,11 @@ Every drift needs one curvature product: with ``g_i = grad f_i`` the regulariser
 is ``sum_i H_i u_i`` for per-sample vectors ``u_i``, which
 :meth:`AlgorithmSDE.f_and_g_prod` builds from the same ``g_i`` that give the noise and hands
 to :meth:`Problem.sample_grads_with_hvp` (one VJP, or a closed form where the problem has one).
+A problem linear in its features (``f_i = phi_i(a_i . x) + ridge/2 |x|^2``,
+:meth:`Problem.feature_form`: least squares, logistic regression) skips the per-sample gradients
+altogether for every rule without an expectation over batches: ``g_i = w_i a_i + ridge x``, so
+drift and noise are products of ``[chains, N]`` slopes with the ``[N, d]`` features, at about
+the cost of a loop written by hand for the problem (``bench_sde.py --parts 5``).
 The expectations over batches S are enumerated when there are few distinct batches and
 otherwise estimated by a mean over a few batches drawn afresh for every chain and step: no bias,
 and a variance that enters the scheme like an extra diffusion of size O(dt), so the weak order is
