@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from sdesam.simulation import ensemble, sde
-from sdesam.algorithms import sampling_factor
-from sdesam.problems import LogisticRegression, Quadratic, TeacherStudent
+from sdesam.algorithms import Rule, get_rule, sampling_factor
+from sdesam.problems import LinearRegression, LogisticRegression, Quadratic, TeacherStudent
 
 
 def ou_problem(h: float = 2.0):
@@ -282,7 +282,6 @@ class _Hidden:
 def _feature_problems():
     gen = torch.Generator().manual_seed(5)
     features = torch.randn(7, 3, generator=gen, dtype=torch.float64)
-    from sdesam.problems import LinearRegression
     return [LinearRegression(features, torch.randn(7, generator=gen, dtype=torch.float64)),
             LogisticRegression(features, (torch.rand(7, generator=gen) < 0.5).double(), l2=0.3)]
 
@@ -296,7 +295,6 @@ def test_the_route_for_problems_linear_in_features_gives_the_generic_drift_and_n
         problem, name, drop):
     """The [chains, N] route of a problem with a feature form is the same SDE as the per-sample
     [chains, N, d] route, for every rule it takes (the others keep the generic route)."""
-    from sdesam.algorithms import Rule, get_rule
     scaled = {"scaled-usam": Rule("scaled-usam", "part", False, False, "scaled USAM",
                                   scale=lambda xk: xk**2 + 1),
               "scaled-sam": Rule("scaled-sam", "part", True, False, "scaled SAM",

@@ -57,9 +57,12 @@ class LinearRegression(Problem):
         return self.sample_grads(x), lambda u: (u * features).sum(dim=-1) @ features
 
     def feature_form(self) -> FeatureForm:
-        """``phi_i(z) = 1/2 (z - y_i)^2``: slope ``z - y_i``, curvature 1."""
-        targets = self.targets
-        return FeatureForm(self.features, lambda z: (z - targets.to(z), None))
+        """``phi_i(z) = 1/2 (z - y_i)^2`` on the features (:meth:`feature_derivatives`)."""
+        return FeatureForm(self.features, self.feature_derivatives)
+
+    def feature_derivatives(self, z: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """``phi_i'(z_i) = z_i - y_i`` for ``z [..., N]``; the curvature is 1 (None)."""
+        return z - self.targets.to(z), None
 
     def sympy_form(self) -> tuple[list[sympy.Expr], list[sympy.Symbol]]:
         """The losses as sympy polynomials in ``x0..x{d-1}``."""
@@ -115,15 +118,15 @@ class LogisticRegression(Problem):
             (curvature * (u * features).sum(dim=-1)) @ features + self.l2 * u.sum(dim=-2))
 
     def feature_form(self) -> FeatureForm:
-        """``phi_i(z) = log(1 + e^z) - y_i z`` plus the ridge: slope ``sigmoid(z) - y_i``,
-        curvature ``sigmoid(z) (1 - sigmoid(z))``."""
-        targets = self.targets
+        """``phi_i(z) = log(1 + e^z) - y_i z`` on the features, plus the ridge
+        (:meth:`feature_derivatives`)."""
+        return FeatureForm(self.features, self.feature_derivatives, self.l2)
 
-        def derivatives(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            probs = torch.sigmoid(z)
-            return probs - targets.to(z), probs * (1 - probs)
-
-        return FeatureForm(self.features, derivatives, self.l2)
+    def feature_derivatives(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``phi_i'(z_i) = sigmoid(z_i) - y_i`` and ``phi_i''(z_i) = sigmoid(z_i) (1 -
+        sigmoid(z_i))`` for ``z [..., N]``."""
+        probs = torch.sigmoid(z)
+        return probs - self.targets.to(z), probs * (1 - probs)
 
     def sympy_form(self) -> tuple[list[sympy.Expr], list[sympy.Symbol]]:
         """The losses as sympy expressions in ``x0..x{d-1}``."""
