@@ -49,3 +49,14 @@ def test_bad_queries_raise_value_error(call, match):
     bm = FixedGridBrownian(time_grid(1.0, 0.25), (2, 2), seed=0)
     with pytest.raises(ValueError, match=match):
         call(bm)
+
+
+def test_an_increment_is_the_seeded_standard_normal_times_the_root_of_the_cell():
+    """The increments are those of randn(...) * sqrt(dt) from the (seed, k) generator, exactly:
+    every path drawn before stays the same."""
+    bm = FixedGridBrownian(time_grid(0.03, 0.01), (5, 4), seed=7)
+    for k in range(3):
+        generator = torch.Generator().manual_seed(7 * 1_000_003 + k)
+        expected = torch.randn((5, 4), generator=generator, dtype=torch.float64) * \
+            float(bm.times[k + 1] - bm.times[k]) ** 0.5
+        assert torch.equal(bm.increment(k), expected)
