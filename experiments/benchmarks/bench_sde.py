@@ -10,7 +10,8 @@ squares, float64; ``--threads`` CPU threads):
    cell per step). Done when new ensemble / SDE <= 1.2 everywhere.
 2. **SDE per chain-step** at N = 8, d = 2 and N = 64, d = 20 with 1e4 chains: the old fast path
    (whole ``[chains, N, d]`` temporaries each step, the path kept as a list and stacked)
-   against the new one (cache-sized chunks of chains, only the end state kept).
+   against the new one (cache-sized chunks of chains, only the end state kept), both on the
+   per-sample route (:class:`PerSampleLeastSquares`: the feature route of part 5 came later).
 3. **Peak memory** (peak RSS of a fresh process) of an SDE-vs-discrete comparison of end-time
    moments (discrete ensemble and SDE with dt = eta, test functions loss and tr V): the old way
    (both whole paths ``[steps+1, chains, d]`` kept, the SDE's as a list then stacked, the test
@@ -210,6 +211,15 @@ def least_squares(n: int, dim: int) -> LinearRegression:
                             torch.randn(n, generator=gen, dtype=torch.float64))
 
 
+class PerSampleLeastSquares(LinearRegression):
+    """Least squares without its feature form: the SDE takes the per-sample ``[chains, N, d]``
+    route of every problem, whose chunking part 2 measures."""
+
+    def feature_form(self) -> None:
+        """None: no structure to exploit."""
+        return None
+
+
 def best_time(fn: Callable[[], object], repeats: int) -> float:
     """Best wall time of ``repeats`` calls after one warm-up call."""
     fn()
@@ -240,8 +250,9 @@ def ensemble_against_sde(dim: int, chains: int, steps: int, repeats: int) -> dic
 
 
 def sde_chunking(n: int, dim: int, chains: int, steps: int, repeats: int) -> dict[str, float]:
-    """Microseconds per chain-step of the old and new SDE fast paths."""
-    problem = least_squares(n, dim)
+    """Microseconds per chain-step of the old and new SDE fast paths (per-sample route)."""
+    data = least_squares(n, dim)
+    problem = PerSampleLeastSquares(data.features, data.targets)
     model = sde.AlgorithmSDE(problem, "m-usam", eta=ETA, rho=RHO, batch=BATCH, micro=MICRO)
     x0 = torch.zeros(chains, dim, dtype=torch.float64)
     bm = FixedGridBrownian(time_grid(steps * ETA, ETA), (chains, n), 0)
