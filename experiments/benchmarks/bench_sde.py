@@ -39,9 +39,9 @@ Usage: ``python experiments/benchmarks/bench_sde.py [--quick] [--parts 1,2,3,4,5
 
 Time: the run prints its expected duration first (a cost model of each measurement, fitted to
 the committed table's 2-core machine) and shows a progress bar weighted by it. On that machine
-the default run takes about 3 minutes (161 s wall, sharing the CPU, before part 4, which adds
-about 15 s) and peaks near 7 GiB (the old comparison at 1e4 chains x 100 steps); ``--quick``
-about 20 s; ``--parts 4`` alone about 15 s; ``--memory-full`` adds about 10 minutes. The old
+the default run takes about 3 minutes (161 s wall, sharing the CPU, before parts 4 and 5, which
+add about 15 s each) and peaks near 7 GiB (the old comparison at 1e4 chains x 100 steps);
+``--quick`` about 20 s; ``--parts 4`` or ``--parts 5`` alone about 15 s; ``--memory-full`` adds about 10 minutes. The old
 comparison is refused up front, naming ``--memory-size``, when its estimated memory exceeds
 what the machine has available.
 """
