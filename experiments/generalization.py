@@ -386,14 +386,14 @@ class Tuning:
                 "score": None if chosen is None else chosen.score,
                 "selected_on": self.settings["validation"],
                 "candidates": len(candidates),
-                "candidates_per_stage": {stage: sum(c.stage == stage for c in candidates)
-                                         for stage in ("grid", "extension", "refinement")},
+                **{f"{stage}_candidates": sum(c.stage == stage for c in candidates)
+                   for stage in ("grid", "extension", "refinement")},
                 "stopped_at_chance": sum(r["pruned_at_epoch"] is not None for r in runs),
                 "diverged": sum(r["diverged"] is not None for r in runs),
                 "extended_to": self.extensions.get(key, []),
                 "on_edge": chosen is not None and chosen.value in (min(values), max(values)),
-                "other_validation_choice": None if other is None else
-                {"value": other.value, "lam_multiple": other.second}}
+                "other_validation_value": None if other is None else other.value,
+                "other_validation_lam_multiple": None if other is None else other.second}
 
     def curve(self, cell: Cell, method: Method) -> list[dict[str, Any]]:
         """The tuning curve rows of ``method`` on ``cell``: per candidate, the mean validation

@@ -40,18 +40,18 @@ def test_tiny_design_tunes_every_method_alike_and_writes_a_paired_record(tmp_pat
     assert labels == {("sgd", None), ("sam", None), ("m-sam", 4), ("rw-sam", None)}
     # the same budget for every method, SGD included (its weight decay); extensions recorded
     for choice in results["choices"]:
-        stages = choice["candidates_per_stage"]
+        stages = {stage: choice[f"{stage}_candidates"] for stage in ("grid", "extension", "refinement")}
         assert stages["grid"] == 2 and stages["refinement"] in (1, 2)
         assert stages["extension"] == len(choice["extended_to"]) <= 1
         assert choice["candidates"] == sum(stages.values())
         assert choice["tuned"] == ("weight_decay" if choice["rule"] == "sgd" else "rho")
-        assert choice["selected_on"] == "noisy" and choice["other_validation_choice"] is not None
+        assert choice["selected_on"] == "noisy" and choice["other_validation_value"] is not None
         tried = [r for r in results["tuning"] if (r["rule"], r["micro"]) == (choice["rule"], choice["micro"])]
         assert len(tried) == choice["candidates"]
         best = max((r for r in tried if r["score"] is not None), key=lambda r: r["score"])
         assert choice["score"] == best["score"]
     sam_like = [c for c in results["choices"] if c["rule"] in ("sgd", "sam", "m-sam")]
-    assert all(c["candidates_per_stage"]["refinement"] == 2 for c in sam_like)
+    assert all(c["refinement_candidates"] == 2 for c in sam_like)
     rw = [r for r in results["tuning"] if r["rule"] == "rw-sam" and r["stage"] == "refinement"]
     assert [r["lam_multiple"] for r in rw] == [2.0]          # lam's alternative at the chosen rho
     runs = results["runs"]
@@ -144,8 +144,7 @@ def test_the_committed_run_has_the_protocol_shape():
     assert set(by_cell) == cells
     for choices in by_cell.values():
         assert len(choices) == 5
-        budgets = {c["candidates_per_stage"]["grid"] + c["candidates_per_stage"]["refinement"]
-                   for c in choices}
+        budgets = {c["grid_candidates"] + c["refinement_candidates"] for c in choices}
         assert budgets == {len(settings["rho_grid"]) + 2}       # equal, before any extension
     runs = results["runs"]
     assert len(runs) == 5 * settings["seeds"] * len(cells)
