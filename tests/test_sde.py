@@ -189,7 +189,8 @@ def check_against_derivation(algorithm, micro, sampling):
     losses, variables = symbolic_family()
     derived = derive(algorithm, losses, variables, batch=4, micro=micro, sampling=sampling)
     problem = from_sympy(losses, variables)
-    rho, eta = 0.3, 0.1
+    eta = 0.1
+    rho = 0.3 if get_rule(algorithm).perturbed else None    # SGD refuses a rho (one keyword policy)
     model = sde.AlgorithmSDE(problem, algorithm, eta=eta, rho=rho, batch=4, micro=micro, sampling=sampling)
     def evaluate(matrix, point):
         values = {rho_symbol: sympy.Rational(3, 10), **dict(zip(variables, point))}
