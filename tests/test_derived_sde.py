@@ -90,6 +90,24 @@ def test_compiler_handles_abs_sign_sqrt_constants_and_zeros():
         CompiledMatrix(matrix, [x, y], [])
 
 
+def test_compiler_polynomial_route_matches_exact_values_at_each_parameter_value():
+    """Polynomial entries go through monomials @ coefficients (cached per parameter values)."""
+    x, y, a = sympy.symbols("x y a", real=True)
+    matrix = sympy.Matrix([[(x - a * y) ** 3 / 7 + sympy.sqrt(a) * x, 0],
+                           [sympy.Rational(1, 3), a**2 * (x + 1) * (y - 2) + sympy.Float(0.25) * y]])
+    compiled = CompiledMatrix(matrix, [x, y], [a])
+    assert compiled._table is not None                          # the polynomial route
+    points = random_points(20, 2, seed=4)
+    for value in (0.7, 2.0, 0.7):
+        got = compiled(points, value)
+        assert got.shape == (20, 2, 2) and got.dtype == torch.float64
+        for point, entry in zip(points, got):
+            exact = matrix.subs({x: float(point[0]), y: float(point[1]), a: value}).evalf(30)
+            expected = torch.tensor([[float(e) for e in row] for row in exact.tolist()],
+                                    dtype=torch.float64)
+            torch.testing.assert_close(entry, expected, rtol=1e-13, atol=1e-13)
+
+
 def test_noise_factor_is_exact_on_psd_and_clips_indefinite_matrices():
     generator = torch.Generator().manual_seed(1)
     a = torch.randn(6, 3, 3, dtype=torch.float64, generator=generator)

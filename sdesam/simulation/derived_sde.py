@@ -11,9 +11,11 @@ time measured so that step k of the discrete rule sits at ``t = k eta`` (as in
 :mod:`sdesam.simulation.sde`). ``b`` and ``Sigma`` are the derivation's sympy matrices, lambdified to torch
 (float64, batched, with ``Abs``, ``sign`` and ``sqrt`` mapped to their torch functions) with
 ``rho``, ``eta`` (and a symbol named ``lam`` where a rule has one) as numeric arguments, so
-one compilation serves every (eta, rho). Numbers reach the compiled code as floats: an exact
-rational too large for a machine integer (a float's exact value, say) is rounded to a float
-first, so derivations on real data compile.
+one compilation serves every (eta, rho); drift and Sigma are one function evaluated once per
+step, and where their entries are polynomials in x (polynomial losses) a vector of monomials
+times a coefficient matrix (:class:`CompiledMatrix`). Numbers reach the compiled code as
+floats: an exact rational too large for a machine integer (a float's exact value, say) is
+rounded to a float first, so derivations on real data compile.
 
 The square root: ``Sigma`` is symmetric d x d, but its O(rho) correction makes it indefinite
 wherever ``c V`` is small, so a plain Cholesky fails there and jitter would change every
@@ -63,7 +65,15 @@ of a singular PSD matrix does not count)."""
 
 class CompiledMatrix:
     """A sympy matrix in ``variables`` and ``parameters``, compiled to a batched torch function
-    ``(x [..., d], *parameter values) -> [..., rows, cols]`` (float64 follows ``x``)."""
+    ``(x [..., d], *parameter values) -> [..., rows, cols]`` (float64 follows ``x``).
+
+    Where every entry is a polynomial in ``variables`` (the usual case: polynomial losses),
+    the matrix is ``monomials(x) @ C(parameters)``: the distinct monomials are one lambdified
+    function of ``x`` (``cse=True``), the coefficients ``C [monomials, rows * cols]`` are
+    evaluated once per parameter values, and one matrix product gives every entry -- a few
+    dozen tensor operations per call instead of one per term of every entry. Otherwise the
+    entries themselves are lambdified to torch (``cse=True``).
+    """
 
     def __init__(self, matrix: sympy.Matrix, variables: Sequence[sympy.Symbol],
                  parameters: Sequence[sympy.Symbol]) -> None:
@@ -75,22 +85,55 @@ class CompiledMatrix:
                 f"the matrix uses symbols that are neither variables nor parameters: "
                 f"{sorted(map(str, extra))}")
         entries = [machine_numbers(entry) for entry in matrix]
-        self._nonzero = [k for k, entry in enumerate(entries) if entry != 0]
-        self._function = sympy.lambdify(self.variables + self.parameters,
-                                        [entries[k] for k in self._nonzero],
-                                        modules="torch", cse=True)
+        # is_polynomial first: Poly would expand a large non-polynomial entry before refusing it
+        polynomials = ([sympy.Poly(entry, *self.variables) for entry in entries]
+                       if all(entry.is_polynomial(*self.variables) for entry in entries) else None)
+        self._coefficients: dict[tuple, torch.Tensor] = {}
+        self._table = None
+        if polynomials is None:
+            self._nonzero = [k for k, entry in enumerate(entries) if entry != 0]
+            self._function = sympy.lambdify(self.variables + self.parameters,
+                                            [entries[k] for k in self._nonzero],
+                                            modules="torch", cse=True)
+            return
+        monomials = sorted({m for poly in polynomials for m in poly.monoms()})
+        row = {m: i for i, m in enumerate(monomials)}
+        table = sympy.zeros(len(monomials), len(entries))
+        for k, poly in enumerate(polynomials):
+            for m, c in poly.terms():
+                table[row[m], k] = c
+        self._function = sympy.lambdify(
+            self.variables, [sympy.Mul(*(v**p for v, p in zip(self.variables, m)))
+                             for m in monomials], modules="torch", cse=True)
+        self._table = sympy.lambdify(self.parameters, list(table), modules="math")
 
     def __call__(self, x: torch.Tensor, *values: float) -> torch.Tensor:
         """The matrix at every point of ``x [..., d]``: ``[..., rows, cols]``."""
-        shape = x.shape[:-1]
-        out = torch.zeros(*shape, self.shape[0] * self.shape[1], dtype=x.dtype, device=x.device)
+        if self._table is not None:
+            monomials = stacked(self._function(*x.unbind(-1)), x)
+            return (monomials @ self.coefficients(values, x)).unflatten(-1, self.shape)
+        out = torch.zeros(*x.shape[:-1], self.shape[0] * self.shape[1], dtype=x.dtype,
+                          device=x.device)
         if self._nonzero:
             # parameters as 0-d tensors: torch.pow refuses (float, int) where cse hoists rho**2
             parameters = [torch.as_tensor(v, dtype=x.dtype, device=x.device) for v in values]
-            computed = self._function(*x.unbind(-1), *parameters)
-            for k, value in zip(self._nonzero, computed):
-                out[..., k] = torch.as_tensor(value, dtype=x.dtype, device=x.device).broadcast_to(shape)
+            out[..., self._nonzero] = stacked(self._function(*x.unbind(-1), *parameters), x)
         return out.unflatten(-1, self.shape)
+
+    def coefficients(self, values: Sequence[float], x: torch.Tensor) -> torch.Tensor:
+        """The polynomial form's ``C [monomials, rows * cols]`` at ``values`` (cached)."""
+        key = (tuple(float(v) for v in values), x.dtype, x.device)
+        if key not in self._coefficients:
+            self._coefficients[key] = torch.tensor(
+                [float(c) for c in self._table(*key[0])], dtype=x.dtype,
+                device=x.device).reshape(-1, self.shape[0] * self.shape[1])
+        return self._coefficients[key]
+
+
+def stacked(values: Sequence[Any], x: torch.Tensor) -> torch.Tensor:
+    """Lambdified outputs (tensors over ``x``'s points, or constants) as ``[..., len(values)]``."""
+    return torch.stack([torch.as_tensor(v, dtype=x.dtype, device=x.device)
+                        .broadcast_to(x.shape[:-1]) for v in values], -1)
 
 
 MACHINE_INTEGER = 2**53
@@ -163,25 +206,36 @@ class DerivedSDE(torch.nn.Module):
         self.lam = None if lam is None else validation.non_negative_number("lam", lam)
         self.values = (self.rho, self.eta) + ((self.lam,) if len(symbols) > 2 else ())
         self.dim = len(derivation.variables)
-        self.drift_fn = CompiledMatrix(derivation.drift, derivation.variables, symbols)
-        self.sigma_fn = CompiledMatrix(derivation.diffusion, derivation.variables, symbols)
+        # drift and Sigma side by side, [d, 1 + d]: one function per step, their common
+        # subexpressions (the gradients both are made of) computed once
+        self.terms_fn = CompiledMatrix(sympy.Matrix.hstack(derivation.drift, derivation.diffusion),
+                                       derivation.variables, symbols)
         self.clipped = 0
         self.evaluations = 0
 
     # ------------------------------------------------------------------ the compiled terms
+    def terms(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(b(y) [chains, d], Sigma(y) [chains, d, d])`` from one evaluation."""
+        both = self.terms_fn(y, *self.values)
+        return both[..., 0], both[..., 1:]
+
     def drift(self, y: torch.Tensor) -> torch.Tensor:
         """``b(y)``: ``[chains, d]``."""
-        return self.drift_fn(y, *self.values).squeeze(-1)
+        return self.terms(y)[0]
 
     def sigma(self, y: torch.Tensor) -> torch.Tensor:
         """The derived diffusion matrix ``Sigma(y)`` (the noise is ``sqrt(eta Sigma)``):
         ``[chains, d, d]``."""
-        return self.sigma_fn(y, *self.values)
+        return self.terms(y)[1]
 
     def noise_factor(self, y: torch.Tensor) -> torch.Tensor:
         """``S(y)`` with ``S S^T = Sigma(y)`` (clipped to PSD where needed; counted):
         ``[chains, d, d]``."""
-        factor, clipped = noise_factor(self.sigma(y))
+        return self.factor_of(self.sigma(y))
+
+    def factor_of(self, sigma: torch.Tensor) -> torch.Tensor:
+        """:func:`noise_factor` of ``sigma``, its clipped evaluations counted."""
+        factor, clipped = noise_factor(sigma)
         self.clipped += int(clipped.sum())
         self.evaluations += clipped.numel()
         return factor
@@ -201,8 +255,10 @@ class DerivedSDE(torch.nn.Module):
 
     def f_and_g_prod(self, t: Any, y: torch.Tensor, v: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Drift and diffusion-increment product (what :func:`euler_maruyama` calls)."""
-        return self.f(t, y), self.g_prod(t, y, v)
+        """Drift and diffusion-increment product (what :func:`euler_maruyama` calls), from one
+        evaluation of :meth:`terms`."""
+        drift, sigma = self.terms(y)
+        return drift, self.eta ** 0.5 * (self.factor_of(sigma) @ v.unsqueeze(-1)).squeeze(-1)
 
 
 def integration_grid(eta: float, horizon: float, dt: float | None) -> tuple[torch.Tensor, int]:
