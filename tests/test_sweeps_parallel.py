@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import pytest
 
-from sdesam.experiment.records import read_record, write_json
+from sdesam.experiment.records import read_record, without_fields, write_json
 from script_module import load_script
 
 TIMINGS = ("wall_seconds", "train_seconds", "sqrt_cost")
@@ -26,14 +26,6 @@ def write_json_only(data: dict, out: str | os.PathLike) -> list[Path]:
     return [write_json(Path(out) / f"{data['settings']['experiment']}.json", data)]
 
 
-def without_timings(value: Any) -> Any:
-    """``value`` with the fields of :data:`TIMINGS` left out, at any depth."""
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if k not in TIMINGS}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
-
 
 def outcome(out: Path, experiment: str, tasks: Path | None = None) -> dict[str, Any]:
     """What must not depend on where the tasks ran: the data file's settings and results, and
@@ -43,9 +35,9 @@ def outcome(out: Path, experiment: str, tasks: Path | None = None) -> dict[str, 
     folder = tasks if tasks is not None else out / "tasks"
     records = {path.name: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))}
     assert records, f"no task records in {folder}"
-    text = json.dumps(without_timings({"settings": data["settings"], "results": data["results"],
+    text = json.dumps(without_fields({"settings": data["settings"], "results": data["results"],
                                        "tasks": {name: [r["settings"], r["results"]]
-                                                 for name, r in records.items()}}),
+                                                 for name, r in records.items()}}, TIMINGS),
                       sort_keys=True)
     return {"text": text, "pids": {r["metadata"]["pid"] for r in records.values()},
             "executor": data["metadata"].get("executor"), "tasks": len(records)}

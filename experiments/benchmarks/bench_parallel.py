@@ -58,7 +58,8 @@ from sdesam import validation
 from sdesam.cli import OneLineParser, guarded
 from sdesam.experiment.executor import make_executor
 from sdesam.experiment.outputs import check_writable, resolve_out
-from sdesam.experiment.records import atomic_write, make_record, run_metadata, write_json
+from sdesam.experiment.records import (atomic_write, make_record, run_metadata, without_fields,
+                                      write_json)
 from sdesam.experiment.tasks import Task, moments_json, run_tasks
 from sdesam.cli import load_experiment
 from sdesam.problems import LogisticRegression
@@ -159,16 +160,8 @@ def timed(way: str, run: Callable[[], list[dict[str, Any]]]) -> dict[str, Any]:
             "cpu_share": sum(task_cpus) / (workers * wall),
             "cpu_overhead": own / sum(task_cpus) - 1,
             "hosts_pids": sorted({(r["metadata"]["host"], r["metadata"]["pid"]) for r in records}),
-            "results": json.dumps(without_timings([r["results"] for r in records]), sort_keys=True)}
+            "results": json.dumps(without_fields([r["results"] for r in records], TIMINGS), sort_keys=True)}
 
-
-def without_timings(value: Any) -> Any:
-    """``value`` without the fields of :data:`TIMINGS`, at any depth."""
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if k not in TIMINGS}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
 
 
 def machine_busy_seconds() -> float:

@@ -234,3 +234,13 @@ def timed_metadata(device: str | None, wall_start: float, cpu_start: float) -> d
 
     return {**run_metadata(device), "wall_time_s": time.perf_counter() - wall_start,
             "cpu_time_s": time.process_time() - cpu_start}
+
+
+def without_fields(value: Any, names: tuple[str, ...]) -> Any:
+    """``value`` (maps and lists, at any depth) without the map entries named in ``names``:
+    e.g. a record's timings, which differ from run to run, before comparing records."""
+    if isinstance(value, dict):
+        return {k: without_fields(v, names) for k, v in value.items() if k not in names}
+    if isinstance(value, list):
+        return [without_fields(v, names) for v in value]
+    return value
