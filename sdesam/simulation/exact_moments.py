@@ -283,9 +283,10 @@ def initial_state(problem: Problem, x0: Any) -> np.ndarray:
     return np.concatenate([[1.0], x0, np.outer(x0, x0).reshape(-1)])
 
 
-def _path(problem: Problem, x0: Any, operator: Callable[[int], np.ndarray], steps: int,
-          every: int | None, eta: float, test_fns: Sequence[str]) -> MomentPath:
-    """Moments at ``recorded_steps(steps, every)`` from ``z0`` and ``operator(k)`` (k steps)."""
+def moment_path(problem: Problem, x0: Any, operator: Callable[[int], np.ndarray], steps: int,
+                every: int | None, eta: float, test_fns: Sequence[str]) -> MomentPath:
+    """Moments at ``recorded_steps(steps, every)`` from ``x0``, ``operator(k)`` advancing the
+    state ``z`` by k steps (a matrix power, an exponential, or an Euler scheme's cells)."""
     d = problem.dim
     z = initial_state(problem, x0)
     kept, states, cache = recorded_steps(steps, every), [], {}
@@ -314,8 +315,8 @@ def discrete_moments(problem: Problem, algorithm: "str | Rule", *, eta: float, r
     validation.positive_int("steps", steps)
     maps = step_maps(problem, algorithm, eta=eta, rho=rho, batch=batch, micro=micro, lam=lam,
                      sampling=sampling)
-    return _path(problem, x0, lambda k: np.linalg.matrix_power(maps.operator, k), steps, every,
-                 eta, test_fns)
+    return moment_path(problem, x0, lambda k: np.linalg.matrix_power(maps.operator, k), steps,
+                       every, eta, test_fns)
 
 
 def sde_moments(problem: Problem, algorithm: "str | Rule", *, eta: float, rho: float, batch: int,
@@ -329,8 +330,8 @@ def sde_moments(problem: Problem, algorithm: "str | Rule", *, eta: float, rho: f
     steps = steps_to(horizon, eta)
     sde = linear_sde(problem, algorithm, eta=eta, rho=rho, batch=batch, micro=micro,
                      sampling=sampling, variant=variant, drop_terms=drop_terms)
-    return _path(problem, x0, lambda k: scipy.linalg.expm(sde.generator * (k * eta)), steps,
-                 every, eta, test_fns)
+    return moment_path(problem, x0, lambda k: scipy.linalg.expm(sde.generator * (k * eta)),
+                       steps, every, eta, test_fns)
 
 
 def steps_to(horizon: float, eta: float) -> int:
