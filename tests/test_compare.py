@@ -3,6 +3,8 @@ chain counts every record carries."""
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -30,7 +32,7 @@ def test_weak_error_takes_the_max_gap_the_gap_at_the_horizon_and_their_standard_
     result = compare.weak_error(a, b)
     assert result["argmax_record"] == 1 and result["weak_error"] == pytest.approx(0.5)
     assert result["weak_error_stderr"] == pytest.approx(math.sqrt(4 / 100 + 5 / 25))
-    assert result["weak_error_T"] == pytest.approx(0.1)
+    assert result["weak_error_T"] == pytest.approx(0.1) and result["error_T"] == pytest.approx(-0.1)
     assert result["weak_error_T_stderr"] == pytest.approx(math.sqrt(1 / 100 + 1 / 20))
 
 
@@ -44,6 +46,31 @@ def test_fit_order_recovers_a_power_law_and_its_interval_covers_it():
         compare.fit_order([0.1, 0.2], [1.0, 2.0])
     with pytest.raises(ValueError, match="positive"):
         compare.fit_order([0.1, 0.2, 0.3], [1.0, 0.0, 2.0])
+
+
+def test_fit_order_with_standard_errors_gives_the_monte_carlo_interval():
+    etas = [0.4, 0.2, 0.1, 0.05]
+    errors = [3 * e for e in etas]
+    stderrs = [0.1 * e for e in errors]           # every point 10 standard errors above zero
+    fit = compare.fit_order(etas, errors, stderrs=stderrs)
+    logs = np.log(etas)
+    weights = (logs - logs.mean()) / ((logs - logs.mean()) ** 2).sum()
+    half = 1.959964 * math.sqrt(((weights * 0.1) ** 2).sum())
+    assert fit["order"] == pytest.approx(1.0) and fit["interval"] == "monte-carlo"
+    assert (fit["ci_low"], fit["ci_high"]) == pytest.approx((1 - half, 1 + half), rel=1e-5)
+    assert fit["min_signal"] == pytest.approx(10.0)
+    # the interval is the noise's: it covers the true slope about 95% of the time
+    rng = np.random.default_rng(0)
+    covered = 0
+    for _ in range(400):
+        noisy = [e + s * rng.normal() for e, s in zip(errors, stderrs)]
+        trial = compare.fit_order(etas, noisy, stderrs=stderrs)
+        covered += trial["ci_low"] <= 1.0 <= trial["ci_high"]
+    assert 0.90 <= covered / 400 <= 0.99
+    two = compare.fit_order(etas[:2], errors[:2], stderrs=stderrs[:2])    # a local order
+    assert two["order"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        compare.fit_order(etas[:1], errors[:1], stderrs=stderrs[:1])
 
 
 def ou_problem():
@@ -67,6 +94,16 @@ def test_compare_algorithm_on_sgd_gives_small_errors_with_error_bars_and_counts(
     with pytest.raises(ValueError, match="test_fns"):
         compare.compare_algorithm(ou_problem(), "sgd", eta=0.1, rho=0.0, batch=2, x0=[0.0, 0.0],
                                   horizon=1.0, chains=10, seed=0, test_fns=["energy"])
+
+
+def test_compare_algorithm_hands_drift_batches_to_the_sde():
+    common = dict(eta=0.1, rho=0.1, batch=2, x0=[1.0, 1.0], horizon=0.2, chains=50, seed=0,
+                  test_fns=["coord0"], variants=["full"])
+    exact = compare.compare_algorithm(ou_problem(), "sam", drift_batches="exact", **common)
+    drawn = compare.compare_algorithm(ou_problem(), "sam", drift_batches=1, **common)
+    assert exact[0]["weak_error_T"] != drawn[0]["weak_error_T"]
+    with pytest.raises(ValueError, match="drift_batches"):
+        compare.compare_algorithm(ou_problem(), "sam", drift_batches="some", **common)
 
 
 def test_diverging_chains_are_counted_in_the_records():

@@ -197,6 +197,27 @@ def test_fit_expansion_and_local_orders_recover_known_coefficients():
         exact_expansion.fit_expansion(etas, errors, terms=4)
 
 
+def test_the_weighted_expansion_fit_gives_the_coefficients_and_their_standard_errors():
+    etas = [0.4 / 2**k for k in range(6)]
+    errors = [0.01 * e**0.5 + 0.02 * e for e in etas]
+    stderrs = [1e-4 * e**0.5 for e in etas]      # equal noise on e / sqrt(eta): plain least squares
+    fit = exact_expansion.fit_expansion(etas, errors, 2, stderrs=stderrs)
+    assert (fit["a"], fit["b"]) == pytest.approx((0.01, 0.02), rel=1e-9)
+    design = np.stack([np.ones(6), np.sqrt(etas)], axis=1)
+    covariance = 1e-8 * np.linalg.inv(design.T @ design)
+    assert (fit["a_stderr"], fit["b_stderr"]) == pytest.approx(tuple(np.sqrt(np.diag(covariance))))
+    assert fit["chi2_per_dof"] == pytest.approx(0.0, abs=1e-12)
+    rng = np.random.default_rng(1)
+    zs = []
+    for _ in range(300):
+        noisy = [e + s * rng.normal() for e, s in zip(errors, stderrs)]
+        trial = exact_expansion.fit_expansion(etas, noisy, 2, stderrs=stderrs)
+        zs.append((trial["a"] - 0.01) / trial["a_stderr"])
+    assert 0.85 < np.std(zs) < 1.15 and abs(np.mean(zs)) < 0.2
+    with pytest.raises(ValueError, match="stderrs must be positive"):
+        exact_expansion.fit_expansion(etas, errors, 2, stderrs=[0.0] * 6)
+
+
 def test_predicted_a_is_the_first_order_gap_of_the_two_sdes():
     """kappa dD/drho from the Frechet derivative equals the noiseless difference quotient of
     the two SDE solutions (Richardson-extrapolated, so its own error is O(rho^2))."""

@@ -57,7 +57,8 @@ def sample_moments(sample: Callable[[int, int], ChainRun], *, chains: int, chunk
 
 def weak_error(a: Moments, b: Moments) -> dict[str, Any]:
     """``max_k |mean_a - mean_b|`` with its Monte-Carlo standard error and maximising record,
-    and the same gap at the last record (the horizon), with the live-chain counts there."""
+    and the same gap at the last record (the horizon): its size ``weak_error_T`` and its sign
+    ``error_T = mean_a - mean_b`` (what an expansion in eta fits)."""
     gap = (a.mean - b.mean).abs().nan_to_num(nan=-1.0)
     k = int(gap.argmax())
 
@@ -68,6 +69,7 @@ def weak_error(a: Moments, b: Moments) -> dict[str, Any]:
     last = gap.numel() - 1
     return {"weak_error": float(gap[k]), "weak_error_stderr": stderr(k), "argmax_record": k,
             "weak_error_T": float((a.mean[last] - b.mean[last]).abs()),
+            "error_T": float(a.mean[last] - b.mean[last]),
             "weak_error_T_stderr": stderr(last)}
 
 
@@ -76,15 +78,17 @@ def comparison_parts(problem: Problem, algorithm: "str | Rule", *, eta: float,
                      micro: int | None = None, lam: float | None = None, horizon: float,
                      chains: int, chunk: int = 50_000, test_fns: Sequence[str] = ("loss",),
                      sampling: str = "with-replacement", every: int | None = 1,
-                     chains_argument: str = "chains") -> list[memory.Part]:
+                     chains_argument: str = "chains", keep_states: bool = False
+                     ) -> list[memory.Part]:
     """What :func:`compare_algorithm` holds at its peak: one block of ``min(chunk, chains)``
-    chains, discrete or SDE (the larger), with running moments only (see
-    :mod:`sdesam.simulation.memory`); its chain count shown as ``chains_argument``."""
+    chains, discrete or SDE (the larger), with running moments only (``keep_states``: with its
+    states, as a control-variate run keeps them; see :mod:`sdesam.simulation.memory`); its
+    chain count shown as ``chains_argument``."""
     rule = get_rule(algorithm)
     validation.positive_int("chains", chains)
     block = min(validation.positive_int("chunk", chunk), chains)
     steps = round(horizon / check_eta(eta))
-    common = dict(chains=block, every=every, keep_states=False, statistics=len(test_fns),
+    common = dict(chains=block, every=every, keep_states=keep_states, statistics=len(test_fns),
                   chains_argument=chains_argument)
     discrete = ensemble.run_parts(problem, batch=batch, sampling=sampling, steps=steps, rule=rule,
                                   **common)
@@ -103,6 +107,7 @@ def compare_algorithm(problem: Problem, algorithm: "str | Rule", *, eta: float,
                       chunk: int = 50_000, sampling: str = "with-replacement",
                       device: str | torch.device = "cpu", dt: float | None = None,
                       every: int | None = 1, variants: Sequence[str] = tuple(VARIANTS),
+                      drift_batches: str | int = "auto",
                       progress: bool = False) -> list[dict[str, Any]]:
     """Weak errors of the SDE variants of ``algorithm`` (:data:`VARIANTS`; the variant
     without the noise-induced term only for rules that have one) against the discrete
@@ -112,7 +117,8 @@ def compare_algorithm(problem: Problem, algorithm: "str | Rule", *, eta: float,
     A comparison whose blocks of ``chunk`` chains would not fit in memory is refused before
     any work (:func:`comparison_parts`). A rule the hand-written SDE does not implement is
     refused naming the fact it lacks (compare its compiled SDE with
-    :func:`sdesam.simulation.derived_sde.simulate_derivation` instead).
+    :func:`sdesam.simulation.derived_sde.simulate_derivation` instead). ``drift_batches`` is how
+    the SDE takes its drift's expectation over batches (:class:`sde.AlgorithmSDE`).
     """
     test_fns = check_test_functions(test_fns)
     rule = sde.SUPPORT.require(get_rule(algorithm))
@@ -134,8 +140,8 @@ def compare_algorithm(problem: Problem, algorithm: "str | Rule", *, eta: float,
 
     def continuous(drop: tuple[str, ...]) -> Callable[[int, int], ChainRun]:
         def sample(chunk_seed: int, size: int) -> ChainRun:
-            return sde.simulate(problem, rule, horizon=horizon, chains=size,
-                                seed=chunk_seed, dt=dt, drop_terms=drop, **common)
+            return sde.simulate(problem, rule, horizon=horizon, chains=size, seed=chunk_seed,
+                                dt=dt, drop_terms=drop, drift_batches=drift_batches, **common)
         return sample
 
     options = dict(chains=chains, chunk=chunk, progress=progress)
@@ -157,15 +163,43 @@ def compare_algorithm(problem: Problem, algorithm: "str | Rule", *, eta: float,
     return rows
 
 
-def fit_order(scales: Sequence[float], errors: Sequence[float],
-              confidence: float = 0.95) -> dict[str, float]:
-    """Slope of ``log error`` against ``log scale`` by least squares, with its ``confidence``
-    interval from the regression's t statistic: the fitted order of convergence."""
-    if len(scales) != len(errors) or len(scales) < 3:
-        raise validation.InputError("scales and errors must have the same length, at least 3")
+def fit_order(scales: Sequence[float], errors: Sequence[float], confidence: float = 0.95,
+              stderrs: Sequence[float] | None = None) -> dict[str, Any]:
+    """Slope of ``log error`` against ``log scale`` by least squares: the fitted order of
+    convergence, with its ``confidence`` interval.
+
+    Without ``stderrs`` the interval is the regression's t interval (at least 3 points): it
+    counts any bend of the curve as noise. With the errors' Monte-Carlo standard errors it is
+    the Monte-Carlo interval (at least 2 points): the delta method, ``sd(log e_i) = se_i / e_i``,
+    propagated through the least-squares weights -- how far the noise alone could move the
+    slope; ``min_signal`` (the smallest ``e_i / se_i``) says whether that approximation holds
+    (it needs every point several standard errors above zero)."""
+    least = 3 if stderrs is None else 2
+    if len(scales) != len(errors) or len(scales) < least or (
+            stderrs is not None and len(stderrs) != len(errors)):
+        raise validation.InputError(f"scales, errors (and stderrs) must have the same length, at "
+                                    f"least {least}")
     if min(scales) <= 0 or min(errors) <= 0:
         raise validation.InputError("scales and errors must be positive to fit on log-log axes")
-    fit = stats.linregress([math.log(s) for s in scales], [math.log(e) for e in errors])
-    half = stats.t.ppf(0.5 + confidence / 2, len(scales) - 2) * fit.stderr
-    return {"order": float(fit.slope), "ci_low": float(fit.slope - half),
-            "ci_high": float(fit.slope + half), "intercept": float(fit.intercept)}
+    logs = [math.log(s) for s in scales]
+    values = [math.log(e) for e in errors]
+    centre = sum(logs) / len(logs)
+    spread = sum((x - centre) ** 2 for x in logs)
+    if spread == 0:
+        raise validation.InputError("scales must not all be equal")
+    weights = [(x - centre) / spread for x in logs]
+    slope = sum(w * v for w, v in zip(weights, values))
+    intercept = sum(values) / len(values) - slope * centre
+    if stderrs is None:
+        fit = stats.linregress(logs, values)
+        half = stats.t.ppf(0.5 + confidence / 2, len(scales) - 2) * fit.stderr
+        extra: dict[str, Any] = {"interval": "regression"}
+    else:
+        if min(stderrs) < 0:
+            raise validation.InputError("stderrs must be non-negative")
+        sd = math.sqrt(sum((w * se / e) ** 2 for w, se, e in zip(weights, stderrs, errors)))
+        half = stats.norm.ppf(0.5 + confidence / 2) * sd
+        extra = {"interval": "monte-carlo",
+                 "min_signal": min(e / se if se > 0 else math.inf for e, se in zip(errors, stderrs))}
+    return {"order": float(slope), "ci_low": float(slope - half), "ci_high": float(slope + half),
+            "intercept": float(intercept), **extra}

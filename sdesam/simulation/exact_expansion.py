@@ -65,10 +65,14 @@ def weak_errors(problem: Problem, algorithm: "str | Rule", *, eta: float, rho: f
     return rows
 
 
-def fit_expansion(etas: Sequence[float], errors: Sequence[float], terms: int = 2) -> dict[str, Any]:
+def fit_expansion(etas: Sequence[float], errors: Sequence[float], terms: int = 2,
+                  stderrs: Sequence[float] | None = None) -> dict[str, Any]:
     """Least-squares ``e(eta) = a sqrt(eta) + b eta (+ c eta^{3/2})`` (``terms`` 2 or 3) to
     signed errors, fitted as ``e / sqrt(eta) = a + b sqrt(eta) (+ c eta)`` so every decade of a
-    geometric grid weighs alike; also the largest residual relative to ``|e|``."""
+    geometric grid weighs alike; also the largest residual relative to ``|e|``. With the
+    errors' Monte-Carlo ``stderrs`` the fit is weighted by them and gives the coefficients'
+    standard errors (``a_stderr``, ``b_stderr``, ``c_stderr``) and the fit's chi-square per
+    degree of freedom (near 1 when the expansion describes the points within their noise)."""
     validation.one_of("terms", terms, (2, 3))
     etas, errors = np.asarray(etas, dtype=float), np.asarray(errors, dtype=float)
     if etas.shape != errors.shape or etas.ndim != 1 or len(etas) < terms + 1:
@@ -78,11 +82,25 @@ def fit_expansion(etas: Sequence[float], errors: Sequence[float], terms: int = 2
         raise validation.InputError("etas must be positive")
     root = np.sqrt(etas)
     design = np.stack([root ** k for k in range(terms)], axis=1)
-    coef, *_ = np.linalg.lstsq(design, errors / root, rcond=None)
+    scaled = errors / root
+    extra: dict[str, Any] = {}
+    if stderrs is None:
+        coef, *_ = np.linalg.lstsq(design, scaled, rcond=None)
+    else:
+        sd = np.asarray(stderrs, dtype=float) / root
+        if sd.shape != errors.shape or not (sd > 0).all():
+            raise validation.InputError("stderrs must be positive, one per error")
+        weighted = design / sd[:, None]
+        covariance = np.linalg.inv(weighted.T @ weighted)
+        coef = covariance @ weighted.T @ (scaled / sd)
+        chi2 = float(np.sum(((design @ coef - scaled) / sd) ** 2))
+        extra = {f"{name}_stderr": float(np.sqrt(covariance[k, k]))
+                 for k, name in enumerate("abc"[:terms])}
+        extra["chi2_per_dof"] = chi2 / (len(etas) - terms)
     fitted = root * (design @ coef)
     return {"a": float(coef[0]), "b": float(coef[1]), "c": float(coef[2]) if terms == 3 else None,
             "max_relative_residual": float(np.max(np.abs(fitted - errors) /
-                                                  np.maximum(np.abs(errors), 1e-300)))}
+                                                  np.maximum(np.abs(errors), 1e-300))), **extra}
 
 
 def local_orders(etas: Sequence[float], errors: Sequence[float]) -> list[float]:
