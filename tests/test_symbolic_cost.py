@@ -6,7 +6,7 @@ import pytest
 import sympy
 
 from sdesam.symbolic import derive
-from sdesam.symbolic import families
+from sdesam.symbolic import families, references, taylor
 from sdesam.symbolic.families import ConcreteFamily
 
 x = sympy.Symbol("x", real=True)
@@ -78,3 +78,29 @@ def test_progress_bar_over_index_sets_is_switched_by_progress(progress):
         derive("m-usam", losses_of(4), [x], batch=4, micro=2, sampling="without-replacement",
                progress=progress)
     assert seen and all(shown is progress for shown in seen)
+
+
+@pytest.mark.parametrize("algorithm,options", [("sam", {}), ("m-sam", {"micro": 2}),
+                                               ("rw-sam", {"lam": 2})])
+def test_memoised_norms_and_untouched_polynomials_are_identical_to_the_full_way(algorithm, options):
+    """The SAM family's shortcuts (norms memoised per derivation, a direction already of the
+    order asked for not re-truncated) change nothing: the full way, every norm taken afresh
+    and every truncation differentiating, gives the very same drift and diffusion."""
+    args = dict(batch=4, sampling="without-replacement", expectations="enumeration", **options)
+    new = derive(algorithm, losses_of(5), [x], **args)
+    with mock.patch.object(taylor, "polynomial_degree", lambda expr, symbol: None), \
+            mock.patch.object(references, "MemoNorm", lambda: references.norm):
+        old = derive(algorithm, losses_of(5), [x], **args)
+    assert new.drift == old.drift and new.diffusion == old.diffusion
+    assert new.verify()
+
+
+def test_polynomial_degree_reads_the_tree_and_refuses_non_polynomials():
+    rho = sympy.Symbol("rho")
+    assert taylor.polynomial_degree(x**2 + rho * (x + rho) ** 2, rho) == 3
+    assert taylor.polynomial_degree(x / sympy.Abs(x), rho) == 0
+    assert taylor.polynomial_degree(sympy.exp(rho) + rho, rho) is None
+    assert taylor.polynomial_degree(x / (1 + rho), rho) is None
+    expr = x * (1 + rho * x) ** 2
+    assert sympy.expand(taylor.truncate(expr, rho, 1) - (x + 2 * rho * x**2)) == 0
+    assert taylor.truncate(expr, rho, 2) is expr

@@ -370,18 +370,20 @@ def derive(
 
 def _derive(rule: Rule, family: Family, batch: Any, micro: Any, sampling: str, order: int,
             diffusion_order: int, lam: Any, expectations: str) -> Derivation:
+    norm = references.MemoNorm()  # the reference form takes the derivation's norms again
     mean, drift, diffusion, used = _expectations(rule, family, batch, micro, order,
-                                                 diffusion_order, lam, expectations)
+                                                 diffusion_order, lam, expectations, norm)
     size = micro if rule.micro else batch
     return Derivation(rule, family.variables, family, batch, micro, sampling, order,
                       diffusion_order, drift, diffusion, mean,
                       references.closed_form(rule, family, batch, micro, sampling, order),
                       references.noise_factor(rule, family, batch, micro, sampling), lam, used,
-                      references.first_order_form(rule, family, size, order, lam))
+                      references.first_order_form(rule, family, size, order, lam, norm))
 
 
 def _expectations(rule: Rule, family: Family, batch: Any, micro: Any, order: int,
-                  diffusion_order: int, lam: Any, expectations: str) -> tuple[Any, Any, Any, str]:
+                  diffusion_order: int, lam: Any, expectations: str,
+                  norm: references.Norm) -> tuple[Any, Any, Any, str]:
     """(E G, drift, diffusion, how): through the SGN moments where asked for or (auto) where
     they apply, instantiated on the concrete losses; else by enumeration of the index sets."""
     concrete = not family.generic
@@ -393,7 +395,7 @@ def _expectations(rule: Rule, family: Family, batch: Any, micro: Any, order: int
     if concrete and wanted and moments_apply(rule) and not small:
         generic = GenericFamily(family.variables, family.n, family.sampling)
         try:
-            result = _expand(rule, generic, batch, micro, order, diffusion_order, lam)
+            result = _expand(rule, generic, batch, micro, order, diffusion_order, lam, norm)
         except UnsupportedMoment:
             if expectations == "moments":
                 raise
@@ -402,14 +404,16 @@ def _expectations(rule: Rule, family: Family, batch: Any, micro: Any, order: int
                     "moments")
     if expectations == "moments" and small:
         raise InputError(f"expectations='moments' needs N >= 3 without replacement; got N={family.n}")
-    result = _expand(rule, family, batch, micro, order, diffusion_order, lam)
+    result = _expand(rule, family, batch, micro, order, diffusion_order, lam, norm)
     return (*(m.applyfunc(family.tidy) for m in result),
             "moments" if family.generic else "enumeration")
 
 
 def _expand(rule: Rule, family: Family, batch: Any, micro: Any, order: int,
-            diffusion_order: int, lam: Any) -> tuple[sympy.Matrix, sympy.Matrix, sympy.Matrix]:
-    """(E G, drift, diffusion) of ``rule`` on ``family``, untidied (the caller tidies)."""
+            diffusion_order: int, lam: Any, norm: references.Norm
+            ) -> tuple[sympy.Matrix, sympy.Matrix, sympy.Matrix]:
+    """(E G, drift, diffusion) of ``rule`` on ``family``, untidied (the caller tidies);
+    ``norm`` takes the Euclidean norms."""
     x = sympy.Matrix(family.variables)
     size = micro if rule.micro else batch
     parts = sympy.simplify(sympy.sympify(batch) / micro) if rule.micro else 1
@@ -423,38 +427,40 @@ def _expand(rule: Rule, family: Family, batch: Any, micro: Any, order: int,
         return cache[part](None if displacement.is_zero_matrix else displacement)
 
     def reweighted(point: sympy.Matrix, part: Any) -> sympy.Matrix:
-        return gibbs_direction([grad(point, (i,)) for i in part], lam, references.norm)
+        return gibbs_direction([grad(point, (i,)) for i in part], lam, norm)
 
     def weighted(point: sympy.Matrix, part: Any) -> sympy.Matrix:
-        probs = gibbs_probabilities([grad(x, (i,)) for i in part], lam, references.norm)
+        probs = gibbs_probabilities([grad(x, (i,)) for i in part], lam, norm)
         return sum((p * grad(point, (i,)) for p, i in zip(probs, part)),
                    sympy.zeros(len(family.variables), 1))
 
-    def one(part: Any, drawn: Any = None) -> sympy.Matrix:
-        return algorithms.direction(rule, x, [part], rho, grad, references.norm, reweighted,
-                                    weighted, draw=lambda _: drawn)
+    def one(part: Any, k: int, drawn: Any = None) -> sympy.Matrix:
+        """G of ``part`` (and ``drawn``) to ``rho^k``; at k = 0 that is G at rho = 0, which
+        takes no ascent (the costly part: norms, Gibbs weights) at all."""
+        g = algorithms.direction(rule, x, [part], rho if k else 0, grad, norm, reweighted,
+                                 weighted, draw=lambda _: drawn)
+        return truncate_matrix(g, rho, k)
 
     def draws(part: Any) -> list[tuple[Any, sympy.Expr]]:
         """Each draw of the rule's samples from ``part`` and its probability (one empty draw
         for a rule that draws nothing)."""
         if not rule.ascent_draw:
             return [(None, sympy.Integer(1))]
-        probs = gibbs_probabilities([grad(x, (i,)) for i in part], lam, references.norm)
+        probs = gibbs_probabilities([grad(x, (i,)) for i in part], lam, norm)
         return [(tuple(part[j] for j in positions), sympy.Mul(*(probs[j] for j in positions)))
                 for positions in product(range(len(part)), repeat=rule.ascent_draw)]
 
     def direction(part: Any, k: int) -> sympy.Matrix:
         """E[G | part] to ``rho^k`` (the mean over the rule's draws)."""
         if not rule.ascent_draw:
-            return truncate_matrix(one(part), rho, k)
-        return ConcreteFamily.weighted_sum((truncate_matrix(one(part, drawn), rho, k), p)
-                                           for drawn, p in draws(part))
+            return one(part, k)
+        return ConcreteFamily.weighted_sum((one(part, k, drawn), p) for drawn, p in draws(part))
 
     def outer(part: Any, k: int) -> sympy.Matrix:
         """E[G G^T | part] to ``rho^k`` over the rule's draws (not the outer product of their mean)."""
         terms = []
         for drawn, p in draws(part):
-            g = truncate_matrix(one(part, drawn), rho, k)
+            g = one(part, k, drawn)
             terms.append((truncate_matrix(g * g.T, rho, k), p))
         return ConcreteFamily.weighted_sum(terms)
 

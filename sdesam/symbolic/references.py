@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 from itertools import product
-from typing import Any
+from typing import Any, Callable
 
 import sympy
 
@@ -34,6 +34,25 @@ Family = ConcreteFamily | GenericFamily
 def norm(v: sympy.Matrix) -> sympy.Expr:
     """Euclidean norm of a column vector."""
     return sympy.sqrt(v.dot(v))
+
+
+Norm = Callable[[sympy.Matrix], sympy.Expr]
+
+
+class MemoNorm:
+    """:func:`norm`, each distinct vector's computed once: within one derivation a sample's
+    gradient recurs in every batch that holds it and the reference form takes the very norms
+    the derivation took, while sympy's square root of a sum of squares is costly (it asks the
+    sign of every factor). Keep one per derivation: the memo holds every vector it saw."""
+
+    def __init__(self) -> None:
+        self._norms: dict[tuple[sympy.Expr, ...], sympy.Expr] = {}
+
+    def __call__(self, v: sympy.Matrix) -> sympy.Expr:
+        key = tuple(v)
+        if key not in self._norms:
+            self._norms[key] = norm(v)
+        return self._norms[key]
 
 
 def noise_factor(rule: Rule, family: Family, batch: Any, micro: Any, sampling: str) -> Any:
@@ -67,14 +86,14 @@ def closed_form(rule: Rule, family: Family, batch: Any, micro: Any, sampling: st
 
 
 def first_order_form(rule: Rule, family: Family, size: Any, order: int,
-                     lam: Any) -> sympy.Matrix | None:
+                     lam: Any, norm: Norm = norm) -> sympy.Matrix | None:
     """The order-1 drift of a rule without a closed form, from exact gradients and Hessians.
 
     Plain SAM variants (normalised, unscaled, unweighted), concrete losses:
     ``-grad(f + rho E|grad f_S|)`` (n-SAM: ``|grad f|``). Any other rule:
     ``-grad f - rho E_S[H_S u_S]`` over one part S of ``size`` (linearity), with ``u_S`` the
     rule's unit-rho perturbation. None at higher order, or where it needs norms of generic
-    losses.
+    losses. ``norm``: how norms are taken (a derivation passes its :class:`MemoNorm`).
     """
     if rule.has_closed_form or order != 1 or (family.generic and rule.normalized):
         return None
@@ -98,13 +117,13 @@ def first_order_form(rule: Rule, family: Family, size: Any, order: int,
 
     def ascent(part: Any) -> sympy.Matrix:
         if not rule.ascent_draw:
-            return unit_perturbation(rule, family, part, lam)
+            return unit_perturbation(rule, family, part, lam, norm=norm)
         probs = gibbs(part)
         total = sympy.zeros(len(variables), 1)
         for positions in product(range(len(part)), repeat=rule.ascent_draw):
             drawn = tuple(part[j] for j in positions)
             weight = sympy.Mul(*(probs[j] for j in positions))
-            total += weight * unit_perturbation(rule, family, part, lam, drawn)
+            total += weight * unit_perturbation(rule, family, part, lam, drawn, norm)
         return total
 
     def curvature_times_ascent(part: Any) -> sympy.Matrix:
@@ -142,9 +161,10 @@ def first_order_name(rule: Rule) -> str:
 
 
 def unit_perturbation(rule: Rule, family: Family, part: Any, lam: Any,
-                      drawn: Any = None) -> sympy.Matrix:
+                      drawn: Any = None, norm: Norm = norm) -> sympy.Matrix:
     """The rule's perturbation at x for rho = 1 (``perturbed_point - x``), from exact gradients;
-    ``drawn``: the samples a rule that draws its perturbation drew."""
+    ``drawn``: the samples a rule that draws its perturbation drew; ``norm`` as in
+    :func:`first_order_form`."""
     x = sympy.Matrix(family.variables)
 
     def exact_grad(point: sympy.Matrix, members: Any) -> sympy.Matrix:

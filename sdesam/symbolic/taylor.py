@@ -57,10 +57,32 @@ def _factorial(k: int) -> int:
     return 1 if k < 2 else k * _factorial(k - 1)
 
 
-def truncate(expr: sympy.Expr, symbol: sympy.Symbol, order: int) -> sympy.Expr:
-    """Keep the terms of ``expr`` up to ``symbol**order`` (Taylor coefficients at 0)."""
-    expr = sympy.sympify(expr)
+def polynomial_degree(expr: sympy.Expr, symbol: sympy.Symbol) -> int | None:
+    """An upper bound on the degree of ``expr`` as a polynomial in ``symbol``, read off its
+    tree (sums, products, non-negative integer powers) without expanding it; None when
+    ``symbol`` occurs elsewhere (in a function, a root, a denominator)."""
     if not expr.has(symbol):
+        return 0
+    if expr == symbol:
+        return 1
+    if expr.is_Add or expr.is_Mul:
+        degrees = [polynomial_degree(arg, symbol) for arg in expr.args]
+        if None in degrees:
+            return None
+        return max(degrees) if expr.is_Add else sum(degrees)
+    if expr.is_Pow and expr.exp.is_Integer and expr.exp >= 0:
+        base = polynomial_degree(expr.base, symbol)
+        return None if base is None else base * int(expr.exp)
+    return None
+
+
+def truncate(expr: sympy.Expr, symbol: sympy.Symbol, order: int) -> sympy.Expr:
+    """Keep the terms of ``expr`` up to ``symbol**order`` (Taylor coefficients at 0); a
+    polynomial of degree at most ``order`` in ``symbol`` is returned as it is (what a rule's
+    direction expanded to the order asked for is: differentiating it only rebuilds it)."""
+    expr = sympy.sympify(expr)
+    degree = polynomial_degree(expr, symbol)
+    if degree is not None and degree <= order:
         return expr
     result = expr.subs(symbol, 0)
     derivative = expr
