@@ -13,7 +13,7 @@ import sympy
 from sdesam.progress import progress_bar
 
 from ..algorithms import check_sampling
-from .moments import MomentCalculus
+from .moments import MomentCalculus, MomentValues
 from .sampling import disjoint_pair_distribution, sample_distribution
 from .taylor import gradient
 from sdesam.validation import InputError
@@ -128,7 +128,9 @@ class GenericFamily:
             raise InputError(f"losses must contain n={self.n} expressions; got {len(losses)}")
         f = sum(sympy.sympify(l) for l in losses) / len(losses)
         n_value = {self.n: len(losses)} if isinstance(self.n, sympy.Symbol) else {}
-        return matrix.applyfunc(lambda e: self.calculus.instantiate(e, f, losses).subs(n_value))
+        values = MomentValues(self.variables, f, losses)
+        return matrix.applyfunc(
+            lambda e: self.calculus.instantiate(e, f, losses, values).subs(n_value))
 
     def tidy(self, expr: sympy.Expr) -> sympy.Expr:
         """Group a generic expression by its derivative and moment factors, coefficients factored."""

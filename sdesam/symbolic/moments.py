@@ -119,19 +119,14 @@ class MomentCalculus:
         d = len(self.variables)
         return sympy.Matrix(d, d, lambda a, b: self.moment(((a,), (b,))))
 
-    def instantiate(self, expr: sympy.Expr, f: sympy.Expr, losses: Sequence[sympy.Expr]) -> sympy.Expr:
+    def instantiate(self, expr: sympy.Expr, f: sympy.Expr, losses: Sequence[sympy.Expr],
+                    values: "MomentValues | None" = None) -> sympy.Expr:
         """Evaluate a generic expression on concrete per-sample ``losses`` with mean ``f``:
-        ``f`` and its derivatives become the concrete ones, each moment its concrete value."""
-        def derivative(loss: sympy.Expr, alpha: MultiIndex) -> sympy.Expr:
-            return sympy.diff(loss, *[self.variables[i] for i in alpha]) if alpha else loss
-
-        def value(indices: tuple[MultiIndex, ...]) -> sympy.Expr:
-            return sum(
-                sympy.Mul(*[derivative(loss, a) - derivative(f, a) for a in indices])
-                for loss in losses
-            ) / len(losses)
-
-        moments = {a: value(a.func.indices) for a in expr.atoms(sympy.Function)
+        ``f`` and its derivatives become the concrete ones, each moment its concrete value
+        (from ``values``: pass one :class:`MomentValues` for every entry of a matrix)."""
+        if values is None:
+            values = MomentValues(self.variables, f, losses)
+        moments = {a: values(a.func.indices) for a in expr.atoms(sympy.Function)
                    if hasattr(a.func, "indices")}
         general = sympy.Function("f", real=True)(*self.variables)
         return expr.xreplace(moments).subs(general, f).doit()
@@ -176,3 +171,40 @@ class MomentCalculus:
             return single_coefficient(len(factors), size, self.n, self.sampling) * self.moment(factors)
         coefficient = pair_coefficient((len(first), len(second)), size, self.n, self.sampling)
         return coefficient * self.moment(first + second) if coefficient != 0 else sympy.Integer(0)
+
+
+class MomentValues:
+    """The concrete moments ``(1/N) sum_i prod_k (d^{a_k} f_i - d^{a_k} f)`` of given losses
+    with mean ``f``, each deviation ``d^a f_i - d^a f`` and each moment computed once: every
+    moment differentiates every loss, and one moment recurs in many entries of a result."""
+
+    def __init__(self, variables: Sequence[sympy.Symbol], f: sympy.Expr,
+                 losses: Sequence[sympy.Expr]):
+        self.variables = tuple(variables)
+        self.f = f
+        self.losses = list(losses)
+        self._mean_derivatives: dict[MultiIndex, sympy.Expr] = {}
+        self._deviations: dict[tuple[int, MultiIndex], sympy.Expr] = {}
+        self._moments: dict[tuple[MultiIndex, ...], sympy.Expr] = {}
+
+    def derivative(self, loss: sympy.Expr, alpha: MultiIndex) -> sympy.Expr:
+        """``d^alpha loss``."""
+        return sympy.diff(loss, *[self.variables[i] for i in alpha]) if alpha else loss
+
+    def deviation(self, i: int, alpha: MultiIndex) -> sympy.Expr:
+        """``d^alpha f_i - d^alpha f``."""
+        if alpha not in self._mean_derivatives:
+            self._mean_derivatives[alpha] = self.derivative(self.f, alpha)
+        if (i, alpha) not in self._deviations:
+            self._deviations[i, alpha] = (self.derivative(self.losses[i], alpha)
+                                          - self._mean_derivatives[alpha])
+        return self._deviations[i, alpha]
+
+    def __call__(self, indices: tuple[MultiIndex, ...]) -> sympy.Expr:
+        """The moment of the derivative multi-indices ``indices``."""
+        if indices not in self._moments:
+            self._moments[indices] = sum(
+                sympy.Mul(*[self.deviation(i, a) for a in indices])
+                for i in range(len(self.losses))
+            ) / len(self.losses)
+        return self._moments[indices]
