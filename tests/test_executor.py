@@ -113,7 +113,15 @@ def test_dask_cluster_by_address_gives_the_same_records(serial, tmp_path):
             there = run_tasks(drawing, executor, tmp_path / "there", progress=False)
     assert results_of(records) == results_of(serial)
     assert os.getpid() not in {r["metadata"]["pid"] for r in records}
-    assert results_of(there) == results_of(here)
+    # torch's and numpy's streams are the task's alone; Python's ``random`` is not under Dask,
+    # whose event loop draws from it (tornado's callback jitter), so it is left out there
+    assert results_of(without_python_random(there)) == results_of(without_python_random(here))
+
+
+def without_python_random(records: list[dict]) -> list[dict]:
+    """The records of :func:`global_rng_task` without their ``random`` draws."""
+    return [{**r, "results": {"draws": [{k: v for k, v in d.items() if k != "random"}
+                                        for d in r["results"]["draws"]]}} for r in records]
 
 
 def test_existing_records_are_skipped_so_a_sweep_resumes(serial, tmp_path):

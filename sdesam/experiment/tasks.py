@@ -250,7 +250,9 @@ def seeded_global_generators(seed: int) -> Iterator[None]:
     """The global random generators of torch (CPU), numpy and ``random`` seeded from ``seed``
     for the block, and restored after it: code that draws from them without a generator of
     its own (e.g. RW-SAM's Rademacher directions) sees the same numbers wherever a task runs,
-    and a task run in this process leaves the caller's streams as they were."""
+    and a task run in this process leaves the caller's streams as they were. Python's
+    ``random`` is seeded too, but in a Dask worker its event loop draws from that stream while a
+    task runs (tornado's callback jitter), so no sdesam code that runs as a task uses it."""
     import random
 
     import numpy
