@@ -104,3 +104,16 @@ def test_polynomial_degree_reads_the_tree_and_refuses_non_polynomials():
     expr = x * (1 + rho * x) ** 2
     assert sympy.expand(taylor.truncate(expr, rho, 1) - (x + 2 * rho * x**2)) == 0
     assert taylor.truncate(expr, rho, 2) is expr
+
+
+def test_part_derivatives_from_the_samples_are_those_of_the_part_loss():
+    """Exact coefficients: a batch's gradient and Hessian, the mean of its samples', are
+    structurally what differentiating its loss gives (also for non-polynomial losses)."""
+    y = sympy.Symbol("y", real=True)
+    losses = [sympy.log(1 + sympy.exp(-x * (i - 2))) + x**2 * y / (i + 1) + sympy.sin(y) * i
+              for i in range(4)]
+    family = ConcreteFamily(losses, [x, y], "with-replacement")
+    for part in [(0, 1), (2, 2, 3), (0, 1, 2, 3)]:
+        loss = family.part_loss(part)
+        assert family.part_gradient(part) == sympy.Matrix([loss.diff(x), loss.diff(y)])
+        assert family.part_hessian(part) == sympy.hessian(loss, [x, y])

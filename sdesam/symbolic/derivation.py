@@ -422,9 +422,11 @@ def _expand(rule: Rule, family: Family, batch: Any, micro: Any, order: int,
 
     def grad(point: sympy.Matrix, part: Any) -> sympy.Matrix:
         if part not in cache:
-            cache[part] = TaylorGradient(family.part_loss(part), family.variables, expansion)
+            cache[part] = TaylorGradient(family.part_gradient(part), family.variables, expansion)
         displacement = point - x
-        return cache[part](None if displacement.is_zero_matrix else displacement)
+        # a structural test: asking sympy whether a normalised ascent is zero costs more than
+        # the whole expansion
+        return cache[part](None if all(e == 0 for e in displacement) else displacement)
 
     def reweighted(point: sympy.Matrix, part: Any) -> sympy.Matrix:
         return gibbs_direction([grad(point, (i,)) for i in part], lam, norm)

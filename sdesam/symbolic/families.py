@@ -41,12 +41,40 @@ class ConcreteFamily:
         self.full_loss = sum(self.losses) / self.n
         self.progress = progress
         """Show a progress bar (with ETA) over the index sets of every expectation."""
+        self._exact = not any(loss.has(sympy.Float) for loss in self.losses)
+        self._derivatives: dict[tuple[str, Any], sympy.Matrix] = {}
 
     def part_loss(self, part: tuple[int, ...] | None) -> sympy.Expr:
         """Mean loss over the indices of ``part`` (with multiplicity); ``None``: all samples."""
         if part is None:
             return self.full_loss
         return sum(self.losses[i] for i in part) / len(part)
+
+    def part_gradient(self, part: tuple[int, ...] | None) -> sympy.Matrix:
+        """The gradient of :meth:`part_loss`, memoised (see :meth:`_part_derivative`)."""
+        return self._part_derivative("gradient", part)
+
+    def part_hessian(self, part: tuple[int, ...] | None) -> sympy.Matrix:
+        """The Hessian of :meth:`part_loss`, memoised (see :meth:`_part_derivative`)."""
+        return self._part_derivative("hessian", part)
+
+    def _part_derivative(self, kind: str, part: tuple[int, ...] | None) -> sympy.Matrix:
+        """``kind`` (gradient or hessian) of a part's loss, each computed once per family (a
+        derivation and its reference form ask for the same parts). With exact coefficients
+        a batch's is the mean of its samples' (each sample differentiated once, not once per
+        batch that holds it): structurally what differentiating the part's loss gives. With
+        floats the part's loss is differentiated, as the mean would round otherwise."""
+        if (kind, part) not in self._derivatives:
+            if part is None or len(part) == 1 or not self._exact:
+                loss = self.part_loss(part)
+                value = (gradient(loss, self.variables) if kind == "gradient"
+                         else sympy.hessian(loss, self.variables))
+            else:
+                members = [self._part_derivative(kind, (i,)) for i in part]
+                value = sympy.Matrix(*members[0].shape, [sympy.Add(*entries) / len(part)
+                                                         for entries in zip(*members)])
+            self._derivatives[kind, part] = value
+        return self._derivatives[kind, part]
 
     def expect(self, fn: PartFn, size: int) -> sympy.Matrix:
         """E[fn(P)] for P a uniform sample of ``size``."""
@@ -113,6 +141,14 @@ class GenericFamily:
         if part is None:
             return self.full_loss
         return self.full_loss + self.calculus.noise[part]
+
+    def part_gradient(self, part: int | None) -> sympy.Matrix:
+        """The gradient of :meth:`part_loss`."""
+        return gradient(self.part_loss(part), self.variables)
+
+    def part_hessian(self, part: int | None) -> sympy.Matrix:
+        """The Hessian of :meth:`part_loss`."""
+        return sympy.hessian(self.part_loss(part), self.variables)
 
     def expect(self, fn: PartFn, size: Any) -> sympy.Matrix:
         """E[fn(P)] over one sample of ``size``, through the moments."""

@@ -100,19 +100,19 @@ def first_order_form(rule: Rule, family: Family, size: Any, order: int,
     variables = family.variables
     if norm_potential(rule):
         def grad_norm(part: Any) -> sympy.Matrix:
-            return sympy.Matrix([norm(gradient(family.part_loss(part), variables))])
+            return sympy.Matrix([norm(family.part_gradient(part))])
 
         expected = grad_norm(None)[0] if rule.ascent == "full" else family.expect(grad_norm, size)[0]
         return -gradient(family.full_loss + rho * expected, variables)
 
     def gibbs(part: Any) -> list[sympy.Expr]:
-        return gibbs_probabilities([gradient(family.part_loss((i,)), variables) for i in part],
+        return gibbs_probabilities([family.part_gradient((i,)) for i in part],
                                    lam, norm)
 
     def curvature(part: Any) -> sympy.Matrix:
         if rule.descent_weights == "none":
-            return sympy.hessian(family.part_loss(part), variables)
-        return sum((p * sympy.hessian(family.part_loss((i,)), variables)
+            return family.part_hessian(part)
+        return sum((p * family.part_hessian((i,))
                     for p, i in zip(gibbs(part), part)), sympy.zeros(len(variables)))
 
     def ascent(part: Any) -> sympy.Matrix:
@@ -132,7 +132,7 @@ def first_order_form(rule: Rule, family: Family, size: Any, order: int,
     pushed = family.expect(curvature_times_ascent, size)
     if rule.descent_weights == "all":
         def weighted_gradient(part: Any) -> sympy.Matrix:
-            return sum((p * gradient(family.part_loss((i,)), variables)
+            return sum((p * family.part_gradient((i,))
                         for p, i in zip(gibbs(part), part)), sympy.zeros(len(variables), 1))
 
         return -family.expect(weighted_gradient, size) - rho * pushed
@@ -168,7 +168,7 @@ def unit_perturbation(rule: Rule, family: Family, part: Any, lam: Any,
     x = sympy.Matrix(family.variables)
 
     def exact_grad(point: sympy.Matrix, members: Any) -> sympy.Matrix:
-        return gradient(family.part_loss(members), family.variables)
+        return family.part_gradient(members)
 
     def reweighted(point: sympy.Matrix, members: Any) -> sympy.Matrix:
         return gibbs_direction([exact_grad(point, (i,)) for i in members], lam, norm)

@@ -23,16 +23,16 @@ def gradient(expr: sympy.Expr, variables: Sequence[sympy.Symbol]) -> sympy.Matri
 class TaylorGradient:
     """``grad f_P`` at ``x + delta``, expanded to a fixed order in the displacement ``delta``.
 
-    ``loss`` is the part's loss ``f_P(x)`` (a sympy expression in ``variables``). Calling the
-    object with a displacement returns the expansion; the directional-derivative tensors are
-    computed once and reused for every displacement.
+    ``grad`` is the part's gradient ``grad f_P(x)`` (a column of sympy expressions in
+    ``variables``). Calling the object with a displacement returns the expansion; the
+    directional-derivative tensors are computed once and reused for every displacement.
     """
 
-    def __init__(self, loss: sympy.Expr, variables: Sequence[sympy.Symbol], order: int):
+    def __init__(self, grad: sympy.Matrix, variables: Sequence[sympy.Symbol], order: int):
         self.variables = list(variables)
         self.order = order
         self._t = sympy.symbols(f"_t0:{len(self.variables)}")
-        terms = [gradient(loss, self.variables)]
+        terms = [grad]
         for k in range(1, order + 1):
             previous = terms[-1]
             terms.append(sympy.Matrix([
