@@ -117,3 +117,11 @@ def test_part_derivatives_from_the_samples_are_those_of_the_part_loss():
         loss = family.part_loss(part)
         assert family.part_gradient(part) == sympy.Matrix([loss.diff(x), loss.diff(y)])
         assert family.part_hessian(part) == sympy.hessian(loss, [x, y])
+
+
+def test_matrix_product_is_sympys():
+    y = sympy.Symbol("y", real=True)
+    a = sympy.Matrix([[x, 0], [y**2, x * y]])
+    b = sympy.Matrix([[x / sympy.Abs(x + y), 1], [0, sympy.exp(y)]])
+    assert references.matrix_product(a, b) == a * b
+    assert references.matrix_product(a, b[:, 0]) == a * b[:, 0]

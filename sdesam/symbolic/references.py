@@ -127,7 +127,7 @@ def first_order_form(rule: Rule, family: Family, size: Any, order: int,
         return total
 
     def curvature_times_ascent(part: Any) -> sympy.Matrix:
-        return curvature(part) * ascent(part)
+        return matrix_product(curvature(part), ascent(part))
 
     pushed = family.expect(curvature_times_ascent, size)
     if rule.descent_weights == "all":
@@ -137,6 +137,14 @@ def first_order_form(rule: Rule, family: Family, size: Any, order: int,
 
         return -family.expect(weighted_gradient, size) - rho * pushed
     return -gradient(family.full_loss, variables) - rho * pushed
+
+
+def matrix_product(a: sympy.Matrix, b: sympy.Matrix) -> sympy.Matrix:
+    """``a * b`` as sympy's sparse product forms it (each entry the sum of its nonzero
+    products, in order), without its check of every entry of ``b`` for infinities (``0 * e``
+    asks whether ``e`` is finite: costly on a normalised Gibbs ascent, never infinite here)."""
+    return sympy.Matrix(a.rows, b.cols, lambda i, j: sympy.Add(*(
+        a[i, k] * b[k, j] for k in range(a.cols) if a[i, k] != 0 and b[k, j] != 0)))
 
 
 def norm_potential(rule: Rule) -> bool:
