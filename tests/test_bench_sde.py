@@ -32,6 +32,10 @@ def test_tiny_run_reports_every_ratio_and_both_peaks(tmp_path, capsys):
              if row[:1] in (["old"], ["new"]) and row[1:3] == ["200", "5"]}
     assert set(peaks) == {"old", "new"} and all(peak > 10 for peak in peaks.values())
     assert "old/new peak RSS at 200 x 5" in text
+    family = [line.split() for line in text.splitlines()
+              if line.split()[:1] in (["SAM"], ["m-SAM"], ["RW-SAM"])]
+    assert len(family) == 6                       # part 6: three rules at two sizes
+    assert all(float(row[-5]) > 0 and float(row[-4]) > 0 and row[-2] == "<=" for row in family)
 
 
 def test_bad_settings_are_refused_before_work(tmp_path):

@@ -1,6 +1,7 @@
 """experiments/sde_vs_discrete.py end to end: the one record schema, orders with intervals,
 chain counts, a redraw, and the default output folder."""
 
+import numpy as np
 import pytest
 
 from sdesam import plotting
@@ -18,22 +19,32 @@ def check_record(data, chains):
     assert set(data) == {"settings", "metadata", "results"}
     assert settings["experiment"] == "sde_vs_discrete" and settings["chains"] == chains
     assert "wall_time_s" not in settings and data["metadata"]["wall_time_s"] > 0
-    assert set(results) == {"weak_errors", "orders"}
+    assert set(results) == {"weak_errors", "orders", "expansions"}
     for row in results["weak_errors"]:
         assert row["weak_error"] >= 0 and row["weak_error_stderr"] > 0 and row["weak_error_T"] >= 0
+        assert abs(row["error_T"]) == pytest.approx(row["weak_error_T"])
+        assert row["control_variates"] == settings["control_variates"]
+        reductions = (row["discrete_variance_reduction"], row["sde_variance_reduction"])
+        assert all(r > 1 for r in reductions) if settings["control_variates"] else reductions == (1, 1)
         assert row["chains"] == chains and row["diverged"] == 0
         assert row["variant"] in ("full", "without_noise_term")
         assert row["dt"] == pytest.approx(row["eta"] / settings["substeps"])
         assert all(not isinstance(value, (dict, list)) for value in row.values())
     assert {row["sweep"] for row in results["weak_errors"]} == {"coupled", "fixed_rho", "fixed_eta"}
     for row in results["weak_errors"]:
-        if row["sweep"] == "coupled":
+        if row["sweep"] == "coupled" and row["rule"] != "sgd":
             assert abs(row["rho"] - settings["kappa"] * row["eta"] ** 0.5) < 1e-12
     runs = {(r["rule"], r["micro"], r["lam"]) for r in results["orders"]}
     assert ("usam", None, None) in runs and ("rw-sam", None, 4.0) in runs and ("sam", None, None) in runs
     for fit in results["orders"]:
         assert fit["order_ci_low"] <= fit["order"] <= fit["order_ci_high"]
+        assert fit["local_order_ci_low"] <= fit["local_order"] <= fit["local_order_ci_high"]
         assert fit["measure"] in ("max_over_steps", "at_horizon") and fit["chains"] == chains
+        assert fit["points"] == len(settings["etas"]) and fit["min_signal"] > 0
+    keys = {(r["rule"], r["micro"], r["lam"], r["variant"]) for r in results["orders"]}
+    assert {(e["rule"], e["micro"], e["lam"], e["variant"]) for e in results["expansions"]} == keys
+    for fit in results["expansions"]:
+        assert fit["a_ci_low"] <= fit["a"] <= fit["a_ci_high"] and fit["chi2_per_dof"] >= 0
 
 
 def test_quick_run_writes_the_record_and_figure_and_redraws(tmp_path, capsys):
@@ -50,6 +61,27 @@ def test_quick_run_writes_the_record_and_figure_and_redraws(tmp_path, capsys):
     assert len(list((tmp_path / "tasks").glob("*.json"))) == data["metadata"]["tasks"]
     paths = plotting.redraw(tmp_path / "sde_vs_discrete.json", tmp_path / "again")
     assert {p.suffix for p in paths} == {".png", ".pdf"} and all(p.exists() for p in paths)
+
+
+def test_plain_monte_carlo_agrees_with_the_controlled_run_within_its_error(tmp_path):
+    script = load_script()
+    common = ["--quick", "--chains", "300", "--no-progress", "--jobs", "1", "--seed", "4"]
+    assert script.main([*common, "--out", str(tmp_path / "cv")]) == 0
+    assert script.main([*common, "--plain", "--out", str(tmp_path / "plain")]) == 0
+    rows = {}
+    for name in ("cv", "plain"):
+        data = read_record(tmp_path / name / "sde_vs_discrete.json")
+        check_record(data, 300)
+        rows[name] = {(r["sweep"], r["rule"], r["micro"], r["lam"], r["eta"], r["rho"],
+                       r["test_fn"], r["variant"]): r for r in data["results"]["weak_errors"]}
+    assert rows["cv"].keys() == rows["plain"].keys()
+    z = [(rows["cv"][k]["error_T"] - rows["plain"][k]["error_T"])
+         / np.hypot(rows["cv"][k]["weak_error_T_stderr"], rows["plain"][k]["weak_error_T_stderr"])
+         for k in rows["cv"]]
+    assert np.mean(np.abs(z) < 3.5) > 0.97          # the same quantity, the same seeds
+    ratio = [rows["plain"][k]["weak_error_T_stderr"] / rows["cv"][k]["weak_error_T_stderr"]
+             for k in rows["cv"]]
+    assert np.median(ratio) > 5                     # and the controlled one far less noisy
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """Costs of the simulation layer, old way against new way, measured as ratios in one run.
 
-Four measurements (``--parts``, all by default; parts 1-3: m-USAM, B = 4, m = 2, on least
+Six measurements (``--parts``, all by default; parts 1-3: m-USAM, B = 4, m = 2, on least
 squares, float64; ``--threads`` CPU threads):
 
 1. **Ensemble against SDE, per step**, on a grid of sizes (d x chains, 100 to 1e4 chains, N =
@@ -29,11 +29,16 @@ squares, float64; ``--threads`` CPU threads):
    B = 16, m = 4 and N = 8, d = 2, B = 4, m = 2: the loop one would write by hand for this
    problem (:func:`closed_form_run`, the same path to 1e-10) against
    :func:`sdesam.simulation.sde.euler_maruyama`. Done when fast / closed-form <= 1.5.
+6. **The SAM-family SDEs per chain-step against the m-USAM SDE** (SAM, m-SAM m = 4, RW-SAM,
+   100 chains, N = 64, d = 20, B = 16 and N = 8, d = 2, B = 4): the former estimator of the
+   drift's expectation over batches (4096 fixed sets) against ``drift_batches="auto"``, as
+   ``bench_sam_sde.py`` measures them (its functions, its step and repeat counts). Done when
+   new <= 10 at N = 64 and <= 3 at N = 8.
 
 The old code paths are kept, faithfully copied, in this file only, as the baselines
 (:func:`old_ensemble_run`, :func:`old_euler_maruyama`, :func:`old_comparison`,
 :func:`old_module_sample_grads`).
-Usage: ``python experiments/benchmarks/bench_sde.py [--quick] [--parts 1,2,3,4,5] [--steps 10]
+Usage: ``python experiments/benchmarks/bench_sde.py [--quick] [--parts 1,2,3,4,5,6] [--steps 10]
 [--repeats 5] [--memory-full] [--out experiments/benchmarks]`` (default output: a fresh
 ``runs/bench_sde-*`` folder; a table of only some parts belongs there, not in the committed one).
 
@@ -71,11 +76,16 @@ from sdesam.experiment.outputs import check_writable, resolve_out
 from sdesam.problems import LinearRegression
 from sdesam.experiment.records import atomic_write, run_metadata
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_sam_sde  # noqa: E402  (part 6 measures with its functions)
+
 BATCH, MICRO, ETA, RHO = 4, 2, 0.01, 0.05
 TEST_FNS = ("loss", "trace_V")
 MEMORY_N, MEMORY_DIM, FULL_CHAINS = 16, 20, 100_000
 MODULE_HIDDEN = 128
-PARTS = (1, 2, 3, 4, 5)
+PARTS = (1, 2, 3, 4, 5, 6)
+SAM_FAMILY_CHAINS = 100
+"""Part 6's chains per SDE (as ``bench_sam_sde.py``'s default)."""
 CLOSED_FORM_SIZES = ((64, 20, 16, 4), (8, 2, 4, 2))
 """Part 5's sizes: N, d, batch B and micro-batch m."""
 
@@ -90,12 +100,14 @@ COST = {"step": 1.5e-3, "chain_step": 4.4e-6, "chain_step_per_dim": 2.2e-7,
         "sde_chain_step": {(8, 2): 1.8e-6, (64, 20): 6.5e-5},
         "comparison_chain_step": {"old": 3.9e-5, "new": 6.0e-6}, "process": 5.0, "start": 5.0,
         "module_sample": 8.0e-5, "module_sample_pair": 1.0e-6,
-        "closed_chain_step": {(64, 20): 6.0e-6, (8, 2): 6.0e-7}}
+        "closed_chain_step": {(64, 20): 6.0e-6, (8, 2): 6.0e-7},
+        "sam_family": {"default": 20.0, "quick": 5.0}}
 """Seconds of each unit of work on the 2-core machine of the committed table (fitted to its
 rows): per step of part 1's three contenders, plus per chain-step (growing with d); per
 chain-step of part 2's two SDE paths; per chain-step of a comparison, plus its fresh process
 (importing torch); per sample of part 4's two linear paths and per sample pair (N^2) of its
-old path; per chain-step of part 5's two contenders together; and the start of the run (imports, first-call warm-ups)."""
+old path; per chain-step of part 5's two contenders together; part 6 as a whole; and the
+start of the run (imports, first-call warm-ups)."""
 
 
 # ---------------------------------------------------------------------- the old code paths
@@ -346,7 +358,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="small sizes: every part in about 20 s (default run: about 3 min; "
                              "also set by SDESAM_QUICK=1)")
     parser.add_argument("--parts", default=",".join(map(str, PARTS)),
-                        help="comma-separated parts to measure (default: all of 1,2,3,4,5)")
+                        help="comma-separated parts to measure (default: all of 1,2,3,4,5,6)")
     parser.add_argument("--steps", type=int, default=None,
                         help=f"steps per timing (default {DEFAULTS['steps']}; --quick {QUICK['steps']})")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
@@ -412,7 +424,9 @@ def main(argv: list[str] | None = None) -> int:
              3: [comparison_seconds(way, chains, steps) for way, chains, steps in runs],
              4: [module_seconds(n, args.repeats) for n in args.module_n],
              5: [(args.repeats + 1) * args.steps * chunk_chains * COST["closed_chain_step"][(n, dim)]
-                 for n, dim, _, _ in CLOSED_FORM_SIZES]}
+                 for n, dim, _, _ in CLOSED_FORM_SIZES],
+             6: [COST["sam_family"]["quick" if args.quick else "default"] / len(bench_sam_sde.SIZES)
+                 for _ in bench_sam_sde.SIZES]}
     plan = [seconds for part in sorted(parts) for seconds in costs[part]]
     simulation = (f"m-USAM (B={BATCH}, m={MICRO}) on least squares, float64 (parts 1-3), "
                   if parts & {1, 2, 3} else "")
@@ -494,6 +508,23 @@ def main(argv: list[str] | None = None) -> int:
             t = fast_against_closed_form(n, dim, batch, micro, chunk_chains, args.steps, args.repeats)
             emit(f"{n:>4} {dim:>4} {batch:>4} {micro:>4} {t['closed']:>10.3g} {t['fast']:>10.3g} "
                  f"{t['fast'] / t['closed']:>8.2f} {1.5:>7.1f}")
+            done()
+        emit("")
+    if 6 in parts:
+        settings = bench_sam_sde.QUICK if args.quick else bench_sam_sde.DEFAULTS
+        emit(f"6. SAM-family SDE per chain-step / m-USAM SDE's (m={bench_sam_sde.MICRO}), least "
+             f"squares, {SAM_FAMILY_CHAINS} chains, dt = eta, best of {settings['repeats']} calls "
+             f"of {settings['steps']} steps (N=64) / {bench_sam_sde.SMALL_STEPS * settings['steps']}"
+             " (N=8); old: 4096 fixed batch sets, new: drift_batches='auto'")
+        emit(f"{'rule':<10} {'N':>3} {'d':>3} {'B':>3} {'m-USAM us':>9} {'old':>8} {'new':>6} "
+             f"{'old/new':>8} {'target':>7}")
+        for n, dim, batch in bench_sam_sde.SIZES:
+            steps = settings["steps"] * (bench_sam_sde.SMALL_STEPS if n == 8 else 1)
+            for row in bench_sam_sde.measure_size(n, dim, batch, SAM_FAMILY_CHAINS, steps,
+                                                  settings["repeats"]):
+                emit(f"{row['rule']:<10} {n:>3} {dim:>3} {batch:>3} {row['base_us']:>9.2f} "
+                     f"{row['old']:>8.2f} {row['new']:>6.2f} {row['old'] / row['new']:>8.1f} "
+                     f"{'<= ' + format(bench_sam_sde.TARGETS[n], 'g'):>7}")
             done()
     bar.close()
     text = "\n".join(lines).rstrip("\n") + "\n"

@@ -1,12 +1,16 @@
 """Figure of ``experiments/sde_vs_discrete.py``: weak error of the first-order SDEs.
 
-Reads only the record schema (``results["weak_errors"]``, ``results["orders"]``). Top row,
-along rho = kappa sqrt(eta): (a) the USAM rules and (b) the SAM rules and RW-SAM -- the weak
-error of the loss (max over steps) of the full SDE (solid) and of the SDE without its
-noise-induced term (dashed), with Monte-Carlo error bars and the fitted order with its 95%
-interval in the legend; (c) the same error at the horizon T, full SDE. Bottom row, for the
-ablation run: (d) eta at fixed rho, (e) rho at fixed eta, (f) every test function. The
-footnote says how many chains every point is over and how many diverged.
+Reads only the record schema (``results["weak_errors"]``, ``results["orders"]``,
+``results["expansions"]``). Top row, along rho = kappa sqrt(eta): (a) SGD and the USAM rules and
+(b) the SAM rules and RW-SAM -- the weak error of the loss (max over steps) of the full SDE
+(solid) and of the SDE without its noise-induced term (dashed), with Monte-Carlo error bars and
+the fitted order with its 95% interval in the legend; (c) the same error at the horizon T, full
+SDE; grey reference slopes 1 and 1/2. Middle row, for the ablation run: (d) eta at fixed rho,
+(e) rho at fixed eta, (f) every test function. Bottom row: (g) a forest plot of the orders at T
+(the slope over every eta and the local order between the two smallest) with their 95%
+Monte-Carlo intervals, and (h) the sqrt(eta) coefficient a of the signed error at T with its
+95% interval, full SDE against the SDE without its noise-induced term. The footnote says how
+many chains every point is over, whether control variates were used and how many diverged.
 """
 
 from __future__ import annotations
@@ -76,35 +80,101 @@ def _family_panel(ax: Any, coupled: list[dict[str, Any]], orders: list[dict[str,
     ax.set_xlabel("eta")
 
 
+def _reference_slopes(ax: Any, rows: list[dict[str, Any]], y: str) -> None:
+    """Grey slopes 1 (dotted) and 1/2 (dash-dot) through the median error at the smallest eta."""
+    etas = sorted({r["eta"] for r in rows})
+    if len(etas) < 2:
+        return
+    anchor = sorted(r[y] for r in rows if r["eta"] == etas[0])
+    level = anchor[len(anchor) // 2]
+    for power, style in ((1.0, ":"), (0.5, "-.")):
+        ax.plot(etas, [level * (e / etas[0]) ** power for e in etas], color="grey",
+                linestyle=style, linewidth=1, label=f"slope {power:g}", zorder=0)
+
+
+def _forest(ax: Any, orders: list[dict[str, Any]], runs: list[tuple]) -> None:
+    """Orders at T per run: slope over every eta (circles) and local order between the two
+    smallest etas (squares), full SDE filled, without the noise term hollow, 95% intervals."""
+    labels = []
+    for i, key in enumerate(runs):
+        labels.append(run_label({"rule": key[0], "micro": key[1], "lam": key[2]}))
+        for variant, shift, fill in (("full", -0.12, "full"), ("without_noise_term", 0.12, "none")):
+            fit = next((o for o in orders if _run_key(o) == key and o["variant"] == variant
+                        and o["measure"] == "at_horizon"), None)
+            if fit is None:
+                continue
+            for kind, dy, marker in (("order", -0.05, "o"), ("local_order", 0.05, "s")):
+                ax.errorbar(fit[kind], i + shift + dy,
+                            xerr=[[fit[kind] - fit[kind + "_ci_low"]], [fit[kind + "_ci_high"] - fit[kind]]],
+                            fmt=marker, color="tab:blue" if variant == "full" else "tab:red",
+                            fillstyle=fill, markersize=5, capsize=2)
+    for value in (0.5, 1.0):
+        ax.axvline(value, color="grey", linestyle=":", linewidth=1)
+    ax.set_yticks(range(len(runs)), labels)
+    ax.invert_yaxis()
+    handles = [plt.Line2D([], [], color="tab:blue", marker="o", linestyle="", label="full SDE, slope over all eta"),
+               plt.Line2D([], [], color="tab:blue", marker="s", linestyle="", label="full SDE, local order (two smallest eta)"),
+               plt.Line2D([], [], color="tab:red", marker="o", fillstyle="none", linestyle="",
+                          label="without noise term, slope"),
+               plt.Line2D([], [], color="tab:red", marker="s", fillstyle="none", linestyle="",
+                          label="without noise term, local order")]
+    ax.legend(handles=handles, fontsize=7, loc="lower right")
+    ax.set_xlabel("order in eta of the weak error at T (95% Monte-Carlo interval)")
+    ax.set_title("(g) orders at T: expected 1 with the noise-induced term, 1/2 without", fontsize=10)
+    ax.grid(True, axis="x", alpha=0.3)
+
+
+def _coefficients(ax: Any, expansions: list[dict[str, Any]], runs: list[tuple]) -> None:
+    """The sqrt(eta) coefficient a of the signed error at T per run, with its 95% interval."""
+    for i, key in enumerate(runs):
+        for variant, shift, fill in (("full", -0.12, "full"), ("without_noise_term", 0.12, "none")):
+            fit = next((e for e in expansions if _run_key(e) == key and e["variant"] == variant), None)
+            if fit is None:
+                continue
+            ax.errorbar(fit["a"], i + shift, xerr=[[fit["a"] - fit["a_ci_low"]], [fit["a_ci_high"] - fit["a"]]],
+                        fmt="o", color="tab:blue" if variant == "full" else "tab:red",
+                        fillstyle=fill, markersize=5, capsize=2)
+    ax.axvline(0.0, color="grey", linestyle=":", linewidth=1)
+    ax.set_yticks(range(len(runs)), [run_label({"rule": k[0], "micro": k[1], "lam": k[2]}) for k in runs])
+    ax.invert_yaxis()
+    ax.set_xlabel("a in e(eta) = a sqrt(eta) + b eta + c eta^1.5 (weighted fit, 95% interval)")
+    ax.set_title("(h) sqrt(eta) coefficient: full (filled) vs without term (hollow)", fontsize=10)
+    ax.grid(True, axis="x", alpha=0.3)
+
+
 def draw(data: dict[str, Any], out_stem: Path) -> list[Path]:
     """Draw the SDE-versus-discrete figure from its data file; returns the PNG and PDF paths."""
     settings, results = data["settings"], data["results"]
-    rows, orders = results["weak_errors"], results["orders"]
+    rows, orders, expansions = results["weak_errors"], results["orders"], results["expansions"]
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     order_fn = settings["order_test_fn"]
     coupled = [r for r in rows if r["sweep"] == "coupled" and r["test_fn"] == order_fn]
     runs = list(dict.fromkeys(_run_key(r) for r in coupled))
     usam = [k for k in runs if not get_rule(k[0]).normalized]
     sam = [k for k in runs if get_rule(k[0]).normalized]
-    fig, axes = plt.subplots(2, 3, figsize=(18, 12), gridspec_kw={"height_ratios": (1.35, 1)})
+    fig, named = plt.subplot_mosaic([["a", "b", "c"], ["d", "e", "f"], ["g", "g", "h"]],
+                                    figsize=(18, 18),
+                                    gridspec_kw={"height_ratios": (1.35, 1, 1.1)})
     kappa = settings["kappa"]
-    _family_panel(axes[0, 0], coupled, orders, usam, colours,
+    _family_panel(named["a"], coupled, orders, usam, colours,
                   f"(a) unnormalised rules: {order_fn}, rho = {kappa} sqrt(eta)")
-    _family_panel(axes[0, 1], coupled, orders, sam, colours[len(usam):] + colours[:len(usam)],
+    _family_panel(named["b"], coupled, orders, sam, colours[len(usam):] + colours[:len(usam)],
                   f"(b) normalised rules: {order_fn}, rho = {kappa} sqrt(eta)")
     for i, key in enumerate(runs):
         chosen = [r for r in coupled if _run_key(r) == key and r["variant"] == "full"]
-        _curve(axes[0, 2], chosen, "eta", "weak_error_T",
+        _curve(named["c"], chosen, "eta", "weak_error_T",
                f"{run_label(chosen[0])}: order {_order_text(orders, chosen[0], 'full', 'at_horizon')}",
                colours[i % len(colours)], marker=MARKERS[i % len(MARKERS)])
-    axes[0, 2].set_title(f"(c) full SDE, {order_fn} at the horizon T = {settings['horizon']}",
+    named["c"].set_title(f"(c) full SDE, {order_fn} at the horizon T = {settings['horizon']}",
                          fontsize=10)
-    axes[0, 2].set_xlabel("eta")
+    named["c"].set_xlabel("eta")
+    for key, field in (("a", "weak_error"), ("b", "weak_error"), ("c", "weak_error_T")):
+        _reference_slopes(named[key], coupled, field)
     ablation = {"rule": settings["ablation_run"][0], "micro": settings["ablation_run"][1],
                 "lam": settings["ablation_run"][2]}
     name = run_label(ablation)
-    for ax, sweep, x, title in ((axes[1, 0], "fixed_rho", "eta", f"(d) {name}, rho = {settings['fixed_rho']}"),
-                                (axes[1, 1], "fixed_eta", "rho", f"(e) {name}, eta = {settings['fixed_eta']}")):
+    for ax, sweep, x, title in ((named["d"], "fixed_rho", "eta", f"(d) {name}, rho = {settings['fixed_rho']}"),
+                                (named["e"], "fixed_eta", "rho", f"(e) {name}, eta = {settings['fixed_eta']}")):
         chosen = [r for r in rows if r["sweep"] == sweep and r["test_fn"] == order_fn]
         for variant, dashed in (("full", False), ("without_noise_term", True)):
             _curve(ax, [r for r in chosen if r["variant"] == variant], x, "weak_error",
@@ -114,10 +184,11 @@ def draw(data: dict[str, Any], out_stem: Path) -> list[Path]:
     for i, test_fn in enumerate(settings["test_fns"]):
         chosen = [r for r in rows if r["sweep"] == "coupled" and _run_key(r) == _run_key(ablation)
                   and r["test_fn"] == test_fn and r["variant"] == "full"]
-        _curve(axes[1, 2], chosen, "eta", "weak_error", test_fn, colours[i % len(colours)])
-    axes[1, 2].set_title(f"(f) {name}, full SDE, every test function", fontsize=10)
-    axes[1, 2].set_xlabel("eta")
-    for ax in axes.flat:
+        _curve(named["f"], chosen, "eta", "weak_error", test_fn, colours[i % len(colours)])
+    named["f"].set_title(f"(f) {name}, full SDE, every test function", fontsize=10)
+    named["f"].set_xlabel("eta")
+    for key in "abcdef":
+        ax = named[key]
         ticks = sorted({x for line in ax.get_lines() for x in line.get_xdata()})
         ax.set_xscale("log")
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
@@ -125,17 +196,22 @@ def draw(data: dict[str, Any], out_stem: Path) -> list[Path]:
         ax.set_yscale("log")
         ax.set_ylabel("weak error")
         ax.grid(True, which="both", alpha=0.3)
-    for ax in axes[0]:   # many runs: legends below the panels, clear of the data
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
-    for ax in axes[1]:
-        ax.legend(fontsize=7, loc="lower right")
+    for key in "abc":   # many runs: legends below the panels, clear of the data
+        named[key].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+    for key in "def":
+        named[key].legend(fontsize=7, loc="lower right")
+    _forest(named["g"], orders, runs)
+    _coefficients(named["h"], expansions, runs)
     diverged = sum(r["diverged"] for r in rows)
     fig.suptitle(f"first-order SDE vs discrete rule: logistic regression, N = {settings['n']}, "
                  f"d = {settings['dim']}, B = {settings['batch']}, T = {settings['horizon']}, "
                  f"dt = eta/{settings['substeps']}", fontsize=12)
+    method = ("control variates (an SGD companion on the losses' quadratic expansion, exact moments)"
+              if settings.get("control_variates") else "plain Monte Carlo")
     fig.text(0.5, 0.005, "weak error = max over steps k <= T/eta of |E g(x_k) - E g(X_(k eta))| "
              "(c: at k = T/eta); error bars: 1 Monte-Carlo standard error; orders: least-squares "
-             f"slope in eta with 95% interval; every point over {settings['chains']} chains per "
-             f"side, {diverged} diverged chains in all", ha="center", fontsize=9)
+             f"slope in eta with 95% Monte-Carlo interval; every point over {settings['chains']} "
+             f"chains per side, {method}; {diverged} diverged chains in all", ha="center",
+             fontsize=9, wrap=True)
     fig.tight_layout(rect=(0, 0.02, 1, 0.97))
-    return save(fig, out_stem, dpi=110)
+    return save(fig, out_stem, dpi=100)
