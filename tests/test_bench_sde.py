@@ -26,8 +26,11 @@ def test_tiny_run_reports_every_ratio_and_both_peaks(tmp_path, capsys):
     ensemble_row = next(line.split() for line in text.splitlines() if line.split()[:2] == ["2", "100"])
     assert len(ensemble_row) == 8 and all(float(v) > 0 for v in ensemble_row[2:])
     sized = [line.split() for line in text.splitlines() if line.split()[:2] in (["8", "2"], ["64", "20"])]
-    assert [len(row) for row in sized] == [5, 5, 8, 8]          # part 2's rows, then part 5's
-    assert all(float(v) > 0 for row in sized[2:] for v in row[4:7])
+    assert [len(row) for row in sized] == [5, 5, 8, 8, 9]    # part 2's rows, part 5's, part 7's
+    assert all(float(v) > 0 for row in sized[2:4] for v in row[4:7])
+    compiled = [row for row in sized if len(row) == 9] + [
+        line.split() for line in text.splitlines() if line.split()[:2] == ["16", "4"]]
+    assert len(compiled) == 2 and all(float(row[6].rstrip("x")) > 0 for row in compiled)
     peaks = {row[0]: float(row[3]) for row in (line.split() for line in text.splitlines())
              if row[:1] in (["old"], ["new"]) and row[1:3] == ["200", "5"]}
     assert set(peaks) == {"old", "new"} and all(peak > 10 for peak in peaks.values())

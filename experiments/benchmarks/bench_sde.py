@@ -1,6 +1,6 @@
 """Costs of the simulation layer, old way against new way, measured as ratios in one run.
 
-Six measurements (``--parts``, all by default; parts 1-3: m-USAM, B = 4, m = 2, on least
+Seven measurements (``--parts``, all by default; parts 1-3: m-USAM, B = 4, m = 2, on least
 squares, float64; ``--threads`` CPU threads):
 
 1. **Ensemble against SDE, per step**, on a grid of sizes (d x chains, 100 to 1e4 chains, N =
@@ -34,11 +34,16 @@ squares, float64; ``--threads`` CPU threads):
    drift's expectation over batches (4096 fixed sets) against ``drift_batches="auto"``, as
    ``bench_sam_sde.py`` measures them (its functions, its step and repeat counts). Done when
    new <= 10 at N = 64 and <= 3 at N = 8.
+7. **The compiled SDE against the hand-written one**, microseconds per chain-step of m-USAM
+   (B = 4, m = 2) on least squares at N = 8, d = 2 and N = 16, d = 4, as
+   ``bench_symbolic.py --sde`` measures them (its functions): the hand SDE, the former
+   entry-by-entry compiled SDE and :class:`sdesam.simulation.derived_sde.DerivedSDE`, with the
+   compile time. Done when new / hand <= 1.5.
 
 The old code paths are kept, faithfully copied, in this file only, as the baselines
 (:func:`old_ensemble_run`, :func:`old_euler_maruyama`, :func:`old_comparison`,
 :func:`old_module_sample_grads`).
-Usage: ``python experiments/benchmarks/bench_sde.py [--quick] [--parts 1,2,3,4,5,6] [--steps 10]
+Usage: ``python experiments/benchmarks/bench_sde.py [--quick] [--parts 1,2,3,4,5,6,7] [--steps 10]
 [--repeats 5] [--memory-full] [--out experiments/benchmarks]`` (default output: a fresh
 ``runs/bench_sde-*`` folder; a table of only some parts belongs there, not in the committed one).
 
@@ -54,6 +59,8 @@ what the machine has available.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -77,15 +84,19 @@ from sdesam.problems import LinearRegression
 from sdesam.experiment.records import atomic_write, run_metadata
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_sam_sde  # noqa: E402  (part 6 measures with its functions)
+import bench_sam_sde  # noqa: E402  (part 6 measures with its functions, part 7 with bench_symbolic's)
 
 BATCH, MICRO, ETA, RHO = 4, 2, 0.01, 0.05
 TEST_FNS = ("loss", "trace_V")
 MEMORY_N, MEMORY_DIM, FULL_CHAINS = 16, 20, 100_000
 MODULE_HIDDEN = 128
-PARTS = (1, 2, 3, 4, 5, 6)
+PARTS = (1, 2, 3, 4, 5, 6, 7)
 SAM_FAMILY_CHAINS = 100
 """Part 6's chains per SDE (as ``bench_sam_sde.py``'s default)."""
+COMPILED_SIZES = ("8:2", "16:4")
+"""Part 7's sizes, N:d."""
+COMPILED_RUN = {"default": (1000, 50), "quick": (200, 10)}
+"""Part 7's (chains, steps), as ``bench_symbolic.py --sde``'s defaults."""
 CLOSED_FORM_SIZES = ((64, 20, 16, 4), (8, 2, 4, 2))
 """Part 5's sizes: N, d, batch B and micro-batch m."""
 
@@ -101,12 +112,14 @@ COST = {"step": 1.5e-3, "chain_step": 4.4e-6, "chain_step_per_dim": 2.2e-7,
         "comparison_chain_step": {"old": 3.9e-5, "new": 6.0e-6}, "process": 5.0, "start": 5.0,
         "module_sample": 8.0e-5, "module_sample_pair": 1.0e-6,
         "closed_chain_step": {(64, 20): 6.0e-6, (8, 2): 6.0e-7},
-        "sam_family": {"default": 20.0, "quick": 5.0}}
+        "sam_family": {"default": 20.0, "quick": 5.0},
+        "compiled": {"default": 40.0, "quick": 15.0}}
 """Seconds of each unit of work on the 2-core machine of the committed table (fitted to its
 rows): per step of part 1's three contenders, plus per chain-step (growing with d); per
 chain-step of part 2's two SDE paths; per chain-step of a comparison, plus its fresh process
 (importing torch); per sample of part 4's two linear paths and per sample pair (N^2) of its
-old path; per chain-step of part 5's two contenders together; part 6 as a whole; and the
+old path; per chain-step of part 5's two contenders together; parts 6 and 7 as a whole
+(7 with its derivations); and the
 start of the run (imports, first-call warm-ups)."""
 
 
@@ -358,7 +371,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="small sizes: every part in about 20 s (default run: about 3 min; "
                              "also set by SDESAM_QUICK=1)")
     parser.add_argument("--parts", default=",".join(map(str, PARTS)),
-                        help="comma-separated parts to measure (default: all of 1,2,3,4,5,6)")
+                        help="comma-separated parts to measure (default: all of 1,2,3,4,5,6,7)")
     parser.add_argument("--steps", type=int, default=None,
                         help=f"steps per timing (default {DEFAULTS['steps']}; --quick {QUICK['steps']})")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
@@ -426,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
              5: [(args.repeats + 1) * args.steps * chunk_chains * COST["closed_chain_step"][(n, dim)]
                  for n, dim, _, _ in CLOSED_FORM_SIZES],
              6: [COST["sam_family"]["quick" if args.quick else "default"] / len(bench_sam_sde.SIZES)
-                 for _ in bench_sam_sde.SIZES]}
+                 for _ in bench_sam_sde.SIZES],
+             7: [COST["compiled"]["quick" if args.quick else "default"]]}
     plan = [seconds for part in sorted(parts) for seconds in costs[part]]
     simulation = (f"m-USAM (B={BATCH}, m={MICRO}) on least squares, float64 (parts 1-3), "
                   if parts & {1, 2, 3} else "")
@@ -526,6 +540,16 @@ def main(argv: list[str] | None = None) -> int:
                      f"{row['old']:>8.2f} {row['new']:>6.2f} {row['old'] / row['new']:>8.1f} "
                      f"{'<= ' + format(bench_sam_sde.TARGETS[n], 'g'):>7}")
             done()
+        emit("")
+    if 7 in parts:
+        import bench_symbolic   # imports sympy: only when part 7 runs
+        chains, steps = COMPILED_RUN["quick" if args.quick else "default"]
+        emit("7. compiled SDE (DerivedSDE) vs the hand-written SDE (target: new / hand <= 1.5)")
+        with contextlib.redirect_stdout(io.StringIO()):     # its own printing: emitted here
+            table = bench_symbolic.sde_table(list(COMPILED_SIZES), chains, steps)
+        for line in table:
+            emit(line)
+        done()
     bar.close()
     text = "\n".join(lines).rstrip("\n") + "\n"
     path = atomic_write(Path(out) / "bench_sde.txt", lambda f: f.write(text))
