@@ -25,13 +25,31 @@ the compiled SDE the ``old`` way (drift and Sigma lambdified entry by entry, eva
 separately; :class:`EntrywiseSDE`) and the ``new`` one (:class:`DerivedSDE`), each compiled
 SDE integrated already built; their ratios to hand, the compilation seconds of the new one and
 the largest difference of the final states of old and new (float rounding).
+
+``--family`` adds a second table (issue 19, item 4): SAM, m-SAM (m = 2) and RW-SAM (lam = 2)
+on the losses above (B = 4, without replacement) at ``--family-n`` and m-USAM (B = 4, m = 2,
+with replacement) derived on least squares at ``--derive-sizes`` N:d, each derived ``old`` --
+the package as it was at ``--before`` (extracted with ``git archive``, derived in a subprocess
+with sympy's cache cleared before each) -- and ``new`` (this checkout, the same way): CPU
+seconds, old / new, and whether the drift and diffusion are structurally identical
+("identical"), else equal at random points ("equal"); then whether the issue's targets
+(:data:`TARGETS`) are met and each way's growth exponent per rule over its largest two N.
+The file ``--out`` writes starts with the command that made it.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import math
+import os
+import pickle
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
+from pathlib import Path
 from typing import Iterable
 from unittest import mock
 
@@ -45,9 +63,22 @@ from sdesam.problems import LinearRegression
 from sdesam.simulation import sde
 from sdesam.simulation.derived_sde import DerivedSDE, integrate, machine_numbers, parameter_symbols
 from sdesam.symbolic import derive
+from sdesam.symbolic.derivation import matrices_equal
 from sdesam.symbolic.families import ConcreteFamily
 
 BATCH, MICRO, SAMPLING = 4, 2, "without-replacement"
+
+BEFORE = "854cbd1"
+"""The commit before issue 19, item 4's symbolic work: ``--family``'s default ``old``."""
+
+FAMILY_OPTIONS = {"sam": {}, "m-sam": {"micro": MICRO}, "rw-sam": {"lam": 2}}
+"""The SAM family rules of ``--family`` and their keywords (B, sampling: as above)."""
+
+TARGETS = {("sam", 12, 1): 3.0, ("m-sam", 12, 1): 3.0, ("rw-sam", 12, 1): 3.0,
+           ("m-usam", 16, 4): 10.0}
+"""Issue 19, item 4's targets: CPU seconds of the new derivation of each (rule, N, d)."""
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def losses_of(n: int) -> tuple[list[sympy.Expr], list[sympy.Symbol]]:
@@ -109,11 +140,16 @@ class EntrywiseSDE(DerivedSDE):
         return self.entrywise(self.parts[0], y).squeeze(-1), self.entrywise(self.parts[1], y)
 
 
+def least_squares(n: int, dim: int) -> LinearRegression:
+    """Least squares on N seeded Gaussian examples in d dimensions (float64)."""
+    gen = torch.Generator().manual_seed(0)
+    return LinearRegression(torch.randn(n, dim, generator=gen, dtype=torch.float64),
+                            torch.randn(n, generator=gen, dtype=torch.float64))
+
+
 def sde_row(n: int, dim: int, chains: int, steps: int) -> str:
     """One ``--sde`` row: hand, old and new microseconds per chain-step (best of 3)."""
-    gen = torch.Generator().manual_seed(0)
-    problem = LinearRegression(torch.randn(n, dim, generator=gen, dtype=torch.float64),
-                               torch.randn(n, generator=gen, dtype=torch.float64))
+    problem = least_squares(n, dim)
     losses, variables = problem.sympy_form()
     derivation = derive("m-usam", losses, variables, batch=BATCH, micro=MICRO)
     eta, rho = 0.05, 0.1
@@ -154,6 +190,105 @@ def sde_table(sizes: list[str], chains: int, steps: int) -> list[str]:
     return lines
 
 
+Case = tuple[str, int, int]
+"""A ``--family`` derivation: (rule, N, d); d = 1 is the losses of :func:`losses_of`."""
+
+
+def family_cases(ns: list[int], sizes: list[str]) -> list[Case]:
+    """The SAM family at every N of ``ns``, then m-USAM at every N:d of ``sizes``."""
+    cases = [(rule, n, 1) for rule in FAMILY_OPTIONS for n in ns]
+    return cases + [("m-usam", *(int(part) for part in size.split(":"))) for size in sizes]
+
+
+def derive_case(case: Case) -> tuple[float, sympy.Matrix, sympy.Matrix]:
+    """(CPU seconds, drift, diffusion) of one case, sympy's cache cleared first."""
+    rule, n, dim = case
+    if rule in FAMILY_OPTIONS:
+        losses, variables = losses_of(n)
+        options = dict(batch=BATCH, sampling=SAMPLING, **FAMILY_OPTIONS[rule])
+    else:
+        losses, variables = least_squares(n, dim).sympy_form()
+        options = dict(batch=BATCH, micro=MICRO)
+    clear_cache()
+    start = time.process_time()
+    d = derive(rule, losses, variables, **options)
+    return time.process_time() - start, d.drift, d.diffusion
+
+
+def derive_before(cases: list[Case], rev: str) -> list[tuple[float, sympy.Matrix, sympy.Matrix]]:
+    """:func:`derive_case` of every case with the package as it was at ``rev``: a copy of it
+    (``git archive``) first on the path of a subprocess running this script's ``--worker``."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "sdesam"],
+                             capture_output=True, check=True).stdout
+    with tempfile.TemporaryDirectory() as folder:
+        tarfile.open(fileobj=io.BytesIO(archive)).extractall(folder, filter="data")
+        results = Path(folder) / "results.pkl"
+        spec = ";".join(f"{rule},{n},{dim}" for rule, n, dim in cases)
+        subprocess.run([sys.executable, __file__, "--worker", spec, str(results)], check=True,
+                       env={**os.environ, "PYTHONPATH": folder})
+        return pickle.loads(results.read_bytes())
+
+
+def worker(spec: str, out: str) -> int:
+    """``--worker``: derive the cases ``rule,N,d;...`` with whatever sdesam is on the path and
+    pickle the results to ``out`` (how :func:`derive_before` runs the old package)."""
+    cases = [(rule, int(n), int(dim)) for rule, n, dim in (c.split(",") for c in spec.split(";"))]
+    Path(out).write_bytes(pickle.dumps([derive_case(case) for case in cases]))
+    return 0
+
+
+def sameness(new: tuple, old: tuple) -> str:
+    """"identical" (structurally), else "equal" (at random points), else "DIFFERENT"."""
+    if new[1] == old[1] and new[2] == old[2]:
+        return "identical"
+    equal = matrices_equal(new[1], old[1]) and matrices_equal(new[2], old[2])
+    return "equal" if equal else "DIFFERENT"
+
+
+def exponent(seconds: dict[int, float]) -> str:
+    """The exponent k of seconds ~ N^k over the largest two N, or '-'."""
+    if len(seconds) < 2:
+        return "-"
+    low, high = sorted(seconds)[-2:]
+    return f"{math.log(seconds[high] / seconds[low]) / math.log(high / low):.2f} (N={low}..{high})"
+
+
+def target_line(new: dict[Case, float]) -> str:
+    """Each of :data:`TARGETS` this run measured: the new seconds and whether it is met."""
+    cells = [f"{rule} N={n} d={dim} {new[rule, n, dim]:.2f} s <= {limit:g} s "
+             f"{'met' if new[rule, n, dim] <= limit else 'NOT met'}"
+             for (rule, n, dim), limit in TARGETS.items() if (rule, n, dim) in new]
+    return "targets (new): " + ("; ".join(cells) if cells else "none measured")
+
+
+def family_table(ns: list[int], sizes: list[str], rev: str) -> list[str]:
+    """The ``--family`` table: the old package's derivations first (one subprocess), then
+    this checkout's, rows printed as they come."""
+    cases = family_cases(ns, sizes)
+    lines = [f"bench_symbolic --family: SAM, m-SAM (m={MICRO}), RW-SAM (lam=2) on the d=1 losses, "
+             f"B={BATCH}, {SAMPLING}; m-USAM (B={BATCH}, m={MICRO}, with-replacement) on least "
+             f"squares at N:d; order 1, sympy {sympy.__version__}; CPU seconds, old = the package "
+             f"at {rev}",
+             f"{'rule':<7} {'N':>3} {'d':>2} {'old':>9} {'new':>9} {'old/new':>8}  result"]
+    print("\n".join(lines), flush=True)
+    before = derive_before(cases, rev)
+    seconds: dict[tuple[str, str], dict[int, float]] = {}
+    for case, old in zip(cases, before):
+        new = derive_case(case)
+        rule, n, dim = case
+        seconds.setdefault((rule, "old"), {})[n] = old[0]
+        seconds.setdefault((rule, "new"), {})[n] = new[0]
+        lines.append(f"{rule:<7} {n:>3} {dim:>2} {old[0]:>9.2f} {new[0]:>9.2f} "
+                     f"{old[0] / new[0]:>7.1f}x  {sameness(new, old)}")
+        print(lines[-1], flush=True)
+    lines.append(target_line({case: seconds[case[0], "new"][case[1]] for case in cases}))
+    lines.append("growth N^k: " + "; ".join(
+        f"{rule} old {exponent(seconds[rule, 'old'])}, new {exponent(seconds[rule, 'new'])}"
+        for rule in dict.fromkeys(case[0] for case in cases)))
+    print("\n".join(lines[-2:]), flush=True)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the table, print it, write it where ``--out`` says."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -169,12 +304,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure the compiled SDE at these sizes instead (e.g. 8:2 16:4)")
     parser.add_argument("--chains", type=int, default=1000, help="chains of --sde (default 1000)")
     parser.add_argument("--steps", type=int, default=50, help="steps of --sde (default 50)")
+    parser.add_argument("--family", action="store_true",
+                        help="also the SAM family and m-USAM-on-least-squares table, old vs new")
+    parser.add_argument("--family-n", type=int, nargs="+", default=[4, 8, 12],
+                        help="N of --family's SAM, m-SAM and RW-SAM rows (default: 4 8 12)")
+    parser.add_argument("--derive-sizes", nargs="*", metavar="N:d", default=["8:2", "16:4"],
+                        help="N:d of --family's m-USAM rows (default: 8:2 16:4)")
+    parser.add_argument("--before", default=BEFORE,
+                        help=f"the git revision --family's old way runs (default {BEFORE})")
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        return worker(*args.worker)
     folder = None
     if args.out is not None:
         folder = check_writable(resolve_out(args.out or None, "bench_symbolic"))
+    command = " ".join(["python experiments/benchmarks/bench_symbolic.py",
+                        *(sys.argv[1:] if argv is None else argv)])
     if args.sde:
-        write(folder, sde_table(args.sde, args.chains, args.steps))
+        write(folder, [f"command: {command}"] + sde_table(args.sde, args.chains, args.steps))
         return 0
     limits = {"old": args.old_max, "collected": args.collected_max, "new": max(args.n)}
     lines = [f"bench_symbolic: m-USAM, d=1, B={BATCH}, m={MICRO}, {SAMPLING}, order 1, "
@@ -208,7 +356,9 @@ def main(argv: list[str] | None = None) -> int:
             growth.append(f"{way} N^{exponent:.2f} (N={span[0]}..{span[1]})")
     lines.append("growth: " + ", ".join(growth))
     print("\n" + "\n".join(lines))
-    write(folder, lines)
+    if args.family:
+        lines += [""] + family_table(args.family_n, args.derive_sizes, args.before)
+    write(folder, [f"command: {command}"] + lines)
     return 0
 
 
