@@ -82,14 +82,22 @@ def test_progress_bar_over_index_sets_is_switched_by_progress(progress):
 
 @pytest.mark.parametrize("algorithm,options", [("sam", {}), ("m-sam", {"micro": 2}),
                                                ("rw-sam", {"lam": 2})])
-def test_memoised_norms_and_untouched_polynomials_are_identical_to_the_full_way(algorithm, options):
+def test_sam_family_shortcuts_are_identical_to_the_full_way(algorithm, options):
     """The SAM family's shortcuts (norms memoised per derivation, a direction already of the
-    order asked for not re-truncated) change nothing: the full way, every norm taken afresh
-    and every truncation differentiating, gives the very same drift and diffusion."""
+    order asked for not re-truncated, a batch's derivatives from its samples', memoised)
+    change nothing: the full way -- every norm taken afresh, every truncation
+    differentiating, every part's loss differentiated where it is needed -- gives the very
+    same drift and diffusion."""
+    def differentiated(family, kind, part):
+        loss = family.part_loss(part)
+        return (taylor.gradient(loss, family.variables) if kind == "gradient"
+                else sympy.hessian(loss, family.variables))
+
     args = dict(batch=4, sampling="without-replacement", expectations="enumeration", **options)
     new = derive(algorithm, losses_of(5), [x], **args)
     with mock.patch.object(taylor, "polynomial_degree", lambda expr, symbol: None), \
-            mock.patch.object(references, "MemoNorm", lambda: references.norm):
+            mock.patch.object(references, "MemoNorm", lambda: references.norm), \
+            mock.patch.object(ConcreteFamily, "_part_derivative", differentiated):
         old = derive(algorithm, losses_of(5), [x], **args)
     assert new.drift == old.drift and new.diffusion == old.diffusion
     assert new.verify()
