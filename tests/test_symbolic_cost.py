@@ -133,3 +133,18 @@ def test_matrix_product_is_sympys():
     b = sympy.Matrix([[x / sympy.Abs(x + y), 1], [0, sympy.exp(y)]])
     assert references.matrix_product(a, b) == a * b
     assert references.matrix_product(a, b[:, 0]) == a * b[:, 0]
+
+
+def test_a_common_positive_denominator_leaves_the_root():
+    """|A/S| = |A|/S for S > 0: one dimension gives sympy's own expression, two dimensions
+    the same value; a denominator of unknown sign stays inside the root."""
+    y = sympy.Symbol("y", real=True)
+    total = sympy.exp(x) + sympy.exp(2 * y)
+    one = sympy.Matrix([(x**3 - y) / total])
+    two = sympy.Matrix([(x**3 - y) / total, (x * y + 1) / total])
+    assert references.common_denominator(two) == total
+    assert references.MemoNorm()(one) == references.norm(one)
+    at = {x: sympy.Rational(3, 10), y: sympy.Rational(-7, 10)}
+    assert abs(sympy.N((references.MemoNorm()(two) - references.norm(two)).xreplace(at))) < 1e-12
+    assert references.common_denominator(sympy.Matrix([x / (x + y), y / (x + y)])) is None
+    assert references.common_denominator(sympy.Matrix([x / total, y])) is None
