@@ -22,13 +22,17 @@ EPOCHS = 4
 FLAGS = ["--dataset", "synthetic", "--model", "small", "--rule", "sam", "--epochs", str(EPOCHS),
          "--synthetic-train", "128", "--synthetic-test", "64", "--batch", "32", "--seed", "3",
          "--no-progress"]
-# each epoch waits a moment first, so that a signal sent after the first checkpoint lands mid-run
+# every epoch after the first waits (up to a minute) for the test's signal, so the signal sent
+# after the first checkpoint lands mid-run however slowly the test's polling is scheduled
 SLOW_EPOCHS = """
 import sys, time
 from sdesam.train import loop
 original = loop._run_epoch
 def slowed(run, epoch):
-    time.sleep(0.4)
+    if epoch > 0:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
     return original(run, epoch)
 loop._run_epoch = slowed
 from sdesam.cli import main
