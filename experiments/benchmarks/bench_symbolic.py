@@ -30,7 +30,8 @@ the largest difference of the final states of old and new (float rounding).
 on the losses above (B = 4, without replacement) at ``--family-n`` and m-USAM (B = 4, m = 2,
 with replacement) derived on least squares at ``--derive-sizes`` N:d, each derived ``old`` --
 the package as it was at ``--before`` (extracted with ``git archive``, derived in a subprocess
-with sympy's cache cleared before each) -- and ``new`` (this checkout, the same way): CPU
+with sympy's cache cleared first) -- and right after it ``new`` (this checkout, the same way,
+so that both see the same load; the load average is written at start and end): CPU
 seconds, old / new, and whether the drift and diffusion are structurally identical
 ("identical"), else equal at random points ("equal"); then whether the issue's targets
 (:data:`TARGETS`) are met and each way's growth exponent per rule over its largest two N.
@@ -40,6 +41,7 @@ The file ``--out`` writes starts with the command that made it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import math
 import os
@@ -50,7 +52,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 from unittest import mock
 
 import sympy
@@ -215,26 +217,38 @@ def derive_case(case: Case) -> tuple[float, sympy.Matrix, sympy.Matrix]:
     return time.process_time() - start, d.drift, d.diffusion
 
 
-def derive_before(cases: list[Case], rev: str) -> list[tuple[float, sympy.Matrix, sympy.Matrix]]:
-    """:func:`derive_case` of every case with the package as it was at ``rev``: a copy of it
-    (``git archive``) first on the path of a subprocess running this script's ``--worker``."""
+@contextlib.contextmanager
+def package_at(rev: str) -> Iterator[str]:
+    """A temporary folder holding the package as it was at ``rev`` (``git archive``)."""
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "sdesam"],
                              capture_output=True, check=True).stdout
     with tempfile.TemporaryDirectory() as folder:
         tarfile.open(fileobj=io.BytesIO(archive)).extractall(folder, filter="data")
-        results = Path(folder) / "results.pkl"
-        spec = ";".join(f"{rule},{n},{dim}" for rule, n, dim in cases)
-        subprocess.run([sys.executable, __file__, "--worker", spec, str(results)], check=True,
-                       env={**os.environ, "PYTHONPATH": folder})
-        return pickle.loads(results.read_bytes())
+        yield folder
+
+
+def derive_before(case: Case, folder: str) -> tuple[float, sympy.Matrix, sympy.Matrix]:
+    """:func:`derive_case` with the package in ``folder`` (:func:`package_at`): first on the
+    path of a subprocess running this script's ``--worker``."""
+    results = Path(folder) / "results.pkl"
+    subprocess.run([sys.executable, __file__, "--worker", ",".join(map(str, case)),
+                    str(results)], check=True, env={**os.environ, "PYTHONPATH": folder})
+    return pickle.loads(results.read_bytes())
 
 
 def worker(spec: str, out: str) -> int:
-    """``--worker``: derive the cases ``rule,N,d;...`` with whatever sdesam is on the path and
-    pickle the results to ``out`` (how :func:`derive_before` runs the old package)."""
-    cases = [(rule, int(n), int(dim)) for rule, n, dim in (c.split(",") for c in spec.split(";"))]
-    Path(out).write_bytes(pickle.dumps([derive_case(case) for case in cases]))
+    """``--worker``: derive the case ``rule,N,d`` with whatever sdesam is on the path and
+    pickle the result to ``out`` (how :func:`derive_before` runs the old package)."""
+    rule, n, dim = spec.split(",")
+    Path(out).write_bytes(pickle.dumps(warm_derive_case((rule, int(n), int(dim)))))
     return 0
+
+
+def warm_derive_case(case: Case) -> tuple[float, sympy.Matrix, sympy.Matrix]:
+    """:func:`derive_case` after an untimed one of the same rule at N = 4, d = 1, so that what
+    a fresh process loads on first use is not timed (old and new alike)."""
+    derive_case((case[0], 4, 1))
+    return derive_case(case)
 
 
 def sameness(new: tuple, old: tuple) -> str:
@@ -262,30 +276,31 @@ def target_line(new: dict[Case, float]) -> str:
 
 
 def family_table(ns: list[int], sizes: list[str], rev: str) -> list[str]:
-    """The ``--family`` table: the old package's derivations first (one subprocess), then
-    this checkout's, rows printed as they come."""
+    """The ``--family`` table, rows printed as they come: each case derived by the old
+    package (a subprocess) and at once by this checkout, so that both see the same load."""
     cases = family_cases(ns, sizes)
     lines = [f"bench_symbolic --family: SAM, m-SAM (m={MICRO}), RW-SAM (lam=2) on the d=1 losses, "
              f"B={BATCH}, {SAMPLING}; m-USAM (B={BATCH}, m={MICRO}, with-replacement) on least "
              f"squares at N:d; order 1, sympy {sympy.__version__}; CPU seconds, old = the package "
-             f"at {rev}",
+             f"at {rev}; load average {os.getloadavg()[0]:.1f} at the start",
              f"{'rule':<7} {'N':>3} {'d':>2} {'old':>9} {'new':>9} {'old/new':>8}  result"]
     print("\n".join(lines), flush=True)
-    before = derive_before(cases, rev)
     seconds: dict[tuple[str, str], dict[int, float]] = {}
-    for case, old in zip(cases, before):
-        new = derive_case(case)
-        rule, n, dim = case
-        seconds.setdefault((rule, "old"), {})[n] = old[0]
-        seconds.setdefault((rule, "new"), {})[n] = new[0]
-        lines.append(f"{rule:<7} {n:>3} {dim:>2} {old[0]:>9.2f} {new[0]:>9.2f} "
-                     f"{old[0] / new[0]:>7.1f}x  {sameness(new, old)}")
-        print(lines[-1], flush=True)
+    with package_at(rev) as folder:
+        for case in cases:
+            old, new = derive_before(case, folder), warm_derive_case(case)
+            rule, n, dim = case
+            seconds.setdefault((rule, "old"), {})[n] = old[0]
+            seconds.setdefault((rule, "new"), {})[n] = new[0]
+            lines.append(f"{rule:<7} {n:>3} {dim:>2} {old[0]:>9.2f} {new[0]:>9.2f} "
+                         f"{old[0] / new[0]:>7.1f}x  {sameness(new, old)}")
+            print(lines[-1], flush=True)
     lines.append(target_line({case: seconds[case[0], "new"][case[1]] for case in cases}))
     lines.append("growth N^k: " + "; ".join(
         f"{rule} old {exponent(seconds[rule, 'old'])}, new {exponent(seconds[rule, 'new'])}"
         for rule in dict.fromkeys(case[0] for case in cases)))
-    print("\n".join(lines[-2:]), flush=True)
+    lines.append(f"load average {os.getloadavg()[0]:.1f} at the end")
+    print("\n".join(lines[-3:]), flush=True)
     return lines
 
 
