@@ -13,7 +13,8 @@ Two kinds of time:
 Every duration the README quotes for a command must be one of these: :func:`uncovered` lists
 those that are not (the run ends with them, and a test keeps the list empty). A full run takes
 about 15 minutes on the 2-core machine (the test suite about 6 of them, bench_sde about 3);
-``--only TEXT`` times the matching commands.
+``--only TEXT`` times the matching commands. The commands run in a fresh clone of the
+repository, so what is timed is the committed state (commit first).
 
 Prints a table; writes it to ``OUT/readme_times.txt`` (default: a fresh ``runs/`` folder;
 ``--out experiments/benchmarks`` replaces the committed table).
@@ -165,11 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"machine: {machine()}",
              f"load average (1 min) at start: {os.getloadavg()[0]:.2f}", "",
              f"{'command':<78} {'wall s':>8} {'CPU s':>8} {'load':>5}"]
-    with tempfile.TemporaryDirectory() as scratch:
-        subprocess.run(f"git -C {ROOT} ls-files -z | (cd {ROOT} && xargs -0 cp --parents -t {scratch})",
-                       shell=True, check=True)
+    with tempfile.TemporaryDirectory() as folder:
+        # a clone of the committed state: the commands run as a new user's would, and the test
+        # suite (whose README test lists the tracked files) finds the git checkout it expects
+        scratch = Path(folder) / "repo"
+        subprocess.run(["git", "clone", "--quiet", str(ROOT), str(scratch)], check=True)
         for command in commands:
-            runs = [time_command(command, Path(scratch)) for _ in range(args.repeats)]
+            runs = [time_command(command, scratch) for _ in range(args.repeats)]
             wall = statistics.median(r[0] for r in runs)
             cpu = statistics.median(r[1] for r in runs)
             lines.append(f"{command[:78]:<78} {wall:8.1f} {cpu:8.1f} {os.getloadavg()[0]:5.2f}")
