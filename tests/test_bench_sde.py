@@ -74,7 +74,7 @@ def test_quick_sizes_are_smaller_and_the_help_says_how_long_a_run_takes(capsys, 
     with pytest.raises(SystemExit):
         bench.parse_args(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "the default run takes about 3 minutes" in help_text and "``--quick`` about 20 s" in help_text
+    assert "the default run takes about 2 minutes" in help_text and "``--quick`` about 30 s" in help_text
 
 
 @pytest.mark.parametrize("n, dim, batch, micro", [(8, 3, 4, 2), (64, 20, 16, 4)])

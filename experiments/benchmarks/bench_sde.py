@@ -49,11 +49,11 @@ Usage: ``python experiments/benchmarks/bench_sde.py [--quick] [--parts 1,2,3,4,5
 
 Time: the run prints its expected duration first (a cost model of each measurement, fitted to
 the committed table's 2-core machine) and shows a progress bar weighted by it. On that machine
-the default run takes about 3 minutes (161 s wall, sharing the CPU, before parts 4 and 5, which
-add about 15 s each) and peaks near 7 GiB (the old comparison at 1e4 chains x 100 steps);
-``--quick`` about 20 s; ``--parts 4`` or ``--parts 5`` alone about 15 s; ``--memory-full`` adds about 10 minutes. The old
-comparison is refused up front, naming ``--memory-size``, when its estimated memory exceeds
-what the machine has available.
+the default run takes about 2 minutes (114 s wall at load 1.1, all seven parts) and peaks near
+6 GiB (the old comparison at 1e4 chains x 100 steps); ``--quick`` about 30 s; ``--parts 4`` or
+``--parts 5`` alone about 15 s; ``--memory-full`` adds about 4 minutes (the new comparison at
+1e5 chains x 1000 steps: 217 s). The old comparison is refused up front, naming
+``--memory-size``, when its estimated memory exceeds what the machine has available.
 """
 
 from __future__ import annotations
@@ -368,7 +368,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line, with the --quick or default sizes filled in and checked."""
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", default=os.environ.get(QUICK_ENV) == "1",
-                        help="small sizes: every part in about 20 s (default run: about 3 min; "
+                        help="small sizes: every part in about 30 s (default run: about 2 min; "
                              "also set by SDESAM_QUICK=1)")
     parser.add_argument("--parts", default=",".join(map(str, PARTS)),
                         help="comma-separated parts to measure (default: all of 1,2,3,4,5,6,7)")
