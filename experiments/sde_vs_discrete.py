@@ -49,6 +49,7 @@ from sdesam.simulation.chains import recorded_steps
 from sdesam.experiment.headline import interval, print_headline, rule_name
 from sdesam.plotting import publish
 from sdesam.problems import LogisticRegression
+from sdesam.stats import normal_quantile
 from sdesam.experiment.records import make_record, run_metadata
 
 DEFAULT: dict[str, Any] = {
@@ -234,7 +235,7 @@ def fitted_expansions(rows: list[dict[str, Any]], test_fn: str) -> list[dict[str
     with the noise-induced term, a != 0 without it. Two terms alone leave the curvature of the
     larger etas in a (the exact table shows it too), so the two-term a is kept only for
     comparison. One record per run and SDE variant."""
-    z = 1.959963984540054
+    z = normal_quantile(0.95)
     out = []
     for (algorithm, micro, lam, variant), group in _groups(rows, test_fn).items():
         etas, signed = [r["eta"] for r in group], [r["error_T"] for r in group]

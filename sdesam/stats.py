@@ -37,9 +37,15 @@ def _check_counts(successes, trials) -> tuple[np.ndarray, np.ndarray]:
     return np.broadcast_arrays(k, n)
 
 
+def normal_quantile(confidence: float = 0.95) -> float:
+    """z such that a standard normal lies in [-z, z] with probability ``confidence`` (1.96 at
+    95%): the one place a two-sided normal interval takes its width from."""
+    return float(_scipy_stats.norm.ppf(0.5 + _check_confidence(confidence) / 2))
+
+
 def wilson_interval(successes, trials, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """Wilson score interval for a binomial proportion (well behaved at 0 and 1 successes)."""
-    z = _scipy_stats.norm.ppf(0.5 + _check_confidence(confidence) / 2)
+    z = normal_quantile(confidence)
     k, n = _check_counts(successes, trials)
     p = k / n
     denom = 1 + z**2 / n

@@ -26,6 +26,7 @@ from ..algorithms import Rule, get_rule
 from .inputs import check_eta
 from .chains import TEST_FUNCTIONS, ChainRun, Moments, check_test_functions, recorded_steps
 from ..problems.base import Problem
+from ..stats import normal_quantile
 
 __all__ = ["TEST_FUNCTIONS", "Moments", "check_test_functions", "sample_moments", "weak_error",
            "compare_algorithm", "comparison_parts", "fit_order", "VARIANTS"]
@@ -198,7 +199,7 @@ def fit_order(scales: Sequence[float], errors: Sequence[float], confidence: floa
         if min(stderrs) < 0:
             raise validation.InputError("stderrs must be non-negative")
         sd = math.sqrt(sum((w * se / e) ** 2 for w, se, e in zip(weights, stderrs, errors)))
-        half = stats.norm.ppf(0.5 + confidence / 2) * sd
+        half = normal_quantile(confidence) * sd
         extra = {"interval": "monte-carlo",
                  "min_signal": min(e / se if se > 0 else math.inf for e, se in zip(errors, stderrs))}
     return {"order": float(slope), "ci_low": float(slope - half), "ci_high": float(slope + half),
