@@ -92,26 +92,38 @@ def _reference_slopes(ax: Any, rows: list[dict[str, Any]], y: str) -> None:
                 linestyle=style, linewidth=1, label=f"slope {power:g}", zorder=0)
 
 
+VARIANT_STYLE = {"full": (-0.12, "full", "tab:blue"), "without_noise_term": (0.12, "none", "tab:red")}
+"""Row offset, marker fill and colour of each SDE variant in the per-run panels (g) and (h)."""
+
+
+def _per_run(ax: Any, runs: list[tuple], fits: list[dict[str, Any]],
+             points: list[tuple[str, float, str]], references: tuple[float, ...]) -> None:
+    """One row per run: for each variant's fit (full filled, without the term hollow) and each
+    ``(field, row offset, marker)`` of ``points``, the value with its ``_ci_low``/``_ci_high``
+    interval; grey vertical lines at ``references``."""
+    for i, key in enumerate(runs):
+        for variant, (shift, fill, colour) in VARIANT_STYLE.items():
+            fit = next((f for f in fits if _run_key(f) == key and f["variant"] == variant), None)
+            if fit is None:
+                continue
+            for field, dy, marker in points:
+                ax.errorbar(fit[field], i + shift + dy,
+                            xerr=[[fit[field] - fit[field + "_ci_low"]],
+                                  [fit[field + "_ci_high"] - fit[field]]],
+                            fmt=marker, color=colour, fillstyle=fill, markersize=5, capsize=2)
+    for value in references:
+        ax.axvline(value, color="grey", linestyle=":", linewidth=1)
+    ax.set_yticks(range(len(runs)), [run_label({"rule": k[0], "micro": k[1], "lam": k[2]})
+                                     for k in runs])
+    ax.invert_yaxis()
+    ax.grid(True, axis="x", alpha=0.3)
+
+
 def _forest(ax: Any, orders: list[dict[str, Any]], runs: list[tuple]) -> None:
     """Orders at T per run: slope over every eta (circles) and local order between the two
     smallest etas (squares), full SDE filled, without the noise term hollow, 95% intervals."""
-    labels = []
-    for i, key in enumerate(runs):
-        labels.append(run_label({"rule": key[0], "micro": key[1], "lam": key[2]}))
-        for variant, shift, fill in (("full", -0.12, "full"), ("without_noise_term", 0.12, "none")):
-            fit = next((o for o in orders if _run_key(o) == key and o["variant"] == variant
-                        and o["measure"] == "at_horizon"), None)
-            if fit is None:
-                continue
-            for kind, dy, marker in (("order", -0.05, "o"), ("local_order", 0.05, "s")):
-                ax.errorbar(fit[kind], i + shift + dy,
-                            xerr=[[fit[kind] - fit[kind + "_ci_low"]], [fit[kind + "_ci_high"] - fit[kind]]],
-                            fmt=marker, color="tab:blue" if variant == "full" else "tab:red",
-                            fillstyle=fill, markersize=5, capsize=2)
-    for value in (0.5, 1.0):
-        ax.axvline(value, color="grey", linestyle=":", linewidth=1)
-    ax.set_yticks(range(len(runs)), labels)
-    ax.invert_yaxis()
+    _per_run(ax, runs, [o for o in orders if o["measure"] == "at_horizon"],
+             [("order", -0.05, "o"), ("local_order", 0.05, "s")], (0.5, 1.0))
     handles = [plt.Line2D([], [], color="tab:blue", marker="o", linestyle="", label="full SDE, slope over all eta"),
                plt.Line2D([], [], color="tab:blue", marker="s", linestyle="", label="full SDE, local order (two smallest eta)"),
                plt.Line2D([], [], color="tab:red", marker="o", fillstyle="none", linestyle="",
@@ -121,25 +133,13 @@ def _forest(ax: Any, orders: list[dict[str, Any]], runs: list[tuple]) -> None:
     ax.legend(handles=handles, fontsize=7, loc="lower right")
     ax.set_xlabel("order in eta of the weak error at T (95% Monte-Carlo interval)")
     ax.set_title("(g) orders at T: expected 1 with the noise-induced term, 1/2 without", fontsize=10)
-    ax.grid(True, axis="x", alpha=0.3)
 
 
 def _coefficients(ax: Any, expansions: list[dict[str, Any]], runs: list[tuple]) -> None:
     """The sqrt(eta) coefficient a of the signed error at T per run, with its 95% interval."""
-    for i, key in enumerate(runs):
-        for variant, shift, fill in (("full", -0.12, "full"), ("without_noise_term", 0.12, "none")):
-            fit = next((e for e in expansions if _run_key(e) == key and e["variant"] == variant), None)
-            if fit is None:
-                continue
-            ax.errorbar(fit["a"], i + shift, xerr=[[fit["a"] - fit["a_ci_low"]], [fit["a_ci_high"] - fit["a"]]],
-                        fmt="o", color="tab:blue" if variant == "full" else "tab:red",
-                        fillstyle=fill, markersize=5, capsize=2)
-    ax.axvline(0.0, color="grey", linestyle=":", linewidth=1)
-    ax.set_yticks(range(len(runs)), [run_label({"rule": k[0], "micro": k[1], "lam": k[2]}) for k in runs])
-    ax.invert_yaxis()
+    _per_run(ax, runs, expansions, [("a", 0.0, "o")], (0.0,))
     ax.set_xlabel("a in e(eta) = a sqrt(eta) + b eta + c eta^1.5 (weighted fit, 95% interval)")
     ax.set_title("(h) sqrt(eta) coefficient: full (filled) vs without term (hollow)", fontsize=10)
-    ax.grid(True, axis="x", alpha=0.3)
 
 
 def draw(data: dict[str, Any], out_stem: Path) -> list[Path]:
