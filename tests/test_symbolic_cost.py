@@ -148,3 +148,18 @@ def test_a_common_positive_denominator_leaves_the_root():
     assert abs(sympy.N((references.MemoNorm()(two) - references.norm(two)).xreplace(at))) < 1e-12
     assert references.common_denominator(sympy.Matrix([x / (x + y), y / (x + y)])) is None
     assert references.common_denominator(sympy.Matrix([x / total, y])) is None
+
+
+def test_one_dimensional_norm_of_a_sum_is_sympys_square_root():
+    """The 1-D shortcut of ``references.norm`` gives exactly sympy's sqrt(e^2): the sign known
+    (either way), a leading minus taken out, Gibbs numerators, and what it leaves to sympy
+    (products, a symbol of unknown realness, a complex entry, vectors)."""
+    y = sympy.Symbol("y")
+    gibbs = (x * sympy.exp(2 * sympy.Abs(x)) - (x - 2) * sympy.exp(sympy.Abs(x - 2)))
+    entries = [x + 1, -x - 1, 1 - x, -2 * x - 4, sympy.Rational(1, 3) - x / 2, -x**3 / 3 - x + 2,
+               x**2 + 1, -x**2 - 1, -sympy.Abs(x) - 1, x - sympy.Abs(x), sympy.exp(x) + 1,
+               gibbs, -gibbs, gibbs / (1 + sympy.exp(x)), 3 * (x - 1), y + 1, sympy.I * x + 1]
+    for e in entries:
+        assert references.norm(sympy.Matrix([e])) == sympy.sqrt(e**2), e
+    v = sympy.Matrix([x - 1, -x])
+    assert references.norm(v) == sympy.sqrt(v.dot(v))

@@ -31,10 +31,13 @@ on the losses above (B = 4, without replacement) at ``--family-n`` and m-USAM (B
 with replacement) derived on least squares at ``--derive-sizes`` N:d, each derived ``old`` --
 the package as it was at ``--before`` (extracted with ``git archive``, derived in a subprocess
 with sympy's cache cleared first) -- and right after it ``new`` (this checkout, the same way,
-so that both see the same load; the load average is written at start and end): CPU
-seconds, old / new, and whether the drift and diffusion are structurally identical
-("identical"), else equal at random points ("equal"); then whether the issue's targets
-(:data:`TARGETS`) are met and each way's growth exponent per rule over its largest two N.
+so that both see the same load; the load average is written at start and end): the number
+of index sets the enumeration visits (``sets``: batches, or micro-batches and their disjoint
+pairs; each is one term of the result), CPU seconds, old / new, new milliseconds per index
+set, and whether the drift and diffusion are structurally identical ("identical"), else
+equal at random points ("equal"); then whether the issue's targets (:data:`TARGETS`) are met,
+each way's growth exponent per rule over its largest two N, and that of the index sets and
+of the new seconds per index set (at most 0: the cost grows no faster than the result).
 The file ``--out`` writes starts with the command that made it.
 """
 
@@ -67,6 +70,7 @@ from sdesam.simulation.derived_sde import DerivedSDE, integrate, machine_numbers
 from sdesam.symbolic import derive
 from sdesam.symbolic.derivation import matrices_equal
 from sdesam.symbolic.families import ConcreteFamily
+from sdesam.symbolic.sampling import count_index_sets
 
 BATCH, MICRO, SAMPLING = 4, 2, "without-replacement"
 
@@ -259,6 +263,17 @@ def sameness(new: tuple, old: tuple) -> str:
     return "equal" if equal else "DIFFERENT"
 
 
+def index_sets(case: Case) -> int | None:
+    """How many index sets the enumerated derivation of a SAM-family ``case`` visits (the
+    number of batch terms its drift and diffusion hold); None for the m-USAM rows, which go
+    through the SGN moments."""
+    rule, n, _ = case
+    if rule not in FAMILY_OPTIONS:
+        return None
+    micro = FAMILY_OPTIONS[rule].get("micro")
+    return count_index_sets(n, micro or BATCH, SAMPLING, pairs=micro is not None)
+
+
 def exponent(seconds: dict[int, float]) -> str:
     """The exponent k of seconds ~ N^k over the largest two N, or '-'."""
     if len(seconds) < 2:
@@ -283,7 +298,8 @@ def family_table(ns: list[int], sizes: list[str], rev: str) -> list[str]:
              f"B={BATCH}, {SAMPLING}; m-USAM (B={BATCH}, m={MICRO}, with-replacement) on least "
              f"squares at N:d; order 1, sympy {sympy.__version__}; CPU seconds, old = the package "
              f"at {rev}; load average {os.getloadavg()[0]:.1f} at the start",
-             f"{'rule':<7} {'N':>3} {'d':>2} {'old':>9} {'new':>9} {'old/new':>8}  result"]
+             f"{'rule':<7} {'N':>3} {'d':>2} {'sets':>6} {'old':>9} {'new':>9} {'old/new':>8} "
+             f"{'new ms/set':>10}  result"]
     print("\n".join(lines), flush=True)
     seconds: dict[tuple[str, str], dict[int, float]] = {}
     with package_at(rev) as folder:
@@ -292,15 +308,26 @@ def family_table(ns: list[int], sizes: list[str], rev: str) -> list[str]:
             rule, n, dim = case
             seconds.setdefault((rule, "old"), {})[n] = old[0]
             seconds.setdefault((rule, "new"), {})[n] = new[0]
-            lines.append(f"{rule:<7} {n:>3} {dim:>2} {old[0]:>9.2f} {new[0]:>9.2f} "
-                         f"{old[0] / new[0]:>7.1f}x  {sameness(new, old)}")
+            sets = index_sets(case)
+            if sets is not None:
+                seconds.setdefault((rule, "sets"), {})[n] = sets
+                seconds.setdefault((rule, "new per set"), {})[n] = new[0] / sets
+            per_set = f"{1e3 * new[0] / sets:>10.2f}" if sets else f"{'-':>10}"
+            lines.append(f"{rule:<7} {n:>3} {dim:>2} {sets or '-':>6} {old[0]:>9.2f} "
+                         f"{new[0]:>9.2f} {old[0] / new[0]:>7.1f}x {per_set}  "
+                         f"{sameness(new, old)}")
             print(lines[-1], flush=True)
     lines.append(target_line({case: seconds[case[0], "new"][case[1]] for case in cases}))
     lines.append("growth N^k: " + "; ".join(
         f"{rule} old {exponent(seconds[rule, 'old'])}, new {exponent(seconds[rule, 'new'])}"
         for rule in dict.fromkeys(case[0] for case in cases)))
+    lines.append("index sets N^k and new seconds per index set N^k (<= 0: linear in the number "
+                 "of batch terms of the result): " + "; ".join(
+                     f"{rule} sets {exponent(seconds[rule, 'sets'])}, per set "
+                     f"{exponent(seconds[rule, 'new per set'])}"
+                     for rule in FAMILY_OPTIONS if (rule, "sets") in seconds))
     lines.append(f"load average {os.getloadavg()[0]:.1f} at the end")
-    print("\n".join(lines[-3:]), flush=True)
+    print("\n".join(lines[-4:]), flush=True)
     return lines
 
 

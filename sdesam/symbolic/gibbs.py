@@ -65,5 +65,8 @@ def gibbs_direction(per_sample: Sequence[sympy.Matrix], lam: Any,
     """RW-SAM's ascent ``sum_i p_i g_i`` with ``p = softmax(lam |g_i|)`` over the batch's
     per-sample gradients ``per_sample`` (a repeated index counts once per draw)."""
     scores = [sympy.exp(lam * norm(g)) for g in per_sample]
-    weighted = sum((s * g for s, g in zip(scores, per_sample)), sympy.zeros(*per_sample[0].shape))
-    return weighted / sum(scores)
+    inverse = 1 / sympy.Add(*scores)
+    # entry by entry: sympy's matrix sums and scalar division cost ~2x for these small vectors
+    return sympy.Matrix(*per_sample[0].shape, [
+        sympy.Add(*(s * g[k] for s, g in zip(scores, per_sample))) * inverse
+        for k in range(len(per_sample[0]))])
