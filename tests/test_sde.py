@@ -228,13 +228,24 @@ def test_rw_sam_drift_at_zero_temperature_is_sams():
                                   rw.f(0.0, x), atol=1e-6)
 
 
+def _logistic_in_4d():
+    gen = torch.Generator().manual_seed(3)
+    return LogisticRegression(torch.randn(4, 4, generator=gen, dtype=torch.float64),
+                              torch.tensor([0., 1., 1., 0.]), l2=0.2)
+
+
 @pytest.mark.parametrize("sampling", ["with-replacement", "without-replacement"])
-def test_rw_sam_drift_is_the_batch_average_of_its_exact_first_order_term(sampling):
+@pytest.mark.parametrize("make_problem", [
+    lambda: TeacherStudent(n=4, inputs=1, hidden=2, noise=0.3, seed=2), _logistic_in_4d],
+    ids=["per-sample-route", "feature-route"])
+def test_rw_sam_drift_is_the_batch_average_of_its_exact_first_order_term(sampling, make_problem):
     """Brute force over every ordered batch: -grad f - rho mean_S (1/B) sum_j H_j u_S, with
-    per-sample Hessians from autograd and u_S the normalised Gibbs-weighted batch gradient."""
+    per-sample Hessians from autograd and u_S the normalised Gibbs-weighted batch gradient;
+    on a network (per-sample gradients) and on logistic regression with a ridge (the feature
+    route)."""
     import itertools
     from torch.func import hessian
-    problem = TeacherStudent(n=4, inputs=1, hidden=2, noise=0.3, seed=2)
+    problem = make_problem()
     lam, rho, batch = 2.5, 0.3, 3
     batches = list(itertools.product(range(4), repeat=batch) if sampling == "with-replacement"
                    else itertools.permutations(range(4), batch))
@@ -288,24 +299,31 @@ def _feature_problems():
 
 
 @pytest.mark.parametrize("problem", _feature_problems(), ids=["least-squares", "logistic"])
-@pytest.mark.parametrize("name, drop", [
-    ("sgd", ()), ("n-usam", ()), ("usam", ()), ("m-usam", ()), ("m-usam", ("trace_V",)),
-    ("m-usam", ("gradient_norm",)), ("m-usam", ("noise",)), ("n-sam", ()), ("sam", ("trace_V",)),
-    ("rw-sam", ("trace_V",)), ("scaled-usam", ()), ("scaled-sam", ("trace_V",)), ("sam", ())])
+@pytest.mark.parametrize("name, drop, batches", [
+    ("sgd", (), "auto"), ("n-usam", (), "auto"), ("usam", (), "auto"), ("m-usam", (), "auto"),
+    ("m-usam", ("trace_V",), "auto"), ("m-usam", ("gradient_norm",), "auto"),
+    ("m-usam", ("noise",), "auto"), ("n-sam", (), "auto"), ("sam", ("trace_V",), "auto"),
+    ("rw-sam", ("trace_V",), "auto"), ("scaled-usam", (), "auto"),
+    ("scaled-sam", ("trace_V",), "auto"), ("sam", (), "auto"), ("sam", (), "exact"),
+    ("m-sam", (), "auto"), ("m-sam", (), 3), ("rw-sam", (), "auto"), ("rw-sam", (), "exact"),
+    ("rw-sam-wr", (), 3), ("rw-sam-wr", (), "exact"), ("scaled-sam", (), 3),
+    ("scaled-sam", (), "exact")])
 def test_the_route_for_problems_linear_in_features_gives_the_generic_drift_and_noise(
-        problem, name, drop):
+        problem, name, drop, batches):
     """The [chains, N] route of a problem with a feature form is the same SDE as the per-sample
-    [chains, N, d] route, for every rule it takes (the others keep the generic route)."""
+    [chains, N, d] route, for every rule, the expectations over batches enumerated or drawn
+    (the same draws: they come from the seed and the time)."""
     scaled = {"scaled-usam": Rule("scaled-usam", "part", False, False, "scaled USAM",
                                   scale=lambda xk: xk**2 + 1),
               "scaled-sam": Rule("scaled-sam", "part", True, False, "scaled SAM",
                                  scale=lambda xk: xk**2 + 1)}
     rule = scaled.get(name) or get_rule(name)
     options = dict(eta=0.1, batch=4, micro=2 if rule.micro else None, drop_terms=drop,
-                   rho=0.0 if name == "sgd" else 0.3, lam=1.5 if rule.weighted else None)
+                   rho=0.0 if name == "sgd" else 0.3, lam=1.5 if rule.weighted else None,
+                   drift_batches=batches, seed=4)
     fast = sde.AlgorithmSDE(problem, rule, **options)
     generic = sde.AlgorithmSDE(_Hidden(problem), rule, **options)
-    assert generic.form is None and (fast.form is None) == (name == "sam" and not drop)
+    assert generic.form is None and fast.form is not None
     gen = torch.Generator().manual_seed(2)
     y = torch.randn(6, 3, generator=gen, dtype=torch.float64)
     v = torch.randn(6, 7, generator=gen, dtype=torch.float64)

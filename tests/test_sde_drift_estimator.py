@@ -129,6 +129,29 @@ def test_gibbs_weights_stay_finite_at_any_temperature():
         assert torch.isfinite(drift).all()
 
 
+@pytest.mark.parametrize("lam", [0.5, 3.0, 1e4])
+def test_gibbs_weights_are_each_batchs_own_softmax(lam):
+    """The weights on W (scores shifted by each chain's largest) and, where a batch's scores
+    lie too far below that (lam = 1e4 here), the per-batch softmax: both are the softmax of
+    lam |g_i| over the batch's members, repeats counted, rows summing to 1."""
+    drift = model("rw-sam", {"lam": lam}, "with-replacement", "exact")
+    gen = torch.Generator().manual_seed(4)
+    norms = torch.rand(3, 6, generator=gen, dtype=torch.float64) * 2
+    members, weights = drift._set_weights(None, norms)
+    got = drift._set_gibbs_weights(norms, members, weights)
+    for chain in range(3):
+        for s, batch in enumerate(members.tolist()):
+            p = torch.softmax(lam * norms[chain, batch], dim=0)
+            want = torch.zeros(6, dtype=torch.float64).index_add_(0, torch.tensor(batch), p)
+            torch.testing.assert_close(got[chain, s], want, rtol=1e-12, atol=1e-300)
+    # a batch whose every score is 700 below its chain's largest sums to < 4 e^-700: the
+    # second way was taken, and only at lam = 1e4
+    gaps = lam * (norms.amax(-1, keepdim=True) - norms)
+    far = any(bool((gaps[chain, batch] > 700).all()) for chain in range(3)
+              for batch in members.tolist())
+    assert far == (lam == 1e4)
+
+
 @pytest.mark.parametrize("value", [0, -2, True, 2.5, "fast", None])
 def test_bad_drift_batches_are_refused_naming_what_is_accepted(value):
     accepted = "drift_batches must be one of 'auto', 'exact' or a positive integer"

@@ -18,8 +18,13 @@ best of ``--repeats`` calls. Sizes: N = 64, d = 20, B = 16 (target: new <= 10) a
 B = 4 (target: new <= 3); m-SAM has m = 4, RW-SAM lam = 1. The small size runs 25x the steps
 of the large one (its steps are short).
 
+``--enumeration`` adds where enumerating the batches pays (what ``sde.ENUMERATE_LIMIT`` is
+chosen from): SAM and RW-SAM with every batch or 8 drawn, at 36, 64, 120 and 330 batches, on
+the feature route of least squares and on the per-sample route that problems without a
+feature form take; ratios to the m-USAM SDE (m = 1).
+
 Usage: ``python experiments/benchmarks/bench_sam_sde.py [--quick] [--steps 3] [--repeats 3]
-[--chains 100] [--threads 1] [--out experiments/benchmarks]`` (default output: a fresh
+[--chains 100] [--threads 1] [--enumeration] [--out experiments/benchmarks]`` (default output: a fresh
 ``runs/bench_sam_sde-*`` folder). The default run takes about 15 s on the 2-core machine (the
 old RW-SAM at N = 64 alone about 0.6 s per step); ``--quick`` about 5 s.
 """
@@ -91,6 +96,7 @@ class OldSetsSDE(sde.AlgorithmSDE):
 
     def __init__(self, problem: LinearRegression, rule: str, **options: Any) -> None:
         super().__init__(problem, rule, drift_batches=1, **options)
+        self.form = None              # the old code took these rules through per-sample gradients
         self.old_weights, self.old_probs = old_sets(problem.n, self.set_size, self.sampling,
                                                     seed=self.seed)
         self.set_draws, self.set_count = 0, int(self.old_probs.shape[0])   # nothing drawn
@@ -178,6 +184,47 @@ def measure_size(n: int, dim: int, batch: int, chains: int, steps: int,
              "exact": ratio.get(f"{label} exact")} for label, _, _ in RULES]
 
 
+ENUMERATION_SIZES = ((8, 2, 2), (64, 20, 1), (8, 2, 3), (8, 2, 4))
+"""``--enumeration``'s sizes (N, d, B): 36, 64, 120 and 330 distinct batches with replacement."""
+
+
+def per_sample_route(model: sde.AlgorithmSDE) -> sde.AlgorithmSDE:
+    """``model`` made to take the per-sample route (as for a problem without a feature form)."""
+    model.form = None
+    return model
+
+
+def enumeration_rows(chains: int, steps: int, repeats: int) -> list[str]:
+    """``--enumeration``: SAM's and RW-SAM's cost per chain-step / m-USAM's (m = 1), their
+    batches enumerated or drawn, on the feature route and the per-sample one, at each of
+    :data:`ENUMERATION_SIZES` (what ``sde.ENUMERATE_LIMIT`` is chosen from)."""
+    lines = [f"enumerated ('exact') or {sde.DRIFT_BATCHES} drawn batches per chain and step, "
+             "per chain-step / m-USAM SDE's (m=1), feature route and per-sample route",
+             f"{'rule':<7} {'N':>3} {'d':>3} {'B':>3} {'batches':>7} {'feat exact':>10} "
+             f"{'feat drawn':>10} {'per-sample exact':>16} {'per-sample drawn':>16}"]
+    print("\n".join(lines), flush=True)
+    for n, dim, batch in ENUMERATION_SIZES:
+        problem = least_squares(n, dim)
+        common = dict(eta=ETA, rho=RHO, batch=batch)
+        models: dict[str, Any] = {"base": sde.AlgorithmSDE(problem, "m-usam", micro=1, **common)}
+        for rule in ("sam", "rw-sam"):
+            for how, batches in (("exact", "exact"), ("drawn", sde.DRIFT_BATCHES)):
+                models[rule, "feat", how] = sde.AlgorithmSDE(problem, rule, drift_batches=batches,
+                                                             **common)
+                models[rule, "per", how] = per_sample_route(
+                    sde.AlgorithmSDE(problem, rule, drift_batches=batches, **common))
+        seconds = best_times({name: integration(model, chains, steps)
+                              for name, model in models.items()}, repeats)
+        for rule in ("sam", "rw-sam"):
+            cells = [seconds[rule, route, how] / seconds["base"]
+                     for route in ("feat", "per") for how in ("exact", "drawn")]
+            lines.append(f"{rule:<7} {n:>3} {dim:>3} {batch:>3} "
+                         f"{sde.batch_count(n, batch, 'with-replacement'):>7} {cells[0]:>10.2f} "
+                         f"{cells[1]:>10.2f} {cells[2]:>16.2f} {cells[3]:>16.2f}")
+            print(lines[-1], flush=True)
+    return lines
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line, with the --quick or default settings filled in and checked."""
     parser = OneLineParser(description=__doc__,
@@ -194,6 +241,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--chains", type=int, default=100, help="chains per SDE (default 100)")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--enumeration", action="store_true",
+                        help="also where enumerating the batches pays: SAM and RW-SAM "
+                             "enumerated vs drawn at 36, 64, 120 and 330 batches (N = 8 runs "
+                             f"{SMALL_STEPS}x --steps, N = 64 --steps)")
     parser.add_argument("--out", default=None, help="folder for bench_sam_sde.txt "
                         "(default: a fresh runs/bench_sam_sde-* folder; the committed table: "
                         "--out experiments/benchmarks)")
@@ -235,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{'<= ' + format(TARGETS[n], 'g'):>7}")
             lines.append(line)
             print(line, flush=True)
+    if args.enumeration:
+        lines += [""] + enumeration_rows(args.chains, args.steps * SMALL_STEPS, args.repeats)
     lines += ["", f"wall time {time.perf_counter() - start:.0f} s"]
     print(lines[-1])
     path = atomic_write(Path(out) / "bench_sam_sde.txt", lambda f: f.write("\n".join(lines) + "\n"))

@@ -32,9 +32,10 @@ is ``sum_i H_i u_i`` for per-sample vectors ``u_i``, which
 to :meth:`Problem.sample_grads_with_hvp` (one VJP, or a closed form where the problem has one).
 A problem linear in its features (``f_i = phi_i(a_i . x) + ridge/2 |x|^2``,
 :meth:`Problem.feature_form`: least squares, logistic regression) skips the per-sample gradients
-altogether for every rule without an expectation over batches: ``g_i = w_i a_i + ridge x``, so
-drift and noise are products of ``[chains, N]`` slopes with the ``[N, d]`` features, at about
-the cost of a loop written by hand for the problem (``bench_sde.py --parts 5``).
+altogether for every rule: ``g_i = w_i a_i + ridge x``, so drift and noise are products of
+``[chains, N]`` slopes with the ``[N, d]`` features, at about the cost of a loop written by
+hand for the problem (``bench_sde.py --parts 5``); the expectation over batches works on the
+batches' ``[S, N]`` weights on the samples.
 The expectations over batches S are enumerated when there are few distinct batches and
 otherwise estimated by a mean over a few batches drawn afresh for every chain and step: no bias,
 and a variance that enters the scheme like an extra diffusion of size O(dt), so the weak order is
@@ -93,18 +94,19 @@ an O(eta) error of the size of the weak error one wants to measure."""
 
 ENUMERATE_LIMIT = 64
 """``drift_batches="auto"`` enumerates the distinct batches when there are at most this many, and
-otherwise draws :data:`DRIFT_BATCHES` per chain and step. Up to here the enumeration costs about
-what the drawn batches cost, and has no Monte Carlo error; beyond, its cost grows with the
-batches. Measured per chain-step against the m-USAM SDE (least squares, 100 chains, 1 thread):
-36 batches (N = 8, B = 2) 1.6x for SAM and 2.7x for RW-SAM, against 1.7x and 2.3x drawn; 64
-(N = 64, B = 1) 2.0x against 1.4x; but 120 (N = 8, B = 3) 2.3x and 5.8x, and 330 (N = 8,
-B = 4) 4.7x and 14x."""
+otherwise draws :data:`DRIFT_BATCHES` per chain and step. Enumeration has no Monte Carlo error;
+its cost grows with the batches. Measured per chain-step against the m-USAM SDE (least
+squares, 100 chains, 1 thread; ``bench_sam_sde.py --enumeration``), enumerated / drawn: 36
+batches (N = 8, B = 2) 1.95x / 1.86x for SAM and 2.90x / 2.38x for RW-SAM on the feature
+route, 2.33x / 2.45x and 3.23x / 3.06x on the per-sample route; 64 (N = 64, d = 20, B = 1)
+8.0x / 2.5x and 12.8x / 3.4x (feature), 6.0x / 4.1x and 10.5x / 5.1x (per-sample), the price
+of an exact drift at the limit; 330 (N = 8, B = 4) 11.2x / 1.9x and 18.4x / 2.4x (feature)."""
 
 DRIFT_BATCHES = 8
 """Batches drawn per chain and step by ``drift_batches="auto"`` beyond :data:`ENUMERATE_LIMIT`:
-their drift variance is one batch's / 8, at 1.3-1.6x the m-USAM SDE's cost per chain-step at
-N = 64, d = 20, B = 16 and 1.8-2.3x at N = 8, d = 2, B = 4 for SAM, m-SAM and RW-SAM
-(``experiments/benchmarks/bench_sam_sde.py``)."""
+their drift variance is one batch's / 8, at 2.9-3.5x the m-USAM SDE's cost per chain-step at
+N = 64, d = 20, B = 16 and 1.8-2.3x at N = 8, d = 2, B = 4 for SAM, m-SAM and RW-SAM on
+least squares (``experiments/benchmarks/bench_sam_sde.py``)."""
 
 EXACT_LIMIT = 20_000
 """The most distinct batches ``drift_batches="exact"`` enumerates: every drift evaluation
@@ -240,20 +242,21 @@ class AlgorithmSDE(torch.nn.Module):
             self.register_buffer("set_probs", probs)
             self.set_count = int(probs.shape[0])
         self.sets_exact = not self.set_draws
-        form = problem.feature_form()
-        self.form = None if form is None or self.set_count else form
+        self.form = problem.feature_form()
         if self.form is not None:
-            self.register_buffer("form_features", form.features)
-            self.register_buffer("form_squares", form.features.square())
-            self.register_buffer("form_row_squares", form.features.square().sum(dim=-1))
-            self.register_buffer("form_mean_features", form.features / problem.n)
+            features = self.form.features
+            self.register_buffer("form_features", features)
+            self.register_buffer("form_squares", features.square())
+            self.register_buffer("form_row_squares", features.square().sum(dim=-1))
+            self.register_buffer("form_row_norms", self.form_row_squares.sqrt())
+            self.register_buffer("form_mean_features", features / problem.n)
 
     def footprint(self) -> int:
         """Elements per chain of the largest temporaries of one drift evaluation (sizes the
         integrator's chunks of chains)."""
         n, d = self.problem.n, self.problem.dim
         if self.form is not None:
-            return 6 * n + 4 * d
+            return 6 * n + 4 * d + self.set_count * (4 * n + 3 * d)
         per_set = d + n * (int(self.rule.weighted) + int(self.set_draws > 0))
         return 3 * n * d + self.set_count * per_set
 
@@ -282,7 +285,7 @@ class AlgorithmSDE(torch.nn.Module):
         """Drift ``b(y)``: ``[chains, d]`` (with drawn batches: its estimate from
         :meth:`batch_draws` at ``t``)."""
         if self.form is not None:
-            return self._linear_drift(y, *self._linear_terms(y))
+            return self._linear_drift(y, *self._linear_terms(y), self.batch_draws(t, y.shape[0]))
         return self._drift_and_centred(y, self.batch_draws(t, y.shape[0]))[0]
 
     def g_prod(self, t: Any, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -296,11 +299,12 @@ class AlgorithmSDE(torch.nn.Module):
         """Drift and diffusion-increment product from one evaluation of the per-sample gradients.
         ``draws``: these chains' rows of :meth:`batch_draws` at ``t`` (drawn here for all of
         ``y`` when None)."""
-        if self.form is not None:
-            slopes, curvatures, mean = self._linear_terms(y)
-            return self._linear_drift(y, slopes, curvatures, mean), self._linear_noise(slopes, v)
         if draws is None:
             draws = self.batch_draws(t, y.shape[0])
+        if self.form is not None:
+            slopes, curvatures, mean = self._linear_terms(y)
+            return (self._linear_drift(y, slopes, curvatures, mean, draws),
+                    self._linear_noise(slopes, v))
         drift, centred = self._drift_and_centred(y, draws)
         return drift, self._noise(centred, v)
 
@@ -353,15 +357,11 @@ class AlgorithmSDE(torch.nn.Module):
             ascent = mean.unsqueeze(-2) if scale is None else mean.unsqueeze(-2) * scale
             unit = ascent / ascent.norm(dim=-1, keepdim=True)
             return (rho / n * unit).expand_as(grads)
-        # rho E_S[H_S u_S] = rho sum_S p_S sum_i W_Si H_i u_S: every batch (W [S, N], shared by
-        # the chains) or the drawn ones (W [chains, K, N])
-        if draws is None:
-            members, weights = self.set_members, self.set_weights.to(grads)
-        else:
-            members, weights = draws, batch_weights(draws, self.problem.n, grads)
+        # rho E_S[H_S u_S] = rho sum_S p_S sum_i W_Si H_i u_S
+        members, weights = self._set_weights(draws, grads)
         descent = weights
         if self.rule.weighted:
-            gibbs = self._set_gibbs_weights(grads, members)            # [chains, S, N]
+            gibbs = self._set_gibbs_weights(grads.norm(dim=-1), members, weights)
             set_grads = gibbs @ grads
             if self.rule.descent_weights == "response":
                 descent = gibbs                                         # H_S = sum_i p_i H_i
@@ -372,12 +372,23 @@ class AlgorithmSDE(torch.nn.Module):
         units = set_grads / set_grads.norm(dim=-1, keepdim=True)
         return rho * descent.transpose(-1, -2) @ (self.set_probs.to(grads).unsqueeze(-1) * units)
 
+    def _set_weights(self, draws: torch.Tensor | None, like: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(members, W) of the expectation's batches, ``grad f_S = W @ g``: every batch
+        (``[S, size]``, ``[S, N]``, shared by the chains) when ``draws`` is None, else the drawn
+        ones (``[chains, K, size]``, ``[chains, K, N]``)."""
+        if draws is None:
+            return self.set_members, self.set_weights.to(like)
+        return draws, batch_weights(draws, self.problem.n, like)
+
     # ------------------------------------------------------------------ problems linear in features
     # With ``f_i = phi_i(a_i . x) + ridge/2 |x|^2`` (:class:`sdesam.problems.base.FeatureForm`)
     # every per-sample gradient is ``w_i a_i + ridge x``: the terms above reduce to products of
     # ``[chains, N]`` slopes with the ``[N, d]`` features, never building ``[chains, N, d]``.
-    # Used for every rule whose cotangent is ``u_i = rho/N (q + c g_i) s`` (the USAM rules,
-    # SGD and the SAM rules without the expectation over batches); the same drift and noise.
+    # The same drift and noise for every rule: the cotangent ``u_i = rho/N (q + c g_i) s`` of the
+    # USAM rules, SGD and the SAM rules without the expectation over batches
+    # (:meth:`_linear_cotangent`), and the expectation over batches of SAM, m-SAM and RW-SAM
+    # (:meth:`_linear_set_regulariser`).
 
     def _linear_terms(self, y: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -389,12 +400,15 @@ class AlgorithmSDE(torch.nn.Module):
         return slopes, curvatures, mean + self.form.ridge * y if self.form.ridge else mean
 
     def _linear_drift(self, y: torch.Tensor, slopes: torch.Tensor, curvatures: torch.Tensor | None,
-                      mean: torch.Tensor) -> torch.Tensor:
+                      mean: torch.Tensor, draws: torch.Tensor | None = None) -> torch.Tensor:
         """The drift ``-(g + sum_i H_i u_i)`` of :meth:`_drift_and_centred` from the slopes: with
         ``u_i = rho/N (q + c w_i a_i) * s``, ``sum_i H_i u_i = rho/N (A^T (k (A (q s) + c w
-        (A^2 s))) + ridge (N q + c w A) s)``."""
+        (A^2 s))) + ridge (N q + c w A) s)``; for the rules with an expectation over batches,
+        :meth:`_linear_set_regulariser` over ``draws`` (None: every batch)."""
         if not self.rule.perturbed or self.rho == 0:
             return -mean
+        if self.set_count:
+            return torch.add(mean, self._linear_set_regulariser(y, slopes, curvatures, draws)).neg_()
         common, c, scale = self._linear_cotangent(y, mean)
         features, n = self.form_features.to(y), self.problem.n
         along = (common if scale is None else common * scale) @ features.T      # [chains, N]
@@ -407,6 +421,44 @@ class AlgorithmSDE(torch.nn.Module):
             total = n * common + c * (slopes @ features)                        # N sum_i u_i / rho
             regulariser = regulariser + self.form.ridge * (total if scale is None else total * scale)
         return torch.add(mean, regulariser, alpha=self.rho / n).neg_()
+
+    def _linear_set_regulariser(self, y: torch.Tensor, slopes: torch.Tensor,
+                                curvatures: torch.Tensor | None, draws: torch.Tensor | None
+                                ) -> torch.Tensor:
+        """``rho E_S[H_S u_S]`` of :meth:`_cotangent` from the slopes, without per-sample
+        gradients: with ``Q`` a batch's weights on its samples (W, or the Gibbs weights) the
+        direction is ``g~_S = (Q_S w) A + ridge y``; with ``D`` the descent weights (rows summing
+        to 1), ``u_S`` the unit (scaled) directions and ``along_Si = a_i . u_S``,
+        ``sum_i H_i u_i = rho (k sum_S p_S D_Si along_Si) A + ridge rho sum_S p_S u_S``."""
+        members, weights = self._set_weights(draws, slopes)
+        features, ridge = self.form_features.to(y), self.form.ridge
+        share = descent = weights
+        if self.rule.weighted:
+            if ridge:      # |g_i|^2 = w_i^2 |a_i|^2 + 2 ridge w_i (a_i . y) + ridge^2 |y|^2
+                squares = (slopes.square() * self.form_row_squares.to(y)
+                           + (2 * ridge) * slopes * (y @ features.T)
+                           + ridge**2 * y.square().sum(dim=-1, keepdim=True))
+                norms = squares.clamp_min(0).sqrt()
+            else:
+                norms = slopes.abs() * self.form_row_norms.to(y)
+            share = self._set_gibbs_weights(norms, members, weights)    # [chains, S, N]
+            if self.rule.descent_weights == "response":
+                descent = share
+        set_grads = (share * slopes.unsqueeze(-2)) @ features             # [chains, S, d]
+        if ridge:
+            set_grads = set_grads + ridge * y.unsqueeze(-2)
+        if self.rule.scale is not None:
+            set_grads = set_grads * self.rule.scale(y).unsqueeze(-2)
+        # p_S u_S: the batches' probabilities folded in before the product with the features
+        weighted = set_grads * (self.set_probs.to(y).unsqueeze(-1)
+                                / set_grads.norm(dim=-1, keepdim=True))
+        per_sample = (descent * (weighted @ features.T)).sum(dim=-2)      # [chains, N]
+        if curvatures is not None:
+            per_sample = per_sample * curvatures
+        regulariser = per_sample @ features
+        if ridge:
+            regulariser = regulariser + ridge * weighted.sum(dim=-2)
+        return self.rho * regulariser
 
     def _linear_cotangent(self, y: torch.Tensor, mean: torch.Tensor
                           ) -> tuple[torch.Tensor, float, torch.Tensor | None]:
@@ -432,18 +484,31 @@ class AlgorithmSDE(torch.nn.Module):
         centred = v - v.mean(dim=-1, keepdim=True)
         return self.noise_scale * (centred * slopes) @ self.form_features.to(slopes)
 
-    def _set_gibbs_weights(self, grads: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
-        """``q_S = softmax(lam |g_i|)`` over the members ``[S, size]`` or ``[chains, S, size]``
-        of each batch S, a repeated sample counted with its multiplicity (``g~_S = q_S @ g``):
-        ``[chains, S, N]``. The softmax over each batch's own members is stable for any spread
-        of the scores (and much faster than one over all N with -inf off the batch)."""
-        chains, n = grads.shape[0], self.problem.n
+    def _set_gibbs_weights(self, norms: torch.Tensor, members: torch.Tensor,
+                           weights: torch.Tensor) -> torch.Tensor:
+        """``q_S = softmax(lam |g_i|)`` over the members of each batch S, a repeated sample
+        counted with its multiplicity (``g~_S = q_S @ g``): ``[chains, S, N]``, from the
+        gradient norms ``|g_i|`` ``[chains, N]`` and the batches' members ``[S, size]`` or
+        ``[chains, S, size]`` with their weights W (:meth:`_set_weights`).
+
+        ``q_Si = W_Si e_i / sum_j W_Sj e_j`` with ``e_i = exp(lam (|g_i| - max_j |g_j|))``,
+        the scores shifted by each chain's largest: four operations on W. Where a batch's
+        scores all lie so far below that largest that its sum leaves the normal range of the
+        dtype, the softmax is taken over each batch's own members instead (shifted by the
+        batch's largest score), which is stable for any spread of the scores."""
+        scores = self.lam * norms
+        shifted = (scores - scores.amax(dim=-1, keepdim=True)).exp_().unsqueeze(-2)
+        gibbs = weights * shifted                                        # [chains, S, N]
+        totals = gibbs.sum(dim=-1, keepdim=True)
+        info = torch.finfo(norms.dtype)
+        if bool((totals >= info.tiny / info.eps).all()):
+            return gibbs.div_(totals)
+        chains, n = norms.shape[0], self.problem.n
         shape = (chains, *members.shape[-2:])
-        scores = self.lam * grads.norm(dim=-1)                            # [chains, N]
         member = scores.gather(-1, members.flatten(-2).expand(chains, -1)).view(shape)
         member = (member - member.amax(dim=-1, keepdim=True)).exp()
         member = member / member.sum(dim=-1, keepdim=True)
-        gibbs = torch.zeros(*shape[:-1], n, dtype=grads.dtype, device=grads.device)
+        gibbs = torch.zeros(*shape[:-1], n, dtype=norms.dtype, device=norms.device)
         return gibbs.scatter_add_(-1, members.expand(shape), member)
 
 
