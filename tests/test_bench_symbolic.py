@@ -21,9 +21,10 @@ def test_family_table_counts_index_sets_and_the_cost_per_set():
     assert set(rows) == {(rule, n) for rule in ("sam", "m-sam", "rw-sam") for n in (4, 5)}
     assert [int(rows["sam", n][3]) for n in (4, 5)] == [1, 5]
     assert [int(rows["m-sam", n][3]) for n in (4, 5)] == [6 * (1 + 1), 10 * (1 + 3)]
+    assert all(int(rows[rule, 5][4]) > int(rows[rule, 4][4]) > 0 for rule in ("sam", "rw-sam"))
     for row in rows.values():
-        sets, seconds, per_set = int(row[3]), float(row[5]), float(row[7])
+        sets, seconds, per_set = int(row[3]), float(row[6]), float(row[8])
         assert row[-1] == "identical"
         assert abs(per_set * sets / 1e3 - seconds) <= 0.006       # both printed rounded
-    growth = next(line for line in lines if line.startswith("index sets N^k"))
+    growth = next(line for line in lines if line.startswith("growth N^k of the index sets"))
     assert "rw-sam sets 7.21 (N=4..5)" in growth       # log(5) / log(5/4)

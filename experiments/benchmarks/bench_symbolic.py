@@ -37,7 +37,8 @@ pairs; each is one term of the result), CPU seconds, old / new, new milliseconds
 set, and whether the drift and diffusion are structurally identical ("identical"), else
 equal at random points ("equal"); then whether the issue's targets (:data:`TARGETS`) are met,
 each way's growth exponent per rule over its largest two N, and that of the index sets and
-of the new seconds per index set (at most 0: the cost grows no faster than the result).
+of the new seconds per index set (at most 0: the cost grows no faster than the enumeration)
+and of the result's size (``nodes``: the nodes of its expression trees, counted untimed).
 The file ``--out`` writes starts with the command that made it.
 """
 
@@ -274,6 +275,12 @@ def index_sets(case: Case) -> int | None:
     return count_index_sets(n, micro or BATCH, SAMPLING, pairs=micro is not None)
 
 
+def result_nodes(drift: sympy.Matrix, diffusion: sympy.Matrix) -> int:
+    """The size of a result: the nodes of its expression trees (a repeated subtree counted
+    each time it occurs, as printing or evaluating it meets it)."""
+    return sum(1 for entry in (*drift, *diffusion) for _ in sympy.preorder_traversal(entry))
+
+
 def exponent(seconds: dict[int, float]) -> str:
     """The exponent k of seconds ~ N^k over the largest two N, or '-'."""
     if len(seconds) < 2:
@@ -298,8 +305,8 @@ def family_table(ns: list[int], sizes: list[str], rev: str) -> list[str]:
              f"B={BATCH}, {SAMPLING}; m-USAM (B={BATCH}, m={MICRO}, with-replacement) on least "
              f"squares at N:d; order 1, sympy {sympy.__version__}; CPU seconds, old = the package "
              f"at {rev}; load average {os.getloadavg()[0]:.1f} at the start",
-             f"{'rule':<7} {'N':>3} {'d':>2} {'sets':>6} {'old':>9} {'new':>9} {'old/new':>8} "
-             f"{'new ms/set':>10}  result"]
+             f"{'rule':<7} {'N':>3} {'d':>2} {'sets':>6} {'nodes':>7} {'old':>9} {'new':>9} "
+             f"{'old/new':>8} {'new ms/set':>10}  result"]
     print("\n".join(lines), flush=True)
     seconds: dict[tuple[str, str], dict[int, float]] = {}
     with package_at(rev) as folder:
@@ -308,12 +315,13 @@ def family_table(ns: list[int], sizes: list[str], rev: str) -> list[str]:
             rule, n, dim = case
             seconds.setdefault((rule, "old"), {})[n] = old[0]
             seconds.setdefault((rule, "new"), {})[n] = new[0]
-            sets = index_sets(case)
+            sets, nodes = index_sets(case), result_nodes(new[1], new[2])
+            seconds.setdefault((rule, "nodes"), {})[n] = nodes
             if sets is not None:
                 seconds.setdefault((rule, "sets"), {})[n] = sets
                 seconds.setdefault((rule, "new per set"), {})[n] = new[0] / sets
             per_set = f"{1e3 * new[0] / sets:>10.2f}" if sets else f"{'-':>10}"
-            lines.append(f"{rule:<7} {n:>3} {dim:>2} {sets or '-':>6} {old[0]:>9.2f} "
+            lines.append(f"{rule:<7} {n:>3} {dim:>2} {sets or '-':>6} {nodes:>7} {old[0]:>9.2f} "
                          f"{new[0]:>9.2f} {old[0] / new[0]:>7.1f}x {per_set}  "
                          f"{sameness(new, old)}")
             print(lines[-1], flush=True)
@@ -321,10 +329,11 @@ def family_table(ns: list[int], sizes: list[str], rev: str) -> list[str]:
     lines.append("growth N^k: " + "; ".join(
         f"{rule} old {exponent(seconds[rule, 'old'])}, new {exponent(seconds[rule, 'new'])}"
         for rule in dict.fromkeys(case[0] for case in cases)))
-    lines.append("index sets N^k and new seconds per index set N^k (<= 0: linear in the number "
-                 "of batch terms of the result): " + "; ".join(
+    lines.append("growth N^k of the index sets, the new seconds per index set (<= 0: linear in "
+                 "the enumeration) and the result's nodes: " + "; ".join(
                      f"{rule} sets {exponent(seconds[rule, 'sets'])}, per set "
-                     f"{exponent(seconds[rule, 'new per set'])}"
+                     f"{exponent(seconds[rule, 'new per set'])}, nodes "
+                     f"{exponent(seconds[rule, 'nodes'])}"
                      for rule in FAMILY_OPTIONS if (rule, "sets") in seconds))
     lines.append(f"load average {os.getloadavg()[0]:.1f} at the end")
     print("\n".join(lines[-4:]), flush=True)

@@ -97,15 +97,15 @@ ENUMERATE_LIMIT = 64
 otherwise draws :data:`DRIFT_BATCHES` per chain and step. Enumeration has no Monte Carlo error;
 its cost grows with the batches. Measured per chain-step against the m-USAM SDE (least
 squares, 100 chains, 1 thread; ``bench_sam_sde.py --enumeration``), enumerated / drawn: 36
-batches (N = 8, B = 2) 1.95x / 1.86x for SAM and 2.90x / 2.38x for RW-SAM on the feature
-route, 2.33x / 2.45x and 3.23x / 3.06x on the per-sample route; 64 (N = 64, d = 20, B = 1)
-8.0x / 2.5x and 12.8x / 3.4x (feature), 6.0x / 4.1x and 10.5x / 5.1x (per-sample), the price
-of an exact drift at the limit; 330 (N = 8, B = 4) 11.2x / 1.9x and 18.4x / 2.4x (feature)."""
+batches (N = 8, B = 2) 1.93x / 1.85x for SAM and 2.86x / 2.30x for RW-SAM on the feature
+route, 2.32x / 2.42x and 3.13x / 2.94x on the per-sample route; 64 (N = 64, d = 20, B = 1)
+8.3x / 2.6x and 12.4x / 3.4x (feature), 6.0x / 3.9x and 10.2x / 4.8x (per-sample), the price
+of an exact drift at the limit; 330 (N = 8, B = 4) 12.1x / 2.1x and 19.9x / 2.5x (feature)."""
 
 DRIFT_BATCHES = 8
 """Batches drawn per chain and step by ``drift_batches="auto"`` beyond :data:`ENUMERATE_LIMIT`:
-their drift variance is one batch's / 8, at 2.9-3.5x the m-USAM SDE's cost per chain-step at
-N = 64, d = 20, B = 16 and 1.8-2.3x at N = 8, d = 2, B = 4 for SAM, m-SAM and RW-SAM on
+their drift variance is one batch's / 8, at 3.2-3.7x the m-USAM SDE's cost per chain-step at
+N = 64, d = 20, B = 16 and 1.9-2.4x at N = 8, d = 2, B = 4 for SAM, m-SAM and RW-SAM on
 least squares (``experiments/benchmarks/bench_sam_sde.py``)."""
 
 EXACT_LIMIT = 20_000
