@@ -133,7 +133,8 @@ def time_command(command: str, workdir: Path) -> tuple[float, float]:
     wall = time.perf_counter() - began
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
-        raise RuntimeError(f"README command failed: {command}\n{done.stderr[-2000:]}")
+        raise RuntimeError(f"README command failed: {command}\n"
+                           f"{(done.stdout + done.stderr)[-2000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu
 
