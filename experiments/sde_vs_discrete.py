@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         settings["chains"] = validation.positive_int("--chains", args.chains)
         settings["chunk"] = min(settings["chunk"], settings["chains"])
     if args.seed is not None:
-        settings["seed"] = args.seed
+        settings["seed"] = validation.seed("--seed", args.seed)
     if args.plain:
         settings["control_variates"] = False
     problem = make_problem(settings)

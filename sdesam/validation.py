@@ -16,7 +16,8 @@ Which error, everywhere in ``sdesam``:
   declarations; ``RuntimeError``: a call out of order (``second_step`` before ``first_step``);
   ``TypeError``: an internal function handed the wrong kind of object by package code.
 
-An integer that must be positive is checked by :func:`positive_int` (never inline).
+An integer that must be positive is checked by :func:`positive_int`, a seed by :func:`seed`
+(never inline).
 """
 
 from __future__ import annotations
@@ -43,6 +44,19 @@ def int_at_least(name: str, value: Any, minimum: int) -> int:
     """``value`` if it is an integer >= ``minimum`` (booleans refused)."""
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise InputError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    return value
+
+
+SEED_LIMIT = 2**64
+"""Seeds are integers in ``[0, SEED_LIMIT)``: what numpy's and torch's generators both accept."""
+
+
+def seed(name: str, value: Any) -> int:
+    """``value`` if it is a seed: an integer in ``[0, 2^64)`` (booleans refused). Every layer that
+    takes a seed from a user checks it here, so a negative one is refused before any work rather
+    than deep in a task by numpy."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < SEED_LIMIT:
+        raise InputError(f"{name} must be an integer in [0, 2**64) (a seed); got {value!r}")
     return value
 
 

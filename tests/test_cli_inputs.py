@@ -102,3 +102,16 @@ def test_an_experiment_takes_a_negative_number_as_a_value(capsys):
     number reaches the experiment's own check instead of "expected one argument"."""
     err = refused(capsys, "run", "sde_vs_discrete", "--chains", "-5")
     assert err == "sdesam run sde_vs_discrete: error: --chains must be a positive integer; got -5\n"
+
+
+@pytest.mark.parametrize("argv", [
+    ("run", "escape_speed", "--quick"), ("run", "sde_vs_discrete", "--quick"),
+    ("run", "sgn_trace", "--quick"), ("train", "--dataset", "synthetic", "--model", "small")])
+def test_a_negative_seed_is_refused_by_name_before_any_work(capsys, tmp_path, argv):
+    """One rule for seeds (``validation.seed``) in every command: escape_speed used to start
+    its tasks and fail inside one with numpy's "expected non-negative integer"; sde_vs_discrete
+    and train used to run with it."""
+    out = tmp_path / "run"
+    err = refused(capsys, *argv, "--seed", "-1", "--out", str(out))
+    assert "seed must be an integer in [0, 2**64) (a seed); got -1" in err, err
+    assert not out.exists()

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sdesam import validation
 from sdesam.optim import create, passes
 from sdesam.stats import median_interval
 from sdesam.experiment.outputs import check_writable, resolve_out
@@ -87,6 +88,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("rounds", "steps", "batch_size", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    try:
+        validation.seed("--seed", args.seed)
+    except validation.InputError as error:
+        parser.error(str(error))
     return args
 
 

@@ -56,9 +56,12 @@ def experiment_parser(description: str | None, quick_help: str, *,
 
 
 def prepare_out(args: argparse.Namespace, experiment: str, needed_bytes: int = 16 * 2**20) -> Path:
-    """Check ``--device``, set ``--threads``, resolve ``--out`` (fresh run folder by default), prove it writable
-    with room for ``needed_bytes``, store it back in ``args.out`` and say where output goes."""
+    """Check ``--device`` and ``--seed``, set ``--threads``, resolve ``--out`` (fresh run folder by
+    default), prove it writable with room for ``needed_bytes``, store it back in ``args.out``
+    and say where output goes."""
     check_device(args.device)
+    if getattr(args, "seed", None) is not None:
+        validation.seed("--seed", args.seed)
     torch.set_num_threads(validation.positive_int("--threads", getattr(args, "threads", 1)))
     out = check_writable(resolve_out(args.out, experiment), needed_bytes)
     args.out = str(out)

@@ -134,7 +134,8 @@ class TrainConfig:
         validation.fraction("label_smoothing", self.label_smoothing)
         validation.fraction("val_fraction", self.val_fraction)
         validation.fraction("label_noise", self.label_noise)
-        validation.int_at_least("data_seed", self.data_seed, 0)
+        validation.seed("seed", self.seed)
+        validation.seed("data_seed", self.data_seed)
         if self.noisy_validation and not (self.val_fraction > 0 and self.label_noise > 0):
             raise validation.InputError(
                 f"noisy_validation puts the label noise on the validation split: it needs "
