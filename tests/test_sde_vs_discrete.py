@@ -45,6 +45,11 @@ def check_record(data, chains):
     assert {(e["rule"], e["micro"], e["lam"], e["variant"]) for e in results["expansions"]} == keys
     for fit in results["expansions"]:
         assert fit["a_ci_low"] <= fit["a"] <= fit["a_ci_high"] and fit["chi2_per_dof"] >= 0
+        if fit["variant"] == "full":
+            assert fit["predicted_a"] == 0.0 and "a_minus_full" not in fit
+        else:        # every run without its term has one: a prediction and a - a_full
+            assert abs(fit["predicted_a"]) > 1e-4
+            assert fit["a_minus_full_ci_low"] <= fit["a_minus_full"] <= fit["a_minus_full_ci_high"]
 
 
 def test_quick_run_writes_the_record_and_figure_and_redraws(tmp_path, capsys):
@@ -55,8 +60,13 @@ def test_quick_run_writes_the_record_and_figure_and_redraws(tmp_path, capsys):
     # the headline: every fitted order with its interval, then the chain count
     headline = headline_numbers(capsys.readouterr().out, "sde_vs_discrete")
     orders = data["results"]["orders"]
-    assert len(headline) == len(orders) + 1 and headline[-1][0] == 200
-    assert [row[0] for row in headline[:-1]] == pytest.approx([o["order"] for o in orders], abs=0.01)
+    ablated = [e for e in data["results"]["expansions"] if "a_minus_full" in e]
+    assert len(headline) == len(orders) + len(ablated) + 1 and headline[-1][0] == 200
+    assert [row[0] for row in headline[:len(orders)]] == pytest.approx(
+        [o["order"] for o in orders], abs=0.01)
+    # then a - a_full without the term and the predicted a, x1e3
+    assert [v for row in headline[len(orders):-1] for v in (row[0], row[-1])] == pytest.approx(
+        [1e3 * v for e in ablated for v in (e["a_minus_full"], e["predicted_a"])], rel=0.01)
     assert (tmp_path / "sde_vs_discrete.png").stat().st_size > 0
     assert len(list((tmp_path / "tasks").glob("*.json"))) == data["metadata"]["tasks"]
     paths = plotting.redraw(tmp_path / "sde_vs_discrete.json", tmp_path / "again")

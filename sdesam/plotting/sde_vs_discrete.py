@@ -9,7 +9,8 @@ SDE; grey reference slopes 1 and 1/2. Middle row, for the ablation run: (d) eta 
 (e) rho at fixed eta, (f) every test function. Bottom row: (g) a forest plot of the orders at T
 (the slope over every eta and the local order between the two smallest) with their 95%
 Monte-Carlo intervals, and (h) the sqrt(eta) coefficient a of the signed error at T with its
-95% interval, full SDE against the SDE without its noise-induced term. The footnote says how
+95% interval, full SDE against the SDE without its noise-induced term, and the a predicted
+without the term (black crosses). The footnote says how
 many chains every point is over, whether control variates were used and how many diverged.
 """
 
@@ -136,8 +137,17 @@ def _forest(ax: Any, orders: list[dict[str, Any]], runs: list[tuple]) -> None:
 
 
 def _coefficients(ax: Any, expansions: list[dict[str, Any]], runs: list[tuple]) -> None:
-    """The sqrt(eta) coefficient a of the signed error at T per run, with its 95% interval."""
+    """The sqrt(eta) coefficient a of the signed error at T per run, with its 95% interval,
+    and (black crosses, where the data file has it) the a that dropping the term must leave."""
     _per_run(ax, runs, expansions, [("a", 0.0, "o")], (0.0,))
+    shift = VARIANT_STYLE["without_noise_term"][0]
+    predicted = [(i + shift, fit["predicted_a"]) for i, key in enumerate(runs) for fit in expansions
+                 if _run_key(fit) == key and fit["variant"] == "without_noise_term"
+                 and "predicted_a" in fit]
+    if predicted:
+        ax.plot([a for _, a in predicted], [y for y, _ in predicted], "x", color="black",
+                markersize=7, label="predicted without the term (linear response)")
+        ax.legend(fontsize=7, loc="upper right")   # the top rows, the USAM rules, have a <= 0
     ax.set_xlabel("a in e(eta) = a sqrt(eta) + b eta + c eta^1.5 (weighted fit, 95% interval)")
     ax.set_title("(h) sqrt(eta) coefficient: full (filled) vs without term (hollow)", fontsize=10)
 
