@@ -163,3 +163,8 @@ def test_one_dimensional_norm_of_a_sum_is_sympys_square_root():
         assert references.norm(sympy.Matrix([e])) == sympy.sqrt(e**2), e
     v = sympy.Matrix([x - 1, -x])
     assert references.norm(v) == sympy.sqrt(v.dot(v))
+    # the one kind written differently: a constant numerator over a common denominator, which
+    # sympy turns into a quotient; the value is the same
+    e = 1 / (x**2 + 1) - 1 / (x**2 + 2)
+    assert references.norm(sympy.Matrix([e])) != sympy.sqrt(e**2)
+    assert sympy.simplify(references.norm(sympy.Matrix([e])) - sympy.sqrt(e**2)) == 0

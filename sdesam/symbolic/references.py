@@ -35,10 +35,12 @@ def norm(v: sympy.Matrix) -> sympy.Expr:
     """Euclidean norm of a column vector.
 
     A single real entry that is a sum (a batch gradient, a Gibbs-weighted numerator) gives
-    |e| directly, as sympy makes it of sqrt(e^2): e or -e where the sign is known, else Abs
-    of e with its leading minus sign taken out. sympy reaches the same expression through a
-    sign simplification of the whole sum that costs ~2.5x these queries (most of RW-SAM's
-    1-D derivation). Anything else goes through sympy's square root."""
+    |e| directly: e or -e where the sign is known, else Abs of e with its leading minus sign
+    taken out. That is the value of sympy's sqrt(e^2), and for the sums a derivation meets
+    the very expression too (tested); sympy gets there through a sign simplification of the
+    whole sum that costs ~2.5x these queries (most of RW-SAM's 1-D derivation), and only a
+    sum whose numerator over a common denominator is constant would it write differently
+    (as a quotient of Abs). Anything else goes through sympy's square root."""
     entry = v[0] if len(v) == 1 else None
     if entry is not None and entry.is_Add and entry.is_extended_real:
         if entry.is_extended_nonnegative:
